@@ -1,0 +1,26 @@
+"""The one entry point, `dicom-node`. Each command group lives in its own module and registers
+itself here; shared options and error handling are in `common`."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="dicom-node",
+    help="DICOM node beside the PACS: intake, zero-shot chest X-ray findings, SR back to the PACS.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register() -> None:
+    # Imported here so that each module can `from dicom_node.cli import app`.
+    from dicom_node.cli import node_commands  # noqa: F401  serve, status, studies
+
+
+_register()
+
+
+def main() -> None:
+    app()

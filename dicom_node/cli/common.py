@@ -1,0 +1,52 @@
+"""Shared CLI plumbing: the --config/--json options, one-line errors, table and JSON output."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from dicom_node.settings import ConfigError, Settings, load_settings
+
+ConfigOption = typer.Option(None, "--config", help="TOML file overriding the shipped defaults.")
+JsonOption = typer.Option(False, "--json", help="Machine-readable output.")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line, exit status 2."""
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn expected failures into a one-line reason and a non-zero exit, never a traceback."""
+    try:
+        yield
+    except (CliError, ConfigError, FileNotFoundError, ValueError) as exc:
+        err_console.print(f"dicom-node: error: {exc}", highlight=False, markup=False)
+        raise typer.Exit(2) from None
+
+
+def settings_from(config: Path | None) -> Settings:
+    return load_settings(config)
+
+
+def print_json(payload: Any) -> None:
+    sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    console.print(table)

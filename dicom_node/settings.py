@@ -1,0 +1,234 @@
+"""Node configuration: shipped TOML defaults, a user file and environment overrides, merged and
+validated once at start-up into one typed, immutable object that is passed down.
+
+Precedence (last wins): config/node.toml < --config PATH < DICOM_NODE_<SECTION>__<KEY>.
+An unknown section or key, or a value of the wrong type, raises ConfigError naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "config"
+DEFAULTS_FILE = CONFIG_DIR / "node.toml"
+ENV_PREFIX = "DICOM_NODE_"
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown or its value is invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    ae_title: str = "AINODE"
+    host: str = "0.0.0.0"
+    port: int = 11112
+    data_dir: str = "data"
+    max_pdu_bytes: int = 1048576
+    min_free_disk_mb: int = 1024
+    allowed_calling_ae_titles: list[str] = field(default_factory=list)
+    allowed_peer_hosts: list[str] = field(default_factory=list)
+    network_timeout_seconds: float = 60
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = ""
+
+
+@dataclass(frozen=True)
+class WorklistSettings:
+    stable_seconds: float = 10
+    assembly_interval_seconds: float = 1
+    lease_seconds: float = 600
+    max_attempts: int = 3
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    name: str = "chexzero-demo-synthetic"
+    checkpoints: list[str] = field(default_factory=list)  # relative paths are from the repo root
+    clinical_use: bool = False  # false: every output carries the not-for-clinical-use statement
+    findings_file: str = "config/findings.toml"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    cpu_threads: int = 0  # 0: torch's default
+    batch_size: int = 16
+    dicom_conversion: str = "equalize"  # equalize (as MIMIC-CXR-JPG was made) | voi
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    level: str = "INFO"
+    format: str = "json"
+
+
+@dataclass(frozen=True)
+class Settings:
+    node: NodeSettings = field(default_factory=NodeSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    worklist: WorklistSettings = field(default_factory=WorklistSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    source_files: tuple[str, ...] = ()
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.node.data_dir).expanduser().resolve()
+
+    @property
+    def database_url(self) -> str:
+        if self.database.url:
+            return self.database.url
+        return f"sqlite:///{self.data_path / 'worklist.sqlite'}"
+
+    def resolve(self, path: str) -> Path:
+        """A configured path: absolute as given, else relative to the repository root."""
+        candidate = Path(path).expanduser()
+        return candidate if candidate.is_absolute() else REPO_ROOT / candidate
+
+    @property
+    def spool_path(self) -> Path:
+        return self.data_path / "spool"
+
+
+_CHECKS: dict[tuple[str, str], typing.Callable[[Any], str | None]] = {
+    ("node", "port"): lambda v: None if 0 <= v <= 65535 else "must be 0..65535",
+    ("node", "ae_title"): lambda v: None
+    if 0 < len(v) <= 16 and v.isascii() and "\\" not in v
+    else "must be 1..16 ASCII characters",
+    ("node", "min_free_disk_mb"): lambda v: None if v >= 0 else "must be >= 0",
+    ("worklist", "stable_seconds"): lambda v: None if v >= 0 else "must be >= 0",
+    ("worklist", "max_attempts"): lambda v: None if v >= 1 else "must be >= 1",
+    ("model", "dicom_conversion"): lambda v: None
+    if v in ("equalize", "voi")
+    else "must be equalize or voi",
+    ("model", "batch_size"): lambda v: None if v >= 1 else "must be >= 1",
+    ("logging", "format"): lambda v: None if v in ("json", "text") else "must be json or text",
+    ("logging", "level"): lambda v: None
+    if v.upper() in ("DEBUG", "INFO", "WARNING", "ERROR")
+    else "must be DEBUG, INFO, WARNING or ERROR",
+}
+
+
+def load_settings(
+    user_file: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Settings:
+    """Merge defaults, the user file, the environment and explicit overrides; validate."""
+    environ = os.environ if environ is None else environ
+    merged = _read_toml(DEFAULTS_FILE)
+    sources = [str(DEFAULTS_FILE)]
+    if user_file is not None:
+        _merge(merged, _read_toml(Path(user_file)), origin=str(user_file))
+        sources.append(str(user_file))
+    _merge(merged, _environment_overrides(environ), origin="environment")
+    if overrides:
+        _merge(merged, {k: dict(v) for k, v in overrides.items()}, origin="overrides")
+    return _build(Settings, merged, sources=tuple(sources))
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any], origin: str) -> None:
+    for section, values in extra.items():
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{origin}: [{section}] must be a table of keys")
+        base.setdefault(section, {}).update(values)
+
+
+def _environment_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name[len(ENV_PREFIX):]:
+            continue
+        section, key = name[len(ENV_PREFIX):].lower().split("__", 1)
+        found.setdefault(section, {})[key] = _parse_env_value(raw)
+    return found
+
+
+def _parse_env_value(raw: str) -> Any:
+    """Environment values are TOML/JSON literals when they parse as one, else plain strings."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        pass
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _build(cls: type, merged: dict[str, Any], sources: tuple[str, ...]) -> Settings:
+    sections = {f.name: f for f in dataclasses.fields(cls) if f.name != "source_files"}
+    for name in merged:
+        if name not in sections:
+            raise ConfigError(f"unknown config section [{name}] (known: {', '.join(sections)})")
+    built = {
+        name: _build_section(name, typing.get_type_hints(cls)[name], merged.get(name, {}))
+        for name in sections
+    }
+    return cls(**built, source_files=sources)
+
+
+def _build_section(section: str, cls: type, values: Mapping[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in known:
+            raise ConfigError(
+                f"unknown config key {section}.{key} (known in [{section}]: {', '.join(sorted(known))})"
+            )
+    checked = {key: _coerce(f"{section}.{key}", hints[key], v) for key, v in values.items()}
+    for key, value in checked.items():
+        check = _CHECKS.get((section, key))
+        problem = check(value) if check else None
+        if problem:
+            raise ConfigError(f"config key {section}.{key} = {value!r}: {problem}")
+    return cls(**checked)
+
+
+def _coerce(name: str, hint: Any, value: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(name, options[0], value)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"config key {name} must be a list, got {value!r}")
+        return [_coerce(f"{name}[]", item, v) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {name} must be a table, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"config key {name} must be a table, got {value!r}")
+        return _build_section(name, hint, value)
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is bool and not isinstance(value, bool):
+        raise ConfigError(f"config key {name} must be true or false, got {value!r}")
+    if hint in (int, str) and (not isinstance(value, hint) or isinstance(value, bool)):
+        raise ConfigError(f"config key {name} must be {hint.__name__}, got {value!r}")
+    return value

@@ -1,0 +1,1 @@
+"""The durable work list: SQLAlchemy models, sessions, state transitions, the file spool."""
