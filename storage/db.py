@@ -1,0 +1,102 @@
+"""Opening the work-list database: engine, SQLite pragmas, migrations, sessions.
+
+`open_database(url)` is the one way in. It creates the engine (SQLite in WAL mode by default, any
+SQLAlchemy URL such as postgresql+psycopg://... otherwise), brings the schema to the newest
+Alembic revision, and returns a `Database` whose sessionmaker is shared by every thread.
+Associations are threads: open one Session per unit of work, never share one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Execution option read by the "begin" hook: deferred transactions for read-only work.
+_READ_ONLY = "dicom_node_read_only"
+
+
+@dataclass(frozen=True)
+class Database:
+    url: str
+    engine: Engine
+    sessions: sessionmaker[Session]
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @contextmanager
+    def read_only(self) -> Iterator[Session]:
+        """A session for queries only; on SQLite it does not take the write lock."""
+        with self.sessions() as session:
+            session.connection(execution_options={_READ_ONLY: True})
+            yield session
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def open_database(url: str, *, migrate: bool = True) -> Database:
+    """Create the engine for `url`, upgrade the schema to head and return the Database."""
+    engine = _create_engine(url)
+    if migrate:
+        upgrade_to_head(engine)
+    return Database(url=url, engine=engine, sessions=sessionmaker(engine, expire_on_commit=False))
+
+
+def upgrade_to_head(engine: Engine) -> None:
+    """Run `alembic upgrade head` on `engine`, programmatically (no alembic.ini needed)."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+
+def _create_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"check_same_thread": False})
+    _configure_sqlite(engine)
+    return engine
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    """WAL, full sync and a busy timeout on every connection; explicit BEGIN IMMEDIATE.
+
+    pysqlite's own transaction handling starts transactions lazily, so a transaction that reads
+    and then writes can fail with SQLITE_BUSY when another writer committed in between. Taking
+    the write lock at BEGIN makes writers queue (up to busy_timeout) instead. synchronous=FULL
+    fsyncs the WAL on every commit: an acknowledged instance survives a power cut, not only a
+    kill -9.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        read_only = connection.get_execution_options().get(_READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")

@@ -1,0 +1,119 @@
+"""SQLAlchemy 2 typed models. The intake helper owns `Base`, `Study` and `Instance`; other parts
+append their own model classes at the end of this file (and a migration for each).
+
+No patient identifiers live in the work list: the spool file is the full original dataset, the
+database keeps only what routing and processing need (UIDs, SOP class, modality, view).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+from storage.states import StudyState
+
+UID_LENGTH = 64
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every backend (SQLite stores naive text).
+
+    Naive datetimes are rejected on the way in, so a forgotten `tzinfo` fails loudly instead of
+    being compared against aware values later.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value!r}: work-list times must be timezone-aware")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+# Named constraints: Alembic's batch mode on SQLite needs names to alter or drop them.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Study(Base):
+    __tablename__ = "study"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH), unique=True)
+    state: Mapped[StudyState] = mapped_column(
+        Enum(StudyState, name="study_state", native_enum=False, length=16), index=True
+    )
+    instance_count: Mapped[int] = mapped_column(Integer, default=0)
+    bytes_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    first_arrival_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    last_arrival_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    state_changed_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    queued_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    claimed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    worker_id: Mapped[str | None] = mapped_column(String(128))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    skip_reason: Mapped[str | None] = mapped_column(Text)
+    reopened_count: Mapped[int] = mapped_column(Integer, default=0)
+
+    instances: Mapped[list[Instance]] = relationship(
+        back_populates="study", order_by="Instance.id", passive_deletes=True
+    )
+
+    __table_args__ = (Index("ix_study_state_last_arrival", "state", "last_arrival_at"),)
+
+
+class Instance(Base):
+    __tablename__ = "instance"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("study.id", ondelete="CASCADE"), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH), unique=True)
+    series_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
+    study_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
+    sop_class_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
+    transfer_syntax_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
+    modality: Mapped[str | None] = mapped_column(String(16))
+    body_part_examined: Mapped[str | None] = mapped_column(String(64))
+    view_position: Mapped[str | None] = mapped_column(String(16))
+    spool_path: Mapped[str] = mapped_column(String(512))  # relative to the spool root
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    calling_ae_title: Mapped[str | None] = mapped_column(String(16))
+
+    study: Mapped[Study] = relationship(back_populates="instances")

@@ -1,0 +1,515 @@
+"""The work-list state machine: recording instances, assembling studies, leases, outcomes.
+
+Every function takes the caller's Session and a timezone-aware `now` (the clock is injected) and
+does not commit: the caller owns the transaction (`with db.sessions.begin() as session: ...`).
+Each transition is a guarded UPDATE (`... WHERE state = <expected>`); when no row matches,
+someone else moved the study first and InvalidTransition (or LeaseLost) is raised.
+
+On SQLite every write transaction starts with BEGIN IMMEDIATE (see storage.db), so transitions
+are serialised; on PostgreSQL `claim_next` selects with FOR UPDATE SKIP LOCKED so that several
+workers on several machines can share one work list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Select, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from storage.models import Instance, Study
+from storage.states import (
+    FINISHED_STATES,
+    REOPENABLE_STATES,
+    InvalidTransition,
+    LeaseLost,
+    StudyState,
+)
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """What the listener knows about one stored instance (no patient identifiers)."""
+
+    sop_instance_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    modality: str | None
+    body_part_examined: str | None
+    view_position: str | None
+    spool_path: str
+    size_bytes: int
+    calling_ae_title: str | None
+
+
+@dataclass(frozen=True)
+class RecordOutcome:
+    study_id: int
+    duplicate: bool  # the SOP Instance UID was already recorded; nothing changed
+    reopened_from: StudyState | None  # the state a late instance moved back to RECEIVING
+
+
+@dataclass(frozen=True)
+class ClaimedInstance:
+    sop_instance_uid: str
+    series_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    modality: str | None
+    body_part_examined: str | None
+    view_position: str | None
+    spool_path: str  # relative to the spool root: Spool.absolute(spool_path)
+
+
+@dataclass(frozen=True)
+class ClaimedStudy:
+    study_id: int
+    study_instance_uid: str
+    worker_id: str
+    attempts: int  # failed attempts before this one
+    claimed_at: datetime
+    lease_until: datetime
+    instances: tuple[ClaimedInstance, ...]
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    study_instance_uid: str
+    state: StudyState  # QUEUED again, or FAILED after max_attempts
+    attempts: int
+
+
+# --- intake -------------------------------------------------------------------------------
+
+
+def find_instance(session: Session, sop_instance_uid: str) -> Instance | None:
+    return session.scalars(
+        select(Instance).where(Instance.sop_instance_uid == sop_instance_uid)
+    ).one_or_none()
+
+
+def record_instance(session: Session, record: InstanceRecord, now: datetime) -> RecordOutcome:
+    """Add an instance to its study (created in RECEIVING if new); idempotent per SOP UID.
+
+    A new instance for a QUEUED or finished study reopens it to RECEIVING (the quiet period
+    starts again). For a PROCESSING study the worker keeps its lease; `finish` reopens it.
+    """
+    _insert_ignoring_conflict(
+        session, Study, _new_study_values(record.study_instance_uid, now), "study_instance_uid"
+    )
+    study_id, state = session.execute(
+        _for_update(
+            select(Study.id, Study.state).where(
+                Study.study_instance_uid == record.study_instance_uid
+            )
+        )
+    ).one()
+    values = asdict(record) | {"study_id": study_id, "received_at": now}
+    inserted = _insert_ignoring_conflict(session, Instance, values, "sop_instance_uid")
+    if not inserted:
+        return RecordOutcome(study_id=study_id, duplicate=True, reopened_from=None)
+    changes: dict[str, Any] = {
+        "instance_count": Study.instance_count + 1,
+        "bytes_total": Study.bytes_total + record.size_bytes,
+        "last_arrival_at": now,
+    }
+    reopened = state in REOPENABLE_STATES
+    if reopened:
+        changes |= _reopen_values(state, now)
+    _guarded_update(session, study_id, state, changes)
+    return RecordOutcome(
+        study_id=study_id, duplicate=False, reopened_from=state if reopened else None
+    )
+
+
+def _new_study_values(study_uid: str, now: datetime) -> dict[str, Any]:
+    return {
+        "study_instance_uid": study_uid,
+        "state": StudyState.RECEIVING,
+        "instance_count": 0,
+        "bytes_total": 0,
+        "first_arrival_at": now,
+        "last_arrival_at": now,
+        "state_changed_at": now,
+        "attempts": 0,
+        "reopened_count": 0,
+    }
+
+
+def _reopen_values(state: StudyState, now: datetime) -> dict[str, Any]:
+    """Back to RECEIVING from `state` (QUEUED, or a finished state)."""
+    values: dict[str, Any] = {
+        "state": StudyState.RECEIVING,
+        "state_changed_at": now,
+        "queued_at": None,
+    }
+    if state in FINISHED_STATES:
+        # New content: a fresh set of attempts, and the next result supersedes the previous.
+        values |= {
+            "attempts": 0,
+            "reopened_count": Study.reopened_count + 1,
+            "claimed_at": None,
+            "lease_until": None,
+            "worker_id": None,
+            "skip_reason": None,
+        }
+    return values
+
+
+# --- assembly -----------------------------------------------------------------------------
+
+
+def queue_stable_studies(session: Session, stable_seconds: float, now: datetime) -> list[str]:
+    """Move RECEIVING studies with no arrival for `stable_seconds` to QUEUED; their UIDs."""
+    cutoff = now - timedelta(seconds=stable_seconds)
+    result = session.execute(
+        update(Study)
+        .where(Study.state == StudyState.RECEIVING, Study.last_arrival_at <= cutoff)
+        .values(state=StudyState.QUEUED, state_changed_at=now, queued_at=now)
+        .returning(Study.study_instance_uid)
+        .execution_options(synchronize_session=False)
+    )
+    return list(result.scalars())
+
+
+# --- leases -------------------------------------------------------------------------------
+
+
+def claim_next(
+    session: Session, worker_id: str, lease_seconds: float, now: datetime
+) -> ClaimedStudy | None:
+    """Claim the oldest QUEUED study for `worker_id` with a lease; None when the queue is empty."""
+    lease_until = now + timedelta(seconds=lease_seconds)
+    candidate = (
+        select(Study.id)
+        .where(Study.state == StudyState.QUEUED)
+        .order_by(Study.queued_at, Study.id)
+        .limit(1)
+    )
+    if _dialect(session) == "postgresql":
+        candidate = candidate.with_for_update(skip_locked=True)
+    study_id = session.scalars(candidate).first()
+    if study_id is None:
+        return None
+    row = session.execute(
+        update(Study)
+        .where(Study.id == study_id, Study.state == StudyState.QUEUED)
+        .values(
+            state=StudyState.PROCESSING,
+            state_changed_at=now,
+            claimed_at=now,
+            lease_until=lease_until,
+            worker_id=worker_id,
+        )
+        .returning(Study.study_instance_uid, Study.attempts)
+        .execution_options(synchronize_session=False)
+    ).first()
+    if row is None:  # moved between select and update (only possible without row locks)
+        return None
+    return ClaimedStudy(
+        study_id=study_id,
+        study_instance_uid=row.study_instance_uid,
+        worker_id=worker_id,
+        attempts=row.attempts,
+        claimed_at=now,
+        lease_until=lease_until,
+        instances=_claimed_instances(session, study_id),
+    )
+
+
+def _claimed_instances(session: Session, study_id: int) -> tuple[ClaimedInstance, ...]:
+    rows = session.scalars(
+        select(Instance).where(Instance.study_id == study_id).order_by(Instance.id)
+    )
+    return tuple(
+        ClaimedInstance(
+            sop_instance_uid=i.sop_instance_uid,
+            series_instance_uid=i.series_instance_uid,
+            sop_class_uid=i.sop_class_uid,
+            transfer_syntax_uid=i.transfer_syntax_uid,
+            modality=i.modality,
+            body_part_examined=i.body_part_examined,
+            view_position=i.view_position,
+            spool_path=i.spool_path,
+        )
+        for i in rows
+    )
+
+
+def renew_lease(
+    session: Session, study_id: int, worker_id: str, lease_seconds: float, now: datetime
+) -> datetime:
+    """Extend the lease of a study this worker holds; LeaseLost if it no longer does."""
+    lease_until = now + timedelta(seconds=lease_seconds)
+    result = session.execute(
+        update(Study)
+        .where(
+            Study.id == study_id,
+            Study.state == StudyState.PROCESSING,
+            Study.worker_id == worker_id,
+        )
+        .values(lease_until=lease_until)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount == 0:
+        raise LeaseLost(f"study {study_id} is not leased to {worker_id}")
+    return lease_until
+
+
+def requeue_expired(session: Session, now: datetime, max_attempts: int) -> list[SweepOutcome]:
+    """Return PROCESSING studies whose lease expired to QUEUED (attempts + 1), or FAILED once
+    attempts reach `max_attempts`."""
+    expired = session.execute(
+        _for_update(
+            select(
+                Study.id,
+                Study.study_instance_uid,
+                Study.attempts,
+                Study.worker_id,
+                Study.lease_until,
+            )
+            .where(Study.state == StudyState.PROCESSING, Study.lease_until < now)
+            .order_by(Study.id)
+        )
+    ).all()
+    outcomes = []
+    for row in expired:
+        attempts = row.attempts + 1
+        error = f"lease expired at {row.lease_until.isoformat()} (worker {row.worker_id})"
+        target = _after_failure(attempts, max_attempts, permanent=False)
+        _guarded_update(
+            session,
+            row.id,
+            StudyState.PROCESSING,
+            _outcome_values(target, now) | {"attempts": attempts, "last_error": error},
+            extra_where=(Study.lease_until == row.lease_until,),
+        )
+        outcomes.append(SweepOutcome(row.study_instance_uid, target, attempts))
+    return outcomes
+
+
+# --- outcomes the worker reports ----------------------------------------------------------
+
+
+def complete(session: Session, study_id: int, worker_id: str, now: datetime) -> StudyState:
+    """The worker produced its result: DONE (or RECEIVING if instances arrived meanwhile)."""
+    return _finish(session, study_id, worker_id, StudyState.DONE, now, {"last_error": None})
+
+
+def skip(session: Session, study_id: int, worker_id: str, reason: str, now: datetime) -> StudyState:
+    """Nothing to process (e.g. no eligible frontal image): SKIPPED with the reason."""
+    return _finish(session, study_id, worker_id, StudyState.SKIPPED, now, {"skip_reason": reason})
+
+
+def fail(
+    session: Session,
+    study_id: int,
+    worker_id: str,
+    error: str,
+    now: datetime,
+    max_attempts: int,
+    permanent: bool = False,
+) -> StudyState:
+    """The attempt failed: QUEUED again for another try, or FAILED when `permanent` or after
+    `max_attempts`; `error` is kept as last_error either way."""
+    attempts = _held_study(session, study_id, worker_id)["attempts"] + 1
+    target = _after_failure(attempts, max_attempts, permanent)
+    return _finish(
+        session, study_id, worker_id, target, now, {"attempts": attempts, "last_error": error}
+    )
+
+
+def _after_failure(attempts: int, max_attempts: int, permanent: bool) -> StudyState:
+    return StudyState.FAILED if permanent or attempts >= max_attempts else StudyState.QUEUED
+
+
+def _finish(
+    session: Session,
+    study_id: int,
+    worker_id: str,
+    target: StudyState,
+    now: datetime,
+    extra: dict[str, Any],
+) -> StudyState:
+    held = _held_study(session, study_id, worker_id)
+    values = _outcome_values(target, now) | extra
+    if held["last_arrival_at"] > held["claimed_at"]:
+        # Instances arrived while the worker held the lease: the study must be looked at again.
+        values |= _reopen_values(target, now)
+        target = StudyState.RECEIVING
+    _guarded_update(
+        session,
+        study_id,
+        StudyState.PROCESSING,
+        values,
+        extra_where=(Study.worker_id == worker_id,),
+        lease=True,
+    )
+    return target
+
+
+def _outcome_values(target: StudyState, now: datetime) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "state": target,
+        "state_changed_at": now,
+        "lease_until": None,
+        "worker_id": None,
+    }
+    if target is StudyState.QUEUED:
+        values["queued_at"] = now
+    return values
+
+
+def _held_study(session: Session, study_id: int, worker_id: str) -> dict[str, Any]:
+    row = session.execute(
+        _for_update(
+            select(
+                Study.state,
+                Study.worker_id,
+                Study.attempts,
+                Study.claimed_at,
+                Study.last_arrival_at,
+            ).where(Study.id == study_id)
+        )
+    ).first()
+    if row is None:
+        raise InvalidTransition(f"study {study_id} does not exist")
+    if row.state != StudyState.PROCESSING or row.worker_id != worker_id:
+        raise LeaseLost(
+            f"study {study_id} is {row.state} held by {row.worker_id}, not leased to {worker_id}"
+        )
+    return dict(row._mapping)
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def _guarded_update(
+    session: Session,
+    study_id: int,
+    expected: StudyState,
+    values: dict[str, Any],
+    extra_where: tuple[Any, ...] = (),
+    lease: bool = False,
+) -> None:
+    result = session.execute(
+        update(Study)
+        .where(Study.id == study_id, Study.state == expected, *extra_where)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount == 0:
+        error = LeaseLost if lease else InvalidTransition
+        raise error(f"study {study_id} was no longer {expected}")
+
+
+def _insert_ignoring_conflict(
+    session: Session, model: type[Study | Instance], values: dict[str, Any], unique: str
+) -> bool:
+    """INSERT ... ON CONFLICT (unique) DO NOTHING; True when a row was inserted."""
+    dialect = _dialect(session)
+    if dialect == "sqlite":
+        statement: Any = (
+            sqlite.insert(model).values(values).on_conflict_do_nothing(index_elements=[unique])
+        )
+    elif dialect == "postgresql":
+        statement = (
+            postgresql.insert(model).values(values).on_conflict_do_nothing(index_elements=[unique])
+        )
+    else:
+        column = getattr(model, unique)
+        exists = session.scalar(select(func.count()).where(column == values[unique]))
+        if exists:
+            return False
+        statement = insert(model).values(values)
+    return session.execute(statement).rowcount == 1
+
+
+def _for_update(statement: Select[Any]) -> Select[Any]:
+    # SQLite renders no FOR UPDATE; there the BEGIN IMMEDIATE write lock serialises instead.
+    return statement.with_for_update()
+
+
+def _dialect(session: Session) -> str:
+    return session.get_bind().dialect.name
+
+
+# --- reports (CLI, status) ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    study_instance_uid: str
+    state: StudyState
+    instance_count: int
+    bytes_total: int
+    first_arrival_at: datetime
+    last_arrival_at: datetime
+    state_changed_at: datetime
+    attempts: int
+    worker_id: str | None
+    lease_until: datetime | None
+    last_error: str | None
+    skip_reason: str | None
+    reopened_count: int
+
+
+@dataclass(frozen=True)
+class InstanceSummary:
+    sop_instance_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    modality: str | None
+    body_part_examined: str | None
+    view_position: str | None
+    spool_path: str
+    size_bytes: int
+    received_at: datetime
+    calling_ae_title: str | None
+
+
+def state_counts(session: Session) -> dict[StudyState, int]:
+    counts = dict.fromkeys(StudyState, 0)
+    for state, count in session.execute(select(Study.state, func.count()).group_by(Study.state)):
+        counts[StudyState(state)] = count
+    return counts
+
+
+def list_studies(
+    session: Session, state: StudyState | None = None, limit: int = 100
+) -> list[StudySummary]:
+    """Studies, most recent arrival first, optionally only those in `state`."""
+    query = select(Study).order_by(Study.last_arrival_at.desc(), Study.id.desc()).limit(limit)
+    if state is not None:
+        query = query.where(Study.state == state)
+    return [_summary(StudySummary, study) for study in session.scalars(query)]
+
+
+def study_detail(
+    session: Session, study_instance_uid: str
+) -> tuple[StudySummary, list[InstanceSummary]] | None:
+    study = session.scalars(
+        select(Study).where(Study.study_instance_uid == study_instance_uid)
+    ).one_or_none()
+    if study is None:
+        return None
+    instances = session.scalars(
+        select(Instance).where(Instance.study_id == study.id).order_by(Instance.id)
+    )
+    return _summary(StudySummary, study), [_summary(InstanceSummary, i) for i in instances]
+
+
+def recent_instances(session: Session, limit: int = 5) -> list[InstanceSummary]:
+    query = select(Instance).order_by(Instance.received_at.desc(), Instance.id.desc()).limit(limit)
+    return [_summary(InstanceSummary, i) for i in session.scalars(query)]
+
+
+def _summary(cls: Any, row: Any) -> Any:
+    return cls(**{f.name: getattr(row, f.name) for f in fields(cls)})
