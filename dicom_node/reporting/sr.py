@@ -1,0 +1,260 @@
+"""The findings Structured Report: a TID 1500 Measurement Report in a Comprehensive SR.
+
+One TID 1501 measurement group per finding (recipe in shared/sr-coding.md): the finding code,
+TID 4019 algorithm identification, "Certainty of Finding" in %, the decision threshold in %
+(private code; DICOM has no standard concept for a cutoff), Present/Absent as a CODE named by
+the finding, and every source image. Patient and study come only from the evidence.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import highdicom as hd
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
+from pydicom import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+from pydicom.uid import ComprehensiveSRStorage
+
+from dicom_node.reporting.content import (
+    MANUFACTURER,
+    PRIVATE_SCHEME,
+    SCORE_NOTE,
+    AlgorithmInfo,
+    FindingOutcome,
+    check_algorithm,
+    check_findings,
+)
+from dicom_node.reporting.uids import InstanceUids
+
+log = logging.getLogger(__name__)
+
+DECISION_THRESHOLD = Code("DECTHR", PRIVATE_SCHEME, "Decision threshold")
+COMMENT = Code("121106", "DCM", "Comment")
+XR_CHEST_SINGLE_VIEW = Code("36554-4", "LN", "XR Chest Single view")
+XR_CHEST_TWO_VIEWS = Code("36643-5", "LN", "XR Chest 2 Views")
+CHARACTER_SET = "ISO_IR 192"  # UTF-8: the caveat text is not Latin-1
+
+# evidence[0] must carry these (possibly empty) for highdicom to copy patient and study.
+_PATIENT_STUDY_KEYWORDS = (
+    "PatientID", "PatientName", "PatientBirthDate", "PatientSex",
+    "AccessionNumber", "StudyID", "StudyDate", "StudyTime",
+)
+
+
+@dataclass(frozen=True)
+class PreviousReport:
+    """The SR a new result supersedes (goes into PredecessorDocumentsSequence)."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str = ComprehensiveSRStorage
+
+    def as_dataset(self) -> Dataset:
+        ds = Dataset()
+        ds.StudyInstanceUID = self.study_instance_uid
+        ds.SeriesInstanceUID = self.series_instance_uid
+        ds.SOPInstanceUID = self.sop_instance_uid
+        ds.SOPClassUID = self.sop_class_uid
+        return ds
+
+
+def build_findings_sr(
+    *,
+    evidence: Sequence[Dataset],
+    findings: Sequence[FindingOutcome],
+    algorithm: AlgorithmInfo,
+    uids: InstanceUids,
+    tracking_uids: dict[str, str] | None = None,
+    node_uid: str,
+    previous: Sequence[PreviousReport] = (),
+    content_datetime: datetime.datetime | None = None,
+) -> hd.sr.ComprehensiveSR:
+    """Build the findings SR for one result. `evidence`: headers of the images the findings were
+    computed from (pixel data not needed); `node_uid`: the device observer UID of this node;
+    `content_datetime`: when the result was made (pass it so a rebuild is byte-identical)."""
+    headers = _check_evidence(evidence)
+    check_findings(findings)
+    check_algorithm(algorithm)
+    tracking_uids = tracking_uids or {}
+    missing = [f.label for f in findings if f.label not in tracking_uids]
+    if missing:
+        raise ValueError(f"tracking_uids: no tracking UID for {missing}")
+    groups = [_measurement_group(f, algorithm, headers, tracking_uids[f.label]) for f in findings]
+    report = hd.sr.MeasurementReport(
+        observation_context=_observation_context(node_uid, algorithm),
+        procedure_reported=_procedures(headers),
+        imaging_measurements=groups,
+        title=codes.DCM.ImagingMeasurementReport,
+        referenced_images=_library_images(headers) or None,
+    )
+    when = content_datetime or datetime.datetime.now(datetime.UTC)
+    root = report[0]
+    if not algorithm.clinical_use:
+        _insert_caveat(root, algorithm.caveat)
+    sr = hd.sr.ComprehensiveSR(
+        evidence=headers,
+        content=root,
+        series_instance_uid=uids.series_instance_uid,
+        series_number=uids.series_number,
+        sop_instance_uid=uids.sop_instance_uid,
+        instance_number=uids.instance_number,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=algorithm.name[:64],
+        software_versions=algorithm.version[:64],
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        series_description=_series_description(algorithm),
+        content_qualification="PRODUCT" if algorithm.clinical_use else "RESEARCH",
+        coding_schemes=[
+            CodingSchemeIdentificationItem(
+                designator=PRIVATE_SCHEME, name="dicom-node private codes"
+            )
+        ],
+        previous_versions=[p.as_dataset() for p in previous] or None,
+        specific_character_set=CHARACTER_SET,
+        content_date=when.date(),
+        content_time=when.time().replace(microsecond=0, tzinfo=None),
+    )
+    _pin_timestamps(sr, when)
+    return sr
+
+
+def _pin_timestamps(sr: Dataset, when: datetime.datetime) -> None:
+    """highdicom stamps creation times with the wall clock; use the result's time instead."""
+    sr.InstanceCreationDate = when.strftime("%Y%m%d")
+    sr.InstanceCreationTime = when.strftime("%H%M%S")
+    for item in sr.get("ContributingEquipmentSequence", []):
+        if "ContributionDateTime" in item:
+            item.ContributionDateTime = when.strftime("%Y%m%d%H%M%S")
+
+
+def _check_evidence(evidence: Sequence[Dataset]) -> list[Dataset]:
+    if not evidence:
+        raise ValueError("evidence: at least one source image is needed")
+    studies = {ds.get("StudyInstanceUID") for ds in evidence}
+    if len(studies) != 1 or None in studies:
+        raise ValueError(f"evidence: all images must share one StudyInstanceUID, got {studies}")
+    headers = []
+    for ds in evidence:
+        header = copy.deepcopy(ds)
+        if "PixelData" in header:
+            del header.PixelData
+        headers.append(header)
+    for keyword in _PATIENT_STUDY_KEYWORDS:
+        if keyword not in headers[0]:
+            setattr(headers[0], keyword, "")
+    return headers
+
+
+def _series_description(algorithm: AlgorithmInfo) -> str:
+    if algorithm.clinical_use:
+        return f"AI findings {algorithm.name}"[:64]
+    return "AI findings - NOT FOR CLINICAL USE"
+
+
+def _observation_context(node_uid: str, algorithm: AlgorithmInfo) -> hd.sr.ObservationContext:
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=node_uid,
+        name="dicom-node",
+        manufacturer_name=MANUFACTURER,
+        model_name=algorithm.name[:64],
+    )
+    return hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device,
+            observer_identifying_attributes=device,
+        )
+    )
+
+
+def _procedures(headers: Sequence[Dataset]) -> list[Code]:
+    views = {str(ds.get("ViewPosition", "") or "") for ds in headers}
+    chest = XR_CHEST_SINGLE_VIEW if len(views) == 1 else XR_CHEST_TWO_VIEWS
+    return [codes.LN.XRUnspecifiedBodyRegion, chest]
+
+
+def _library_images(headers: Sequence[Dataset]) -> list[Dataset]:
+    """Images for the Image Library. Its projection-radiography descriptors need a two-valued
+    PatientOrientation and ImagerPixelSpacing; an image without them is still referenced by
+    every measurement group, it is only left out of the library (never given made-up values)."""
+    usable = []
+    for ds in headers:
+        orientation = ds.get("PatientOrientation") or []
+        modality = ds.get("Modality", "")
+        projection = modality in ("CR", "DX", "IO", "MG", "PX", "RF", "RG", "XA")
+        if projection and (len(orientation) != 2 or "ImagerPixelSpacing" not in ds):
+            log.info(
+                "image left out of the SR image library: no orientation or imager spacing",
+                extra={"sop_instance_uid": ds.SOPInstanceUID},
+            )
+            continue
+        usable.append(ds)
+    return usable
+
+
+def _algorithm_id(finding: FindingOutcome, algorithm: AlgorithmInfo) -> hd.sr.AlgorithmIdentification:
+    parameters = [f"threshold={finding.threshold:.3f};profile={algorithm.profile}"]
+    parameters += [f"checkpoint_sha256={sha}" for sha in algorithm.checkpoint_sha256s]
+    if algorithm.catalogue_version:
+        parameters.append(f"catalogue={algorithm.catalogue_version}")
+    parameters.append(SCORE_NOTE)
+    return hd.sr.AlgorithmIdentification(
+        name=algorithm.name,
+        version=algorithm.version,
+        parameters=parameters,
+        manufacturer=MANUFACTURER,
+    )
+
+
+def _measurement_group(
+    finding: FindingOutcome,
+    algorithm: AlgorithmInfo,
+    headers: Sequence[Dataset],
+    tracking_uid: str,
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    decision = codes.SCT.Present if finding.present else codes.SCT.Absent
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid, identifier=finding.label),
+        finding_type=finding.code,
+        finding_sites=[hd.sr.FindingSite(anatomic_location=finding.site)] if finding.site else None,
+        algorithm_id=_algorithm_id(finding, algorithm),
+        source_images=[
+            hd.sr.SourceImageForMeasurementGroup.from_source_image(ds) for ds in headers
+        ],
+        measurements=[
+            hd.sr.Measurement(
+                name=codes.DCM.CertaintyOfFinding,
+                value=round(finding.probability * 100, 4),
+                unit=codes.UCUM.Percent,
+            ),
+            hd.sr.Measurement(
+                name=DECISION_THRESHOLD,
+                value=round(finding.threshold * 100, 4),
+                unit=codes.UCUM.Percent,
+            ),
+        ],
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=finding.code, value=decision)],
+    )
+
+
+def _insert_caveat(root: Dataset, caveat: str) -> None:
+    """The not-for-clinical-use statement as a root-level TEXT comment (TID 1500 is extensible),
+    placed before the Image Library and measurements so a plain SR rendering shows it first."""
+    item = hd.sr.TextContentItem(
+        name=COMMENT,
+        value=caveat,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+    content = root.ContentSequence
+    position = next(
+        (i for i, it in enumerate(content) if it.RelationshipType == "CONTAINS"), len(content)
+    )
+    content.insert(position, item)

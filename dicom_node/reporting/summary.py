@@ -1,0 +1,206 @@
+"""The summary image: a Secondary Capture that shows the findings table for viewers that do not
+render SR. 8-bit MONOCHROME2, same study, its own series; no patient identification is drawn
+(the viewer shows the header), so Burned In Annotation is NO."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from pydicom import Dataset
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+
+from dicom_node.reporting.content import (
+    MANUFACTURER,
+    SCORE_NOTE,
+    AlgorithmInfo,
+    FindingOutcome,
+    check_algorithm,
+    check_findings,
+)
+from dicom_node.reporting.uids import InstanceUids
+
+WIDTH = 1600
+MARGIN = 60
+ROW_HEIGHT = 60
+FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
+CHARACTER_SET = "ISO_IR 192"
+
+_PATIENT_STUDY_KEYWORDS = (
+    "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
+    "StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
+    "AccessionNumber", "StudyDescription",
+)
+_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
+          "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+@dataclass(frozen=True)
+class _Fonts:
+    caveat: ImageFont.ImageFont | ImageFont.FreeTypeFont
+    title: ImageFont.ImageFont | ImageFont.FreeTypeFont
+    body: ImageFont.ImageFont | ImageFont.FreeTypeFont
+    bold: ImageFont.ImageFont | ImageFont.FreeTypeFont
+    small: ImageFont.ImageFont | ImageFont.FreeTypeFont
+
+
+def _font(bold: bool, size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """DejaVu Sans when installed (Debian fonts-dejavu-core), else Pillow's built-in font."""
+    path = FONT_DIR / ("DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf")
+    if path.exists():
+        return ImageFont.truetype(str(path), size)
+    return ImageFont.load_default(size=size)
+
+
+def _fonts() -> _Fonts:
+    return _Fonts(
+        caveat=_font(True, 52), title=_font(True, 44), body=_font(False, 36),
+        bold=_font(True, 36), small=_font(False, 28),
+    )
+
+
+def render_summary(findings: Sequence[FindingOutcome], algorithm: AlgorithmInfo) -> np.ndarray:
+    """The findings table as a 2-D uint8 array (white on black)."""
+    check_findings(findings)
+    check_algorithm(algorithm)
+    fonts = _fonts()
+    caveat_lines = [] if algorithm.clinical_use else _wrap(algorithm.caveat, fonts.caveat)
+    notes = [f"Model {algorithm.name} ({algorithm.version}), threshold profile {algorithm.profile}"]
+    notes += _wrap(f"Probability: {SCORE_NOTE}.", fonts.small)
+    height = MARGIN * 2 + 130 + 70 * len(caveat_lines) + ROW_HEIGHT * (len(findings) + 1)
+    height += 30 + 45 * len(notes)
+    image = Image.new("L", (WIDTH, height), 0)
+    draw = ImageDraw.Draw(image)
+    y = MARGIN
+    draw.text((MARGIN, y), "AI FINDINGS", font=fonts.title, fill=255)
+    y += 90
+    for line in caveat_lines:
+        draw.rectangle((MARGIN - 10, y - 6, WIDTH - MARGIN + 10, y + 64), fill=255)
+        draw.text((MARGIN, y), line, font=fonts.caveat, fill=0)
+        y += 70
+    y = _draw_table(draw, fonts, findings, y + 40) + 30
+    for line in notes:
+        draw.text((MARGIN, y), line, font=fonts.small, fill=200)
+        y += 45
+    return np.asarray(image, dtype=np.uint8)
+
+
+_COLUMNS = (("Finding", 0), ("Probability", 640), ("Threshold", 900), ("Decision", 1160))
+
+
+def _draw_table(draw: ImageDraw.ImageDraw, fonts: _Fonts, findings: Sequence[FindingOutcome],
+                y: int) -> int:
+    for title, x in _COLUMNS:
+        draw.text((MARGIN + x, y), title, font=fonts.bold, fill=255)
+    y += ROW_HEIGHT - 10
+    draw.line((MARGIN, y, WIDTH - MARGIN, y), fill=255, width=3)
+    y += 10
+    for f in findings:
+        font = fonts.bold if f.present else fonts.body
+        fill = 255 if f.present else 190
+        cells = (f.label, f"{f.probability * 100:.1f} %", f"{f.threshold * 100:.1f} %",
+                 "PRESENT" if f.present else "absent")
+        for (_, x), text in zip(_COLUMNS, cells):
+            draw.text((MARGIN + x, y + 8), text, font=font, fill=fill)
+        y += ROW_HEIGHT
+        draw.line((MARGIN, y, WIDTH - MARGIN, y), fill=90, width=1)
+    return y
+
+
+def _wrap(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> list[str]:
+    lines: list[str] = []
+    for word in text.split():
+        candidate = f"{lines[-1]} {word}" if lines else word
+        if lines and font.getlength(candidate) <= WIDTH - 2 * MARGIN:
+            lines[-1] = candidate
+        else:
+            lines.append(word)
+    return lines
+
+
+def build_summary_sc(
+    *,
+    evidence: Sequence[Dataset],
+    findings: Sequence[FindingOutcome],
+    algorithm: AlgorithmInfo,
+    uids: InstanceUids,
+    content_datetime: datetime.datetime | None = None,
+) -> Dataset:
+    """A Secondary Capture Image Storage instance showing the findings table."""
+    if not evidence:
+        raise ValueError("evidence: at least one source image is needed")
+    pixels = render_summary(findings, algorithm)
+    when = content_datetime or datetime.datetime.now(datetime.UTC)
+    ds = Dataset()
+    _copy_patient_and_study(ds, evidence[0])
+    _add_series_and_equipment(ds, uids, algorithm, when)
+    _add_image(ds, pixels, evidence, algorithm)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = uids.sop_instance_uid
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return ds
+
+
+def _copy_patient_and_study(ds: Dataset, source: Dataset) -> None:
+    ds.SpecificCharacterSet = CHARACTER_SET
+    for keyword in _PATIENT_STUDY_KEYWORDS:
+        if keyword in source:
+            setattr(ds, keyword, source.data_element(keyword).value)
+        elif keyword in _TYPE2:
+            setattr(ds, keyword, "")
+
+
+def _add_series_and_equipment(ds: Dataset, uids: InstanceUids, algorithm: AlgorithmInfo,
+                              when: datetime.datetime) -> None:
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = uids.sop_instance_uid
+    ds.Modality = "OT"
+    ds.BodyPartExamined = "CHEST"  # unpaired, so Laterality (type 2C) is absent
+    ds.SeriesInstanceUID = uids.series_instance_uid
+    ds.SeriesNumber = uids.series_number
+    ds.SeriesDescription = (
+        f"AI findings summary {algorithm.name}"[:64] if algorithm.clinical_use
+        else "AI findings summary - NOT FOR CLINICAL USE"
+    )
+    ds.InstanceNumber = uids.instance_number
+    ds.Manufacturer = MANUFACTURER
+    ds.ManufacturerModelName = algorithm.name[:64]
+    ds.SoftwareVersions = algorithm.version[:64]
+    ds.ConversionType = "WSD"
+    ds.ContentDate = when.strftime("%Y%m%d")
+    ds.ContentTime = when.strftime("%H%M%S")
+    ds.InstanceCreationDate = ds.ContentDate
+    ds.InstanceCreationTime = ds.ContentTime
+
+
+def _add_image(ds: Dataset, pixels: np.ndarray, evidence: Sequence[Dataset],
+               algorithm: AlgorithmInfo) -> None:
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+    ds.PatientOrientation = ""
+    ds.BurnedInAnnotation = "NO"
+    ds.LossyImageCompression = "00"
+    if not algorithm.clinical_use:
+        ds.ImageComments = algorithm.caveat
+    ds.DerivationDescription = "Table of AI findings rendered from the findings SR"
+    ds.SourceImageSequence = [_reference(src) for src in evidence]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.BitsAllocated = 8
+    ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ds.PixelData = pixels.tobytes()
+
+
+def _reference(source: Dataset) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = source.SOPClassUID
+    item.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    return item

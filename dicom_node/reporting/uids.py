@@ -1,0 +1,118 @@
+"""Deterministic UIDs for the objects the node writes.
+
+A result is identified by what produced it: the study, the model (name and checkpoint hashes),
+the threshold profile and the exact set of input instances. Every UID of the SR and of the summary
+image is a name-based UUID (ISO/IEC 9834-8 `2.25.` form) of that identity, so building the
+report again for the same result gives the same instances, and a re-delivery is a duplicate
+the PACS recognises rather than a second report.
+
+Series UIDs and per-finding tracking UIDs depend only on the study and the model name, so a
+superseding report lands in the same series and each finding keeps its tracking UID across
+versions (a later AI result assessment can reference it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+# Fixed once for dicom-node: changing it changes every UID the node has ever derived.
+_NAMESPACE = uuid.UUID("b083782e-b5a0-474d-baa4-c9864ef999c7")
+
+SR_SERIES_NUMBER = 9901
+SUMMARY_SERIES_NUMBER = 9902
+
+
+def derived_uid(*parts: str) -> str:
+    """A UID that is a pure function of `parts` (at most 44 characters)."""
+    if not parts:
+        raise ValueError("parts: at least one part is needed")
+    name = "\x1f".join(parts)
+    return f"2.25.{uuid.uuid5(_NAMESPACE, name).int}"
+
+
+@dataclass(frozen=True)
+class ResultKey:
+    """What a result depends on; equal keys mean the same report."""
+
+    study_instance_uid: str
+    model_name: str
+    checkpoint_sha256s: tuple[str, ...]
+    profile: str
+    source_sop_instance_uids: tuple[str, ...]
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        study_instance_uid: str,
+        model_name: str,
+        checkpoint_sha256s: Sequence[str],
+        profile: str,
+        source_sop_instance_uids: Sequence[str],
+    ) -> ResultKey:
+        if not source_sop_instance_uids:
+            raise ValueError("source_sop_instance_uids: a result needs at least one input image")
+        return cls(
+            study_instance_uid=study_instance_uid,
+            model_name=model_name,
+            checkpoint_sha256s=tuple(checkpoint_sha256s),
+            profile=profile,
+            source_sop_instance_uids=tuple(sorted(set(source_sop_instance_uids))),
+        )
+
+    def digest(self) -> str:
+        """SHA-256 of the canonical JSON form of the key (stored with the result)."""
+        canonical = json.dumps(
+            [
+                self.study_instance_uid,
+                self.model_name,
+                list(self.checkpoint_sha256s),
+                self.profile,
+                list(self.source_sop_instance_uids),
+            ],
+            separators=(",", ":"),
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class InstanceUids:
+    series_instance_uid: str
+    sop_instance_uid: str
+    series_number: int
+    instance_number: int
+
+
+@dataclass(frozen=True)
+class ReportUids:
+    sr: InstanceUids
+    summary: InstanceUids
+    tracking: Mapping[str, str]  # finding label -> tracking UID
+
+
+def report_uids(key: ResultKey, *, version: int, labels: Sequence[str]) -> ReportUids:
+    """UIDs for the SR and the summary image of one result; `version` is 1 for a study's first
+    result and counts up with each superseding one (it becomes the instance number)."""
+    if version < 1:
+        raise ValueError(f"version: must be >= 1, got {version}")
+    digest = key.digest()
+    study, model = key.study_instance_uid, key.model_name
+    return ReportUids(
+        sr=InstanceUids(
+            series_instance_uid=derived_uid("sr-series", study, model),
+            sop_instance_uid=derived_uid("sr-instance", digest),
+            series_number=SR_SERIES_NUMBER,
+            instance_number=version,
+        ),
+        summary=InstanceUids(
+            series_instance_uid=derived_uid("summary-series", study, model),
+            sop_instance_uid=derived_uid("summary-instance", digest),
+            series_number=SUMMARY_SERIES_NUMBER,
+            instance_number=version,
+        ),
+        tracking={label: derived_uid("tracking", study, model, label) for label in labels},
+    )
