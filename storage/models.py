@@ -117,3 +117,34 @@ class Instance(Base):
     calling_ae_title: Mapped[str | None] = mapped_column(String(16))
 
     study: Mapped[Study] = relationship(back_populates="instances")
+
+
+# --- Threshold profiles (thresholds helper; migration 0002_threshold_profiles) ---------------
+# Versions are immutable: a change is a new row. The active version is the newest activation
+# row, so "exactly one active" holds by construction and every activation stays on record.
+
+
+class ThresholdProfile(Base):
+    __tablename__ = "threshold_profile"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, unique=True)
+    thresholds_json: Mapped[str] = mapped_column(Text)  # {"Finding label": threshold, ...}
+    author: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    note: Mapped[str | None] = mapped_column(Text)
+    method: Mapped[str] = mapped_column(String(64))  # defaults | set | calibrate:mcc | ...
+    provenance_json: Mapped[str] = mapped_column(Text)  # labels/model hashes, policy, ...
+    based_on_version: Mapped[int | None] = mapped_column(Integer)
+
+
+class ThresholdActivation(Base):
+    __tablename__ = "threshold_activation"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    profile_version: Mapped[int] = mapped_column(
+        ForeignKey("threshold_profile.version"), index=True
+    )
+    activated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    activated_by: Mapped[str] = mapped_column(String(128))
+    note: Mapped[str | None] = mapped_column(Text)
