@@ -8,17 +8,21 @@ database keeps only what routing and processing need (UIDs, SOP class, modality,
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     Enum,
+    Float,
     ForeignKey,
     Index,
     Integer,
     MetaData,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -148,3 +152,97 @@ class ThresholdActivation(Base):
     activated_at: Mapped[datetime] = mapped_column(UtcDateTime)
     activated_by: Mapped[str] = mapped_column(String(128))
     note: Mapped[str | None] = mapped_column(Text)
+
+
+# --- Results and outbound deliveries (report helper; migration 0003_results_outbound) -------
+# A result is what one worker run concluded for a study; a study has one per run, numbered by
+# `version`, the newest superseding the older ones. An outbound row is one object (SR or summary
+# image) for one destination, unique on (sop_instance_uid, destination) so nothing is queued,
+# and therefore delivered, twice.
+
+
+class Result(Base):
+    __tablename__ = "result"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("study.id", ondelete="CASCADE"), index=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
+    result_key: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 of the inputs
+    version: Mapped[int] = mapped_column(Integer)  # 1, 2, ... per study
+    supersedes_id: Mapped[int | None] = mapped_column(ForeignKey("result.id"))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    worker_id: Mapped[str | None] = mapped_column(String(128))
+    model_name: Mapped[str] = mapped_column(String(128))
+    checkpoint_sha256s_json: Mapped[str] = mapped_column(Text)  # ["<sha256>", ...]
+    catalogue_version: Mapped[str] = mapped_column(String(64))
+    clinical_use: Mapped[bool] = mapped_column(Boolean)
+    profile_version: Mapped[int | None] = mapped_column(Integer)  # None: catalogue defaults
+    aggregation: Mapped[str] = mapped_column(String(32))  # image -> study rule, e.g. "mean"
+    sr_series_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
+    sr_sop_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH), unique=True)
+    summary_series_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
+    summary_sop_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH), unique=True)
+
+    findings: Mapped[list[ResultFinding]] = relationship(
+        order_by="ResultFinding.position", passive_deletes=True
+    )
+    image_scores: Mapped[list[ImageScore]] = relationship(
+        order_by="ImageScore.id", passive_deletes=True
+    )
+
+    __table_args__ = (UniqueConstraint("study_id", "version"),)
+
+
+class ResultFinding(Base):
+    __tablename__ = "result_finding"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    result_id: Mapped[int] = mapped_column(ForeignKey("result.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer)  # catalogue order
+    label: Mapped[str] = mapped_column(String(128))
+    probability: Mapped[float] = mapped_column(Float)  # study level, 0..1
+    threshold: Mapped[float] = mapped_column(Float)  # the threshold used, 0..1
+    present: Mapped[bool] = mapped_column(Boolean)
+
+
+class ImageScore(Base):
+    __tablename__ = "image_score"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    result_id: Mapped[int] = mapped_column(ForeignKey("result.id", ondelete="CASCADE"), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
+    eligible: Mapped[bool] = mapped_column(Boolean)
+    reason: Mapped[str | None] = mapped_column(Text)  # why an image was not scored
+    scores_json: Mapped[str | None] = mapped_column(Text)  # {"label": probability, ...}
+
+
+class OutboundState(StrEnum):
+    PENDING = "PENDING"  #: to be sent at next_attempt_at (or being sent, see storage.outbound)
+    SENT = "SENT"  #: the destination acknowledged it; never sent again
+    DEAD = "DEAD"  #: gave up after max_attempts or a permanent refusal; see last_error
+
+
+class Outbound(Base):
+    __tablename__ = "outbound"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    result_id: Mapped[int] = mapped_column(ForeignKey("result.id", ondelete="CASCADE"), index=True)
+    destination: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))  # sr | summary
+    study_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
+    sop_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
+    sop_class_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
+    file_path: Mapped[str] = mapped_column(String(512))  # relative to the outbox root
+    state: Mapped[OutboundState] = mapped_column(
+        Enum(OutboundState, name="outbound_state", native_enum=False, length=16)
+    )
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+    __table_args__ = (
+        UniqueConstraint("sop_instance_uid", "destination"),
+        Index("ix_outbound_due", "state", "destination", "next_attempt_at"),
+    )

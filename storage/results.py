@@ -1,0 +1,185 @@
+"""Results: what each worker run concluded for a study, with everything needed to explain it
+later (model identity, the thresholds used, study-level findings, per-image scores).
+
+A study's results are numbered 1, 2, ...; each new one supersedes the previous (a late instance
+reopened the study, or it was processed again). A result is identified by `result_key`, a hash
+of its inputs, so the same inputs never make a second result.
+
+Like the work list, functions take the caller's Session and never commit.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from storage.models import ImageScore, Result, ResultFinding
+
+
+@dataclass(frozen=True)
+class FindingRecord:
+    label: str
+    probability: float
+    threshold: float
+    present: bool
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    sop_instance_uid: str
+    eligible: bool
+    reason: str | None = None  # why it was not scored
+    scores: Mapping[str, float] | None = None
+
+
+@dataclass(frozen=True)
+class NewResult:
+    study_id: int
+    study_instance_uid: str
+    result_key: str
+    version: int
+    supersedes_id: int | None
+    worker_id: str | None
+    model_name: str
+    checkpoint_sha256s: tuple[str, ...]
+    catalogue_version: str
+    clinical_use: bool
+    profile_version: int | None
+    aggregation: str
+    sr_series_instance_uid: str
+    sr_sop_instance_uid: str
+    summary_series_instance_uid: str
+    summary_sop_instance_uid: str
+    findings: tuple[FindingRecord, ...]
+    images: tuple[ImageRecord, ...]
+
+
+@dataclass(frozen=True)
+class ResultView:
+    id: int
+    study_id: int
+    study_instance_uid: str
+    result_key: str
+    version: int
+    supersedes_id: int | None
+    created_at: datetime
+    model_name: str
+    checkpoint_sha256s: tuple[str, ...]
+    catalogue_version: str
+    clinical_use: bool
+    profile_version: int | None
+    aggregation: str
+    sr_series_instance_uid: str
+    sr_sop_instance_uid: str
+    summary_series_instance_uid: str
+    summary_sop_instance_uid: str
+    findings: tuple[FindingRecord, ...]
+    images: tuple[ImageRecord, ...]
+
+
+def add_result(session: Session, new: NewResult, now: datetime) -> int:
+    """Insert a result with its findings and image scores; returns its id. The unique
+    (study, version) and result_key constraints refuse a duplicate."""
+    row = Result(
+        study_id=new.study_id,
+        study_instance_uid=new.study_instance_uid,
+        result_key=new.result_key,
+        version=new.version,
+        supersedes_id=new.supersedes_id,
+        created_at=now,
+        worker_id=new.worker_id,
+        model_name=new.model_name,
+        checkpoint_sha256s_json=json.dumps(list(new.checkpoint_sha256s)),
+        catalogue_version=new.catalogue_version,
+        clinical_use=new.clinical_use,
+        profile_version=new.profile_version,
+        aggregation=new.aggregation,
+        sr_series_instance_uid=new.sr_series_instance_uid,
+        sr_sop_instance_uid=new.sr_sop_instance_uid,
+        summary_series_instance_uid=new.summary_series_instance_uid,
+        summary_sop_instance_uid=new.summary_sop_instance_uid,
+    )
+    session.add(row)
+    session.flush()
+    session.add_all(
+        ResultFinding(
+            result_id=row.id, position=i, label=f.label, probability=f.probability,
+            threshold=f.threshold, present=f.present,
+        )
+        for i, f in enumerate(new.findings)
+    )
+    session.add_all(
+        ImageScore(
+            result_id=row.id, sop_instance_uid=img.sop_instance_uid, eligible=img.eligible,
+            reason=img.reason,
+            scores_json=None if img.scores is None else json.dumps(dict(img.scores)),
+        )
+        for img in new.images
+    )
+    session.flush()
+    return row.id
+
+
+def latest_result(session: Session, study_id: int) -> ResultView | None:
+    """The study's newest result (the one a new result would supersede)."""
+    row = session.scalars(
+        select(Result).where(Result.study_id == study_id).order_by(Result.version.desc()).limit(1)
+    ).first()
+    return None if row is None else _view(row)
+
+
+def find_result(session: Session, result_key: str) -> ResultView | None:
+    row = session.scalars(select(Result).where(Result.result_key == result_key)).first()
+    return None if row is None else _view(row)
+
+
+def results_for_study(session: Session, study_instance_uid: str) -> list[ResultView]:
+    rows = session.scalars(
+        select(Result)
+        .where(Result.study_instance_uid == study_instance_uid)
+        .order_by(Result.version)
+    )
+    return [_view(r) for r in rows]
+
+
+def result_count(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(Result)) or 0
+
+
+def _view(row: Result) -> ResultView:
+    return ResultView(
+        id=row.id,
+        study_id=row.study_id,
+        study_instance_uid=row.study_instance_uid,
+        result_key=row.result_key,
+        version=row.version,
+        supersedes_id=row.supersedes_id,
+        created_at=row.created_at,
+        model_name=row.model_name,
+        checkpoint_sha256s=tuple(json.loads(row.checkpoint_sha256s_json)),
+        catalogue_version=row.catalogue_version,
+        clinical_use=row.clinical_use,
+        profile_version=row.profile_version,
+        aggregation=row.aggregation,
+        sr_series_instance_uid=row.sr_series_instance_uid,
+        sr_sop_instance_uid=row.sr_sop_instance_uid,
+        summary_series_instance_uid=row.summary_series_instance_uid,
+        summary_sop_instance_uid=row.summary_sop_instance_uid,
+        findings=_findings(row.findings),
+        images=tuple(
+            ImageRecord(
+                sop_instance_uid=s.sop_instance_uid, eligible=s.eligible, reason=s.reason,
+                scores=None if s.scores_json is None else json.loads(s.scores_json),
+            )
+            for s in row.image_scores
+        ),
+    )
+
+
+def _findings(rows: Sequence[ResultFinding]) -> tuple[FindingRecord, ...]:
+    return tuple(FindingRecord(f.label, f.probability, f.threshold, f.present) for f in rows)
