@@ -63,6 +63,37 @@ class ModelSettings:
     cpu_threads: int = 0  # 0: torch's default
     batch_size: int = 16
     dicom_conversion: str = "equalize"  # equalize (as MIMIC-CXR-JPG was made) | voi
+    caveat: str = "NOT FOR CLINICAL USE — demo model trained on synthetic data"
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    enabled: bool = True  # run the inference worker inside `dicom-node serve`
+    poll_interval_seconds: float = 5  # fallback when no "study queued" event wakes it
+    study_aggregation: str = "mean"  # mean | max: per-image probabilities -> study level
+
+
+@dataclass(frozen=True)
+class OutboundSettings:
+    max_attempts: int = 10
+    initial_retry_delay_seconds: float = 10
+    max_retry_delay_seconds: float = 1800
+    backoff_multiplier: float = 2
+    poll_interval_seconds: float = 5  # also picks up `dicom-node outbound retry`
+    send_lease_seconds: float = 300  # a claimed delivery is retried after this if a sender died
+
+
+@dataclass(frozen=True)
+class DestinationSettings:
+    name: str
+    ae_title: str
+    host: str
+    port: int
+    send_sr: bool = True
+    send_summary: bool = True
+    connect_timeout_seconds: float = 10
+    network_timeout_seconds: float = 60
+    dimse_timeout_seconds: float = 120
 
 
 @dataclass(frozen=True)
@@ -78,6 +109,9 @@ class Settings:
     worklist: WorklistSettings = field(default_factory=WorklistSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    outbound: OutboundSettings = field(default_factory=OutboundSettings)
+    destinations: list[DestinationSettings] = field(default_factory=list)
     source_files: tuple[str, ...] = ()
 
     @property
@@ -112,6 +146,19 @@ _CHECKS: dict[tuple[str, str], typing.Callable[[Any], str | None]] = {
     if v in ("equalize", "voi")
     else "must be equalize or voi",
     ("model", "batch_size"): lambda v: None if v >= 1 else "must be >= 1",
+    ("worker", "study_aggregation"): lambda v: None
+    if v in ("mean", "max")
+    else "must be mean or max",
+    ("outbound", "max_attempts"): lambda v: None if v >= 1 else "must be >= 1",
+    ("outbound", "backoff_multiplier"): lambda v: None if v >= 1 else "must be >= 1",
+    ("outbound", "initial_retry_delay_seconds"): lambda v: None if v >= 0 else "must be >= 0",
+    ("destinations[]", "name"): lambda v: None
+    if v and v.replace("-", "").replace("_", "").isalnum() and len(v) <= 64
+    else "must be 1..64 letters, digits, - or _",
+    ("destinations[]", "ae_title"): lambda v: None
+    if 0 < len(v) <= 16 and v.isascii() and "\\" not in v
+    else "must be 1..16 ASCII characters",
+    ("destinations[]", "port"): lambda v: None if 0 < v <= 65535 else "must be 1..65535",
     ("logging", "format"): lambda v: None if v in ("json", "text") else "must be json or text",
     ("logging", "level"): lambda v: None
     if v.upper() in ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -149,6 +196,11 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 def _merge(base: dict[str, Any], extra: Mapping[str, Any], origin: str) -> None:
     for section, values in extra.items():
+        if isinstance(values, list):  # a list of tables ([[destinations]]) replaces the default
+            base[section] = list(values)
+            continue
+        if isinstance(base.get(section), list):
+            raise ConfigError(f"{origin}: [[{section}]] is a list of tables; set it in a file")
         if not isinstance(values, Mapping):
             raise ConfigError(f"{origin}: [{section}] must be a table of keys")
         base.setdefault(section, {}).update(values)
@@ -181,11 +233,20 @@ def _build(cls: type, merged: dict[str, Any], sources: tuple[str, ...]) -> Setti
     for name in merged:
         if name not in sections:
             raise ConfigError(f"unknown config section [{name}] (known: {', '.join(sections)})")
-    built = {
-        name: _build_section(name, typing.get_type_hints(cls)[name], merged.get(name, {}))
-        for name in sections
-    }
+    hints = typing.get_type_hints(cls)
+    built = {name: _build_field(name, hints[name], merged.get(name)) for name in sections}
+    names = [d.name for d in built.get("destinations", [])]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"destinations: names must be unique, got {names}")
     return cls(**built, source_files=sources)
+
+
+def _build_field(name: str, hint: Any, value: Any) -> Any:
+    if typing.get_origin(hint) is list:  # [[name]] tables
+        return _coerce(name, hint, [] if value is None else value)
+    if value is not None and not isinstance(value, Mapping):
+        raise ConfigError(f"[{name}] must be a table of keys, got {value!r}")
+    return _build_section(name, hint, value or {})
 
 
 def _build_section(section: str, cls: type, values: Mapping[str, Any]) -> Any:
@@ -196,6 +257,13 @@ def _build_section(section: str, cls: type, values: Mapping[str, Any]) -> Any:
             raise ConfigError(
                 f"unknown config key {section}.{key} (known in [{section}]: {', '.join(sorted(known))})"
             )
+    required = [
+        f.name for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    for key in required:
+        if key not in values:
+            raise ConfigError(f"config key {section}.{key} is required")
     checked = {key: _coerce(f"{section}.{key}", hints[key], v) for key, v in values.items()}
     for key, value in checked.items():
         check = _CHECKS.get((section, key))
