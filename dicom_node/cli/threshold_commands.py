@@ -1,0 +1,797 @@
+"""`dicom-node thresholds ...` (versioned threshold profiles, calibration) and
+`dicom-node evaluate` (AUROC with bootstrap intervals, ROC figure, CSV/JSON).
+
+Profiles live in the node's database (`storage.profiles`); scoring and statistics are `ml/`.
+Calibration and evaluation read a labels CSV in CheXpert layout (`ml.labels`), score every
+image once through the score cache under the data directory, and never touch the work list.
+"""
+
+from __future__ import annotations
+
+import getpass
+import inspect
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from sqlalchemy.orm import Session
+
+from dicom_node.cli import app
+from dicom_node.cli.common import (
+    CliError,
+    ConfigOption,
+    JsonOption,
+    console,
+    err_console,
+    print_json,
+    print_table,
+    settings_from,
+    user_errors,
+)
+from dicom_node.settings import Settings
+from ml.calibration import choose_threshold, parse_method
+from ml.catalogue import MAX_PROBABILITY, MIN_PROBABILITY, Catalogue, load_catalogue
+from ml.evaluation import (
+    EvaluationReport,
+    evaluate_scores,
+    plot_roc,
+    write_metrics_csv,
+    write_metrics_json,
+)
+from ml.labels import BLANK_POLICIES, UNCERTAIN_POLICIES, LabelledSet, LabelPolicy, read_labels
+from ml.metrics import DEFAULT_RESAMPLES, METRIC_NAMES, Interval
+from ml.score_cache import CACHE_FILE_NAME, ScoreCache, file_sha256, model_key, score_paths_cached
+from storage import profiles
+from storage.db import open_database
+
+thresholds_app = typer.Typer(
+    help="Threshold profiles: immutable versions, one active; set, activate, diff, calibrate.",
+    no_args_is_help=True,
+)
+app.add_typer(thresholds_app, name="thresholds")
+
+AuthorOption = typer.Option(None, "--author", help="Who makes the change (default: OS user).")
+NoteOption = typer.Option(None, "--note", help="Why; kept with the version for ever.")
+CheckpointOption = typer.Option(
+    None,
+    "--checkpoint",
+    help="Checkpoint file (repeat for an ensemble); default: [model] checkpoints.",
+)
+UncertainOption = typer.Option(
+    "exclude", "--uncertain", help=f"-1 labels: {' | '.join(UNCERTAIN_POLICIES)}."
+)
+BlankOption = typer.Option(
+    "negative", "--blank", help=f"Blank labels: {' | '.join(BLANK_POLICIES)}."
+)
+ImagesRootOption = typer.Option(
+    None,
+    "--images-root",
+    help="Folder the CSV's relative paths start from (default: beside the CSV).",
+)
+ResamplesOption = typer.Option(DEFAULT_RESAMPLES, "--resamples", min=1, help="Bootstrap resamples.")
+LabelsArgument = typer.Argument(..., help="Labels CSV in CheXpert layout (path + findings).")
+OutOption = typer.Option(
+    Path("evaluation"), "--out", help="Folder for roc.png, metrics.csv, metrics.json."
+)
+SeedOption = typer.Option(0, "--seed", min=0, help="Bootstrap seed (0 reproduces CheXzero's).")
+
+REACHABLE_RANGE_REASON = (
+    "zero-shot probabilities are sigmoid(cos(image, positive) - cos(image, negative)) of two "
+    f"cosines in [-1, 1], so they always lie in [{MIN_PROBABILITY:.3f}, {MAX_PROBABILITY:.3f}]"
+)
+
+
+@dataclass(frozen=True)
+class Context:
+    settings: Settings
+    catalogue: Catalogue
+
+
+def _context(config: Path | None) -> Context:
+    settings = settings_from(config)
+    return Context(settings, load_catalogue(settings.resolve(settings.model.findings_file)))
+
+
+def _reflow(func: Callable[..., None]) -> Callable[..., None]:
+    """Join the docstring's wrapped lines so that --help wraps paragraphs to the terminal."""
+    paragraphs = inspect.cleandoc(func.__doc__ or "").split("\n\n")
+    func.__doc__ = "\n\n".join(" ".join(p.split()) for p in paragraphs)
+    return func
+
+
+@contextmanager
+def _session(ctx: Context) -> Iterator[Session]:
+    """A session on the node's database with version 1 present (catalogue defaults); commits."""
+    database = open_database(ctx.settings.database_url)
+    try:
+        with database.sessions() as session:
+            defaults = {f.label: f.default_threshold for f in ctx.catalogue.findings}
+            profiles.ensure_initial_profile(session, defaults)
+            yield session
+            session.commit()
+    finally:
+        database.dispose()
+
+
+def _author(author: str | None) -> str:
+    if author and author.strip():
+        return author.strip()
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None or np.isnan(value) else f"{value:.{digits}f}"
+
+
+# --- profiles ---------------------------------------------------------------------------------
+
+
+@thresholds_app.command("show")
+@_reflow
+def show(
+    version: int = typer.Argument(None, help="Version to show (default: the active one)."),
+    config: Path = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """The thresholds of the active (or a given) profile version."""
+    with user_errors():
+        ctx = _context(config)
+        with _session(ctx) as session:
+            active = profiles.active_version(session)
+            shown = profiles.get_profile(session, active if version is None else version)
+        if as_json:
+            print_json({"active_version": active, **shown.as_dict()})
+            return
+        rows = []
+        for label in sorted({*shown.thresholds, *(f.label for f in ctx.catalogue.findings)}):
+            finding = _catalogue_entry(ctx.catalogue, label)
+            rows.append(
+                [
+                    label,
+                    _fmt(shown.thresholds.get(label)),
+                    _fmt(finding.default_threshold) if finding else "-",
+                    "yes" if finding and finding.enabled else "no",
+                ]
+            )
+        state = "active" if shown.version == active else f"not active; active is v{active}"
+        print_table(
+            f"Threshold profile v{shown.version} ({state}) by {shown.author}, "
+            f"{shown.created_at:%Y-%m-%d %H:%M} UTC, {shown.method}",
+            ["finding", "threshold", "catalogue default", "scored"],
+            rows,
+        )
+
+
+@thresholds_app.command("set")
+@_reflow
+def set_threshold(
+    finding: str = typer.Argument(..., help="Finding label from the catalogue."),
+    value: float = typer.Argument(..., help="New threshold: positive when probability >= it."),
+    note: str = NoteOption,
+    author: str = AuthorOption,
+    activate: bool = typer.Option(True, "--activate/--no-activate", help="Make it active now."),
+    config: Path = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """New version = the active one with FINDING at VALUE; active at once unless --no-activate."""
+    with user_errors():
+        ctx = _context(config)
+        label = _finding_label(ctx.catalogue, finding)
+        if not MIN_PROBABILITY < value < MAX_PROBABILITY:
+            raise CliError(
+                f"threshold {value} for {label} can never be crossed: {REACHABLE_RANGE_REASON}"
+            )
+        who = _author(author)
+        with _session(ctx) as session:
+            before = profiles.active_version(session)
+            created = profiles.derive_profile(
+                session, {label: value}, author=who, method="set", note=note
+            )
+            if activate:
+                profiles.activate(session, created.version, by=who, note=note)
+            changes = profiles.diff(profiles.get_profile(session, before), created)
+        _report_new_version(created, before, activate, changes, as_json)
+
+
+def _report_new_version(
+    created: profiles.ProfileVersion,
+    before: int | None,
+    activated: bool,
+    changes: Sequence[profiles.ThresholdChange],
+    as_json: bool,
+) -> None:
+    if as_json:
+        print_json(
+            {
+                "version": created.version,
+                "based_on_version": created.based_on_version,
+                "activated": activated,
+                "previously_active": before,
+                "changes": [c.as_dict() for c in changes],
+            }
+        )
+        return
+    described = ", ".join(f"{c.finding} {_fmt(c.before)} -> {_fmt(c.after)}" for c in changes)
+    console.print(
+        f"created v{created.version} from v{created.based_on_version}: "
+        f"{described or 'no threshold changed'}",
+        highlight=False,
+    )
+    if activated:
+        console.print(
+            f"v{created.version} is active (was v{before}); "
+            f"undo with: dicom-node thresholds activate {before}",
+            highlight=False,
+        )
+    else:
+        console.print(
+            f"v{before} stays active; use it with: "
+            f"dicom-node thresholds activate {created.version}",
+            highlight=False,
+        )
+
+
+@thresholds_app.command("activate")
+@_reflow
+def activate_version(
+    version: int = typer.Argument(..., help="Profile version to make active."),
+    note: str = NoteOption,
+    author: str = AuthorOption,
+    config: Path = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Make VERSION the active profile; a running node uses it from its next study on.
+
+    The activation is recorded in the history (who, when, note). Undo is activating the
+    version that was active before.
+    """
+    with user_errors():
+        ctx = _context(config)
+        with _session(ctx) as session:
+            before = profiles.active_version(session)
+            changed = profiles.activate(session, version, by=_author(author), note=note)
+        if as_json:
+            print_json({"active_version": version, "previously_active": before, "changed": changed})
+        elif changed:
+            console.print(f"v{version} is active (was v{before})", highlight=False)
+        else:
+            console.print(f"v{version} was already active; nothing changed", highlight=False)
+
+
+@thresholds_app.command("diff")
+@_reflow
+def diff_versions(
+    a: int = typer.Argument(..., help="Older version."),
+    b: int = typer.Argument(..., help="Newer version."),
+    config: Path = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Findings whose threshold differs between versions A and B, and who made each."""
+    with user_errors():
+        ctx = _context(config)
+        with _session(ctx) as session:
+            older, newer = profiles.get_profile(session, a), profiles.get_profile(session, b)
+        changes = profiles.diff(older, newer)
+        if as_json:
+            print_json(
+                {
+                    "a": older.as_dict(),
+                    "b": newer.as_dict(),
+                    "changes": [c.as_dict() for c in changes],
+                }
+            )
+            return
+        print_table(
+            f"v{a} ({older.author}, {older.method}) -> v{b} ({newer.author}, {newer.method})",
+            ["finding", f"v{a}", f"v{b}", "change"],
+            [[c.finding, _fmt(c.before), _fmt(c.after), _delta(c)] for c in changes],
+        )
+        if not changes:
+            console.print("no threshold differs", highlight=False)
+
+
+def _delta(change: profiles.ThresholdChange) -> str:
+    if change.before is None or change.after is None:
+        return "added" if change.before is None else "removed"
+    return f"{change.after - change.before:+.3f}"
+
+
+@thresholds_app.command("history")
+@_reflow
+def show_history(config: Path = ConfigOption, as_json: bool = JsonOption) -> None:
+    """Every version created and every activation: when, who, how, what changed, why."""
+    with user_errors():
+        ctx = _context(config)
+        with _session(ctx) as session:
+            events = profiles.history(session)
+            active = profiles.active_version(session)
+        if as_json:
+            print_json({"active_version": active, "events": [e.as_dict() for e in events]})
+            return
+        rows = [
+            [
+                f"{e.at:%Y-%m-%d %H:%M:%S}",
+                e.kind,
+                f"v{e.version}",
+                e.who,
+                e.method or "",
+                "; ".join(f"{c.finding} {_fmt(c.before)} -> {_fmt(c.after)}" for c in e.changes),
+                e.note or "",
+            ]
+            for e in events
+        ]
+        print_table(
+            f"Threshold history (active: v{active})",
+            ["when (UTC)", "event", "version", "who", "method", "changes", "note"],
+            rows,
+        )
+
+
+def _catalogue_entry(catalogue: Catalogue, label: str) -> Any:
+    try:
+        return catalogue.by_label(label)
+    except KeyError:
+        return None
+
+
+def _finding_label(catalogue: Catalogue, name: str) -> str:
+    for finding in catalogue.findings:
+        if finding.label.casefold() == name.strip().casefold():
+            return finding.label
+    known = ", ".join(f.label for f in catalogue.findings)
+    raise CliError(f"unknown finding {name!r} (the catalogue has: {known})")
+
+
+# --- scoring a labelled set --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScoredSet:
+    labelled: LabelledSet
+    findings: tuple[str, ...]  # enabled findings that have a column in the labels file
+    labels: np.ndarray  # (images, findings): 1, 0 or NaN (excluded by the policy)
+    scores: np.ndarray  # (images, findings): NaN where the engine declined the image
+    skipped: Mapping[str, int]  # engine's reason -> images
+    provenance: Mapping[str, Any]
+
+
+def _score_labelled(
+    ctx: Context,
+    labels_csv: Path,
+    checkpoints: Sequence[Path] | None,
+    policy: LabelPolicy,
+    images_root: Path | None,
+) -> ScoredSet:
+    enabled = [f.label for f in ctx.catalogue.enabled()]
+    labelled = read_labels(labels_csv, enabled, policy, images_root)
+    findings = tuple(f for f in enabled if f not in labelled.missing_columns)
+    if not findings:
+        raise CliError(f"{labels_csv} has no column for any enabled finding ({', '.join(enabled)})")
+    paths = _checkpoint_paths(ctx.settings, checkpoints)
+    shas = [file_sha256(p) for p in paths]
+    conversion = ctx.settings.model.dicom_conversion
+    key = model_key(shas, ctx.catalogue.version, conversion)
+    cache = ScoreCache(ctx.settings.data_path / CACHE_FILE_NAME)
+    with _progress("scoring images", len(labelled.paths)) as advance:
+        results = score_paths_cached(
+            labelled.paths,
+            cache,
+            key,
+            lambda: _engine_scorer(ctx, paths, conversion),
+            batch_size=ctx.settings.model.batch_size,
+            progress=advance,
+        )
+    scores = np.array(
+        [[(r.probabilities or {}).get(f, np.nan) for f in findings] for r in results],
+        dtype=np.float64,
+    ).reshape(len(results), len(findings))
+    skipped: dict[str, int] = {}
+    for r in results:
+        if r.probabilities is None:
+            skipped[r.skipped_reason or "not scored"] = (
+                skipped.get(r.skipped_reason or "not scored", 0) + 1
+            )
+    columns = [enabled.index(f) for f in findings]
+    provenance = {
+        "labels_csv": str(labels_csv),
+        "labels_sha256": file_sha256(labels_csv),
+        "images": len(labelled.paths),
+        "label_policy": policy.describe(),
+        "model": ctx.settings.model.name,
+        "checkpoints": [{"file": p.name, "sha256": s} for p, s in zip(paths, shas)],
+        "catalogue_version": ctx.catalogue.version,
+        "dicom_conversion": conversion,
+    }
+    return ScoredSet(labelled, findings, labelled.labels[:, columns], scores, skipped, provenance)
+
+
+def _checkpoint_paths(settings: Settings, given: Sequence[Path] | None) -> list[Path]:
+    paths = [Path(p).expanduser().resolve() for p in given or []]
+    if not paths:
+        paths = [settings.resolve(p) for p in settings.model.checkpoints]
+    if not paths:
+        raise CliError("no checkpoint: pass --checkpoint or set [model] checkpoints in the config")
+    for path in paths:
+        if not path.is_file():
+            raise CliError(f"checkpoint not found: {path}")
+    return paths
+
+
+def _engine_scorer(ctx: Context, checkpoints: Sequence[Path], conversion: str) -> Callable:
+    from ml.engine import ZeroShotEngine  # loading torch and the model only when needed
+
+    model = ctx.settings.model
+    engine = ZeroShotEngine(
+        list(checkpoints),
+        ctx.catalogue,
+        device=model.device,
+        cpu_threads=model.cpu_threads,
+        batch_size=model.batch_size,
+    )
+    return lambda paths: engine.score_paths(list(paths), conversion)
+
+
+@contextmanager
+def _progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda n: progress.advance(task, n)
+
+
+def _policy(uncertain: str, blank: str) -> LabelPolicy:
+    return LabelPolicy(uncertain=uncertain.strip().lower(), blank=blank.strip().lower())
+
+
+def _interval_text(value: Interval | None) -> str:
+    if value is None:
+        return "-"
+    return f"{_fmt(value.estimate)} ({_fmt(value.lower)}-{_fmt(value.upper)})"
+
+
+def _notes(scored: ScoredSet) -> list[str]:
+    notes = [f"{n} image(s) not scored: {reason}" for reason, n in scored.skipped.items()]
+    if scored.labelled.missing_columns:
+        notes.append(f"no labels column for: {', '.join(scored.labelled.missing_columns)}")
+    if scored.labelled.unknown_columns:
+        notes.append(f"columns ignored: {', '.join(scored.labelled.unknown_columns)}")
+    return notes
+
+
+# --- calibrate -----------------------------------------------------------------------------------
+
+
+@thresholds_app.command("calibrate")
+@_reflow
+def calibrate(
+    labels_csv: Path = LabelsArgument,
+    method: str = typer.Option(
+        ..., "--method", help="mcc | youden | sensitivity:T | specificity:T | fixed."
+    ),
+    activate: bool = typer.Option(False, "--activate", help="Make the new version active."),
+    uncertain: str = UncertainOption,
+    blank: str = BlankOption,
+    images_root: Path = ImagesRootOption,
+    checkpoint: list[Path] = CheckpointOption,
+    resamples: int = ResamplesOption,
+    seed: int = SeedOption,
+    note: str = NoteOption,
+    author: str = AuthorOption,
+    config: Path = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Choose thresholds on labelled images and save them as a new profile version.
+
+    Scores every image once (cached), picks a threshold per finding by --method, prints
+    sensitivity, specificity, PPV, NPV, F1 and MCC at it with bootstrap 95% intervals, and saves
+    a new version based on the active one, made active only with --activate. Findings without
+    both positive and negative labels keep their threshold. --method fixed measures the active
+    thresholds and saves nothing.
+    """
+    with user_errors():
+        chosen_method = parse_method(method)
+        ctx = _context(config)
+        scored = _score_labelled(
+            ctx, labels_csv, checkpoint, _policy(uncertain, blank), images_root
+        )
+        with _session(ctx) as session:
+            base = profiles.active_profile(session)
+        defaults = {f.label: f.default_threshold for f in ctx.catalogue.findings}
+        thresholds, kept = _choose(scored, chosen_method, base, defaults)
+        with _progress("bootstrap", 1) as advance:
+            report = evaluate_scores(
+                scored.findings,
+                scored.labels,
+                scored.scores,
+                thresholds,
+                resamples=resamples,
+                seed=seed,
+            )
+            advance(1)
+        created, activated, changes = None, False, []
+        if chosen_method.kind != "fixed":
+            created, activated, changes = _save_calibrated(
+                ctx,
+                scored,
+                thresholds,
+                kept,
+                chosen_method.describe(),
+                base.version,
+                resamples,
+                seed,
+                activate,
+                _author(author),
+                note,
+            )
+        _print_calibration(scored, report, base, thresholds, created, activated, changes, as_json)
+
+
+def _choose(
+    scored: ScoredSet, method: Any, base: profiles.ProfileSnapshot, defaults: Mapping[str, float]
+) -> tuple[dict[str, float], dict[str, str]]:
+    """Threshold per finding, and why the findings that kept the base threshold kept it."""
+    thresholds: dict[str, float] = {}
+    kept: dict[str, str] = {}
+    for j, finding in enumerate(scored.findings):
+        current = base.threshold_for(finding, defaults[finding])
+        keep = ~np.isnan(scored.labels[:, j]) & ~np.isnan(scored.scores[:, j])
+        y, s = scored.labels[keep, j], scored.scores[keep, j]
+        if not ((y == 1).any() and (y == 0).any()):
+            kept[finding] = "needs positive and negative labels"
+        elif method.kind != "fixed":
+            thresholds[finding] = choose_threshold(y, s, method)
+            continue
+        thresholds[finding] = current
+    return thresholds, kept
+
+
+def _save_calibrated(
+    ctx: Context,
+    scored: ScoredSet,
+    thresholds: Mapping[str, float],
+    kept: Mapping[str, str],
+    method: str,
+    base_version: int,
+    resamples: int,
+    seed: int,
+    activate: bool,
+    who: str,
+    note: str | None,
+) -> tuple[profiles.ProfileVersion, bool, list[profiles.ThresholdChange]]:
+    changes = {f: t for f, t in thresholds.items() if f not in kept}
+    if not changes:
+        raise CliError("no finding has both positive and negative labels: nothing to calibrate")
+    provenance = {
+        **scored.provenance,
+        "method": method,
+        "bootstrap_resamples": resamples,
+        "bootstrap_seed": seed,
+        "kept_from_base": dict(kept),
+    }
+    labels_sha = str(scored.provenance["labels_sha256"])[:12]
+    with _session(ctx) as session:
+        created = profiles.derive_profile(
+            session,
+            changes,
+            author=who,
+            method=f"calibrate:{method}",
+            base=base_version,
+            note=note or f"calibrated on {scored.labelled.csv_path.name} (sha256 {labels_sha})",
+            provenance=provenance,
+        )
+        activated = activate and profiles.activate(session, created.version, by=who, note=note)
+        change_list = profiles.diff(profiles.get_profile(session, base_version), created)
+    return created, activated, change_list
+
+
+def _print_calibration(
+    scored: ScoredSet,
+    report: EvaluationReport,
+    base: profiles.ProfileSnapshot,
+    thresholds: Mapping[str, float],
+    created: profiles.ProfileVersion | None,
+    activated: bool,
+    changes: Sequence[profiles.ThresholdChange],
+    as_json: bool,
+) -> None:
+    if as_json:
+        print_json(
+            {
+                "version": created.version if created else None,
+                "based_on_version": base.version,
+                "activated": activated,
+                "thresholds": dict(thresholds),
+                "changes": [c.as_dict() for c in changes],
+                "notes": _notes(scored),
+                "report": report.as_dict(),
+            }
+        )
+        return
+    rows = []
+    for r in report.findings:
+        ops = r.operating or {}
+        rows.append(
+            [
+                r.finding,
+                f"{r.n_positive}/{r.n_negative}",
+                f"{_fmt(base.thresholds.get(r.finding))} -> {_fmt(r.threshold)}"
+                if r.threshold is not None
+                else "-",
+                *(_interval_text(ops.get(m)) if r.evaluable else r.reason for m in METRIC_NAMES),
+            ]
+        )
+    print_table(
+        f"Calibration on {scored.labelled.csv_path.name}: {report.n_scored} images scored, "
+        f"{report.confidence:.0%} bootstrap intervals ({report.resamples} resamples, seed {report.seed})",
+        [
+            "finding",
+            "pos/neg",
+            "threshold",
+            "sensitivity",
+            "specificity",
+            "PPV",
+            "NPV",
+            "F1",
+            "MCC",
+        ],
+        rows,
+    )
+    for line in _notes(scored):
+        console.print(line, highlight=False)
+    if created is None:
+        console.print(
+            f"method fixed: thresholds of v{base.version} measured, no new version", highlight=False
+        )
+    elif activated:
+        console.print(
+            f"saved v{created.version} and made it active (was v{base.version}); "
+            f"undo with: dicom-node thresholds activate {base.version}",
+            highlight=False,
+        )
+    else:
+        console.print(
+            f"saved v{created.version}, not active (v{base.version} stays active); "
+            f"use it with: dicom-node thresholds activate {created.version}",
+            highlight=False,
+        )
+
+
+# --- evaluate ------------------------------------------------------------------------------------
+
+
+@app.command("evaluate")
+@_reflow
+def evaluate(
+    labels_csv: Path = LabelsArgument,
+    out: Path = OutOption,
+    profile: int = typer.Option(
+        None,
+        "--profile",
+        help="Operating points of this profile version (default: the active one).",
+    ),
+    uncertain: str = UncertainOption,
+    blank: str = BlankOption,
+    images_root: Path = ImagesRootOption,
+    checkpoint: list[Path] = CheckpointOption,
+    resamples: int = ResamplesOption,
+    seed: int = SeedOption,
+    config: Path = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """AUROC per finding with bootstrap 95% intervals; roc.png, metrics.csv, metrics.json.
+
+    Scores every image once (cached); reports AUROC per finding and the mean over the evaluable
+    findings, and sensitivity, specificity, PPV, NPV, F1 and MCC at each finding's threshold in
+    the active (or --profile) version, marked on the ROC figure. A finding whose labels hold a
+    single class is reported as not evaluable.
+    """
+    with user_errors():
+        ctx = _context(config)
+        scored = _score_labelled(
+            ctx, labels_csv, checkpoint, _policy(uncertain, blank), images_root
+        )
+        with _session(ctx) as session:
+            version = profiles.active_version(session) if profile is None else profile
+            used = profiles.get_profile(session, version)
+        defaults = {f.label: f.default_threshold for f in ctx.catalogue.findings}
+        thresholds = {f: used.thresholds.get(f, defaults[f]) for f in scored.findings}
+        with _progress("bootstrap", 1) as advance:
+            report = evaluate_scores(
+                scored.findings,
+                scored.labels,
+                scored.scores,
+                thresholds,
+                resamples=resamples,
+                seed=seed,
+            )
+            advance(1)
+        files = _write_evaluation(ctx, scored, report, used, out)
+        if as_json:
+            print_json(
+                {
+                    **_evaluation_header(ctx, scored, used),
+                    "files": files,
+                    "notes": _notes(scored),
+                    **report.as_dict(),
+                }
+            )
+            return
+        _print_evaluation(scored, report, used, files)
+
+
+def _evaluation_header(
+    ctx: Context, scored: ScoredSet, used: profiles.ProfileVersion
+) -> dict[str, Any]:
+    return {
+        **scored.provenance,
+        "clinical_use": ctx.settings.model.clinical_use,
+        "profile_version": used.version,
+    }
+
+
+def _write_evaluation(
+    ctx: Context,
+    scored: ScoredSet,
+    report: EvaluationReport,
+    used: profiles.ProfileVersion,
+    out: Path,
+) -> dict[str, str]:
+    out.mkdir(parents=True, exist_ok=True)
+    files = {name: str(out / name) for name in ("roc.png", "metrics.csv", "metrics.json")}
+    write_metrics_csv(report, out / "metrics.csv")
+    write_metrics_json(report, out / "metrics.json", _evaluation_header(ctx, scored, used))
+    warning = "" if ctx.settings.model.clinical_use else " - NOT FOR CLINICAL USE"
+    plot_roc(
+        report,
+        out / "roc.png",
+        title=f"{ctx.settings.model.name} on {scored.labelled.csv_path.name}{warning}",
+        footnote=f"operating points: threshold profile v{used.version}; "
+        f"labels {scored.labelled.policy.describe()}",
+    )
+    return files
+
+
+def _print_evaluation(
+    scored: ScoredSet,
+    report: EvaluationReport,
+    used: profiles.ProfileVersion,
+    files: Mapping[str, str],
+) -> None:
+    rows = []
+    for r in report.findings:
+        ops = r.operating or {}
+        rows.append(
+            [
+                r.finding,
+                f"{r.n_positive}/{r.n_negative}",
+                _interval_text(r.auroc) if r.evaluable else f"not evaluable: {r.reason}",
+                _fmt(r.threshold),
+                _interval_text(ops.get("sensitivity")),
+                _interval_text(ops.get("specificity")),
+            ]
+        )
+    if report.mean_auroc:
+        rows.append(["mean", "", _interval_text(report.mean_auroc), "", "", ""])
+    print_table(
+        f"Evaluation on {scored.labelled.csv_path.name}: {report.n_scored} images scored, "
+        f"{report.confidence:.0%} bootstrap intervals ({report.resamples} resamples, "
+        f"seed {report.seed}), thresholds of v{used.version}",
+        ["finding", "pos/neg", "AUROC", "threshold", "sensitivity", "specificity"],
+        rows,
+    )
+    for line in _notes(scored):
+        console.print(line, highlight=False)
+    console.print(f"wrote {', '.join(files.values())}", highlight=False)
