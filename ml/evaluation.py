@@ -287,7 +287,8 @@ def plot_roc(
             tpr,
             color=colour,
             linewidth=1.6,
-            label=f"{result.finding}  AUROC {a.estimate:.3f} [{a.lower:.3f}, {a.upper:.3f}]",
+            label=f"{result.finding}  AUROC {a.estimate:.3f} [{a.lower:.3f}, {a.upper:.3f}]"
+            + (f", threshold {result.threshold:.3f}" if result.operating else ""),
         )
         if result.operating:
             sens, spec = (

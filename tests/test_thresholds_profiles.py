@@ -105,6 +105,7 @@ def test_activate_undoes_and_history_and_diff_say_who_changed_what(node_config: 
         (("set", "Pneumothorax", "0.95"), "can never be crossed"),
         (("set", "Pneumothorax", "0.1"), "[0.119, 0.881]"),
         (("set", "Pneumothoraxx", "0.5"), "unknown finding 'Pneumothoraxx'"),
+        (("set", "Pneumothorax", "0.5"), "already 0.5 in the active version v1"),
         (("activate", "9"), "no threshold profile version 9 (versions: 1)"),
         (("diff", "1", "4"), "no threshold profile version 4"),
     ],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import getpass
 import inspect
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -191,14 +192,18 @@ def set_threshold(
             )
         who = _author(author)
         with _session(ctx) as session:
-            before = profiles.active_version(session)
+            before = profiles.get_profile(session, profiles.active_version(session))
+            if before.thresholds.get(label) == value:
+                raise CliError(
+                    f"{label} is already {value} in the active version v{before.version}"
+                )
             created = profiles.derive_profile(
                 session, {label: value}, author=who, method="set", note=note
             )
             if activate:
                 profiles.activate(session, created.version, by=who, note=note)
-            changes = profiles.diff(profiles.get_profile(session, before), created)
-        _report_new_version(created, before, activate, changes, as_json)
+        changes = profiles.diff(before, created)
+        _report_new_version(created, before.version, activate, changes, as_json)
 
 
 def _report_new_version(
@@ -359,7 +364,7 @@ class ScoredSet:
     findings: tuple[str, ...]  # enabled findings that have a column in the labels file
     labels: np.ndarray  # (images, findings): 1, 0 or NaN (excluded by the policy)
     scores: np.ndarray  # (images, findings): NaN where the engine declined the image
-    skipped: Mapping[str, int]  # engine's reason -> images
+    skipped: Mapping[str, int]  # the engine's reason -> images
     provenance: Mapping[str, Any]
 
 
@@ -393,24 +398,22 @@ def _score_labelled(
         [[(r.probabilities or {}).get(f, np.nan) for f in findings] for r in results],
         dtype=np.float64,
     ).reshape(len(results), len(findings))
-    skipped: dict[str, int] = {}
-    for r in results:
-        if r.probabilities is None:
-            skipped[r.skipped_reason or "not scored"] = (
-                skipped.get(r.skipped_reason or "not scored", 0) + 1
-            )
+    skipped = Counter(r.skipped_reason or "not scored" for r in results if r.probabilities is None)
     columns = [enabled.index(f) for f in findings]
     provenance = {
         "labels_csv": str(labels_csv),
         "labels_sha256": file_sha256(labels_csv),
         "images": len(labelled.paths),
+        "images_from_cache": sum(r.from_cache for r in results),
         "label_policy": policy.describe(),
         "model": ctx.settings.model.name,
         "checkpoints": [{"file": p.name, "sha256": s} for p, s in zip(paths, shas)],
         "catalogue_version": ctx.catalogue.version,
         "dicom_conversion": conversion,
     }
-    return ScoredSet(labelled, findings, labelled.labels[:, columns], scores, skipped, provenance)
+    return ScoredSet(
+        labelled, findings, labelled.labels[:, columns], scores, dict(skipped), provenance
+    )
 
 
 def _checkpoint_paths(settings: Settings, given: Sequence[Path] | None) -> list[Path]:
