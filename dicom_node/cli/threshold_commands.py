@@ -324,18 +324,16 @@ def show_history(config: Path = ConfigOption, as_json: bool = JsonOption) -> Non
         rows = [
             [
                 f"{e.at:%Y-%m-%d %H:%M:%S}",
-                e.kind,
-                f"v{e.version}",
+                f"{e.kind} v{e.version}" + (f"\n{e.method}" if e.method else ""),
                 e.who,
-                e.method or "",
-                "; ".join(f"{c.finding} {_fmt(c.before)} -> {_fmt(c.after)}" for c in e.changes),
+                "\n".join(f"{c.finding} {_fmt(c.before)} -> {_fmt(c.after)}" for c in e.changes),
                 e.note or "",
             ]
             for e in events
         ]
         print_table(
             f"Threshold history (active: v{active})",
-            ["when (UTC)", "event", "version", "who", "method", "changes", "note"],
+            ["when (UTC)", "event", "who", "changes", "note"],
             rows,
         )
 
@@ -460,9 +458,10 @@ def _policy(uncertain: str, blank: str) -> LabelPolicy:
 
 
 def _interval_text(value: Interval | None) -> str:
+    """Estimate over its 95% interval, two lines so that wide tables fit a terminal."""
     if value is None:
         return "-"
-    return f"{_fmt(value.estimate)} ({_fmt(value.lower)}-{_fmt(value.upper)})"
+    return f"{_fmt(value.estimate)}\n{_fmt(value.lower, 2)}-{_fmt(value.upper, 2)}"
 
 
 def _notes(scored: ScoredSet) -> list[str]:
@@ -573,7 +572,9 @@ def _save_calibrated(
     activate: bool,
     who: str,
     note: str | None,
-) -> tuple[profiles.ProfileVersion, bool, list[profiles.ThresholdChange]]:
+) -> tuple[profiles.ProfileVersion | None, bool, list[profiles.ThresholdChange]]:
+    """The new version (None when it would equal its base), whether it was activated, and
+    what changed against the base."""
     changes = {f: t for f, t in thresholds.items() if f not in kept}
     if not changes:
         raise CliError("no finding has both positive and negative labels: nothing to calibrate")
@@ -586,6 +587,9 @@ def _save_calibrated(
     }
     labels_sha = str(scored.provenance["labels_sha256"])[:12]
     with _session(ctx) as session:
+        base = profiles.get_profile(session, base_version)
+        if all(base.thresholds.get(f) == t for f, t in changes.items()):
+            return None, False, []
         created = profiles.derive_profile(
             session,
             changes,
@@ -596,8 +600,7 @@ def _save_calibrated(
             provenance=provenance,
         )
         activated = activate and profiles.activate(session, created.version, by=who, note=note)
-        change_list = profiles.diff(profiles.get_profile(session, base_version), created)
-    return created, activated, change_list
+    return created, activated, profiles.diff(base, created)
 
 
 def _print_calibration(
@@ -630,10 +633,14 @@ def _print_calibration(
             [
                 r.finding,
                 f"{r.n_positive}/{r.n_negative}",
-                f"{_fmt(base.thresholds.get(r.finding))} -> {_fmt(r.threshold)}"
+                f"{_fmt(base.thresholds.get(r.finding))}\n-> {_fmt(r.threshold)}"
                 if r.threshold is not None
                 else "-",
-                *(_interval_text(ops.get(m)) if r.evaluable else r.reason for m in METRIC_NAMES),
+                *(
+                    [_interval_text(ops.get(m)) for m in METRIC_NAMES]
+                    if r.evaluable
+                    else [f"not evaluable: {r.reason}", *[""] * (len(METRIC_NAMES) - 1)]
+                ),
             ]
         )
     print_table(
@@ -656,7 +663,8 @@ def _print_calibration(
         console.print(line, highlight=False)
     if created is None:
         console.print(
-            f"method fixed: thresholds of v{base.version} measured, no new version", highlight=False
+            f"thresholds of v{base.version} measured; they stay as they are: no new version",
+            highlight=False,
         )
     elif activated:
         console.print(
