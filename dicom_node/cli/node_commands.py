@@ -1,0 +1,243 @@
+"""`dicom-node serve`, `status` and `studies list|show`: running the node and looking inside."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import typer
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from dicom_node.cli import app
+from dicom_node.cli.common import (
+    CliError,
+    ConfigOption,
+    JsonOption,
+    console,
+    print_json,
+    print_table,
+    settings_from,
+    user_errors,
+)
+from dicom_node.logs import configure_logging
+from dicom_node.settings import Settings
+from storage import worklist
+from storage.db import Database, open_database
+from storage.spool import Spool
+from storage.states import StudyState
+
+studies_app = typer.Typer(help="Studies in the work list.", no_args_is_help=True)
+app.add_typer(studies_app, name="studies")
+
+
+@app.command()
+def serve(config: Path | None = ConfigOption) -> None:
+    """Run the node: the DICOM listener, study assembly and everything added to the service."""
+    from dicom_node.service import Service  # pynetdicom and the scheduler only when serving
+
+    with user_errors():
+        settings = settings_from(config)
+        configure_logging(settings.logging)
+        try:
+            service = Service(settings)
+        except SQLAlchemyError as exc:
+            raise CliError(f"cannot open the database {_safe_url(settings)}: {exc}") from None
+        try:
+            service.run_until_signalled()
+        except OSError as exc:
+            node = settings.node
+            raise CliError(f"cannot listen on {node.host}:{node.port}: {exc}") from None
+
+
+@app.command()
+def status(config: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
+    """Studies per state, spool disk use and free space, the latest arrivals."""
+    with user_errors():
+        settings = settings_from(config)
+        report = _status_report(settings)
+    if as_json:
+        print_json(report)
+        return
+    spool = report["spool"]
+    console.print(
+        f"[bold]{settings.node.ae_title}[/] port {settings.node.port}  data {report['data_dir']}"
+        f"  database {report['database']}",
+        highlight=False,
+    )
+    console.print(
+        f"spool {_mib(spool['used_bytes'])} MiB in {spool['files']} files; free "
+        f"{_mib(spool['free_bytes'])} MiB (floor {_mib(spool['min_free_bytes'])} MiB)"
+        + ("  [red]BELOW FLOOR: stores are refused[/]" if spool["below_floor"] else ""),
+        highlight=False,
+    )
+    print_table("Studies by state", ["state", "studies"], list(report["states"].items()))
+    print_table(
+        "Latest arrivals",
+        ["received", "SOP Instance UID", "Study Instance UID", "modality", "view", "calling AE"],
+        [
+            [
+                a["received_at"],
+                a["sop_instance_uid"],
+                a["study_instance_uid"],
+                a["modality"],
+                a["view_position"],
+                a["calling_ae_title"],
+            ]
+            for a in report["last_arrivals"]
+        ],
+    )
+
+
+@studies_app.command("list")
+def studies_list(
+    config: Path | None = ConfigOption,
+    state: str | None = typer.Option(None, "--state", help="Only studies in this state."),
+    limit: int = typer.Option(100, "--limit", min=1, help="At most this many, newest first."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Studies, most recent arrival first."""
+    with user_errors():
+        wanted = _parse_state(state)
+        database = _open(settings_from(config))
+        with database.read_only() as session:
+            studies = worklist.list_studies(session, wanted, limit)
+        database.dispose()
+    if as_json:
+        print_json([_jsonable(s) for s in studies])
+        return
+    print_table(
+        "Studies" + (f" in {wanted}" if wanted else ""),
+        ["Study Instance UID", "state", "instances", "last arrival", "attempts", "error"],
+        [
+            [
+                s.study_instance_uid,
+                s.state.value,
+                s.instance_count,
+                _time(s.last_arrival_at),
+                s.attempts,
+                s.last_error or s.skip_reason or "",
+            ]
+            for s in studies
+        ],
+    )
+
+
+@studies_app.command("show")
+def studies_show(
+    uid: str = typer.Argument(..., help="Study Instance UID."),
+    config: Path | None = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """One study: its state, lease and attempts, and its instances."""
+    with user_errors():
+        database = _open(settings_from(config))
+        with database.read_only() as session:
+            detail = worklist.study_detail(session, uid.strip())
+        database.dispose()
+        if detail is None:
+            raise CliError(f"no study with Study Instance UID {uid!r} in the work list")
+    study, instances = detail
+    if as_json:
+        print_json(_jsonable(study) | {"instances": [_jsonable(i) for i in instances]})
+        return
+    print_table("Study", ["field", "value"], [[k, v] for k, v in _jsonable(study).items()])
+    print_table(
+        "Instances",
+        [
+            "SOP Instance UID",
+            "series",
+            "modality",
+            "view",
+            "body part",
+            "transfer syntax",
+            "bytes",
+            "received",
+            "calling AE",
+        ],
+        [
+            [
+                i.sop_instance_uid,
+                i.series_instance_uid,
+                i.modality,
+                i.view_position,
+                i.body_part_examined,
+                i.transfer_syntax_uid,
+                i.size_bytes,
+                _time(i.received_at),
+                i.calling_ae_title,
+            ]
+            for i in instances
+        ],
+    )
+
+
+def _status_report(settings: Settings) -> dict[str, Any]:
+    database = _open(settings)
+    with database.read_only() as session:
+        counts = worklist.state_counts(session)
+        recent = worklist.recent_instances(session, limit=5)
+    database.dispose()
+    spool = Spool(settings.spool_path)
+    used, files = _spool_usage(spool)
+    free = spool.free_bytes()
+    floor = settings.node.min_free_disk_mb * 1024 * 1024
+    return {
+        "ae_title": settings.node.ae_title,
+        "port": settings.node.port,
+        "data_dir": str(settings.data_path),
+        "database": _safe_url(settings),
+        "states": {state.value: count for state, count in counts.items()},
+        "spool": {
+            "path": str(spool.root),
+            "used_bytes": used,
+            "files": files,
+            "free_bytes": free,
+            "min_free_bytes": floor,
+            "below_floor": free < floor,
+        },
+        "last_arrivals": [_jsonable(i) for i in recent],
+    }
+
+
+def _spool_usage(spool: Spool) -> tuple[int, int]:
+    files = [p for p in spool.root.rglob("*.dcm") if p.is_file()] if spool.root.is_dir() else []
+    return sum(p.stat().st_size for p in files), len(files)
+
+
+def _open(settings: Settings) -> Database:
+    try:
+        return open_database(settings.database_url)
+    except SQLAlchemyError as exc:
+        raise CliError(f"cannot open the database {_safe_url(settings)}: {exc}") from None
+
+
+def _parse_state(state: str | None) -> StudyState | None:
+    if state is None:
+        return None
+    try:
+        return StudyState(state.upper())
+    except ValueError:
+        known = ", ".join(s.value for s in StudyState)
+        raise CliError(f"unknown state {state!r} (known: {known})") from None
+
+
+def _safe_url(settings: Settings) -> str:
+    return make_url(settings.database_url).render_as_string(hide_password=True)
+
+
+def _jsonable(record: Any) -> dict[str, Any]:
+    return {
+        k: (_time(v) if isinstance(v, datetime) else v.value if isinstance(v, StudyState) else v)
+        for k, v in dataclasses.asdict(record).items()
+    }
+
+
+def _time(value: datetime | None) -> str | None:
+    return value.isoformat(timespec="seconds") if value else None
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.1f}"

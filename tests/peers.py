@@ -1,0 +1,315 @@
+"""Real peers for tests and benches: the node as a subprocess, dcmtk echoscu/storescu/storescp.
+
+Everything runs on loopback with free ports and temporary directories; every process started
+here is stopped by its owner (fixtures call `stop()` at teardown).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+START_TIMEOUT_SECONDS = 60.0
+
+
+def free_port() -> int:
+    """A TCP port that was free on loopback a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def toml_text(sections: Mapping[str, Mapping[str, Any]]) -> str:
+    """A TOML document for flat sections of str/int/float/bool/list values."""
+    lines: list[str] = []
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))
+
+
+def dicom_node_command() -> list[str]:
+    """How to run the `dicom-node` CLI with this interpreter's environment."""
+    script = Path(sys.executable).with_name("dicom-node")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "from dicom_node.cli import main; main()"]
+
+
+def run_cli(*args: str, env: Mapping[str, str] | None = None, timeout: float = 60):
+    """Run `dicom-node ARGS...` and return the CompletedProcess (text output)."""
+    return subprocess.run(
+        [*dicom_node_command(), *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO_ROOT,
+        env={**os.environ, **(env or {})},
+    )
+
+
+# --- dcmtk clients ----------------------------------------------------------------------------
+
+
+def echoscu(
+    port: int, *, calling_ae: str = "ECHOSCU", called_ae: str = "AINODE", timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            "echoscu",
+            "-v",
+            "-aet",
+            calling_ae,
+            "-aec",
+            called_ae,
+            "-to",
+            "10",
+            "127.0.0.1",
+            str(port),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def storescu(
+    port: int,
+    files: Iterable[Path],
+    *,
+    calling_ae: str = "STORESCU",
+    called_ae: str = "AINODE",
+    options: Sequence[str] = (),
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """dcmtk storescu, verbose, all files over one association."""
+    return subprocess.run(
+        [
+            "storescu",
+            "-v",
+            "-aet",
+            calling_ae,
+            "-aec",
+            called_ae,
+            "-to",
+            "30",
+            *options,
+            "127.0.0.1",
+            str(port),
+            *map(str, files),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def store_responses(output: str) -> list[str]:
+    """The status text of every 'Received Store Response (...)' line of storescu -v."""
+    found = []
+    for line in output.splitlines():
+        marker = "Received Store Response ("
+        if marker in line:
+            found.append(line.split(marker, 1)[1].rsplit(")", 1)[0])
+    return found
+
+
+# --- the node as a subprocess ----------------------------------------------------------------
+
+
+@dataclass
+class NodeProcess:
+    """`dicom-node serve` with its own config file and data directory."""
+
+    workdir: Path
+    port: int
+    ae_title: str = "AINODE"
+    sections: dict[str, dict[str, Any]] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "node.toml"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir / "data"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "node.log"
+
+    @classmethod
+    def create(cls, workdir: Path, **sections: dict[str, Any]) -> NodeProcess:
+        """Write the config (free port, data dir in `workdir`, quick assembly) for a node."""
+        workdir.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        merged: dict[str, dict[str, Any]] = {
+            "node": {
+                "port": port,
+                "host": "127.0.0.1",
+                "data_dir": str(workdir / "data"),
+                "min_free_disk_mb": 1,
+            },
+            "worklist": {"stable_seconds": 1, "assembly_interval_seconds": 0.25},
+            "logging": {"format": "json", "level": "INFO"},
+        }
+        for name, values in sections.items():
+            merged.setdefault(name, {}).update(values)
+        node = cls(
+            workdir=workdir,
+            port=int(merged["node"]["port"]),
+            ae_title=str(merged["node"].get("ae_title", "AINODE")),
+            sections=merged,
+        )
+        node.config_path.write_text(toml_text(merged))
+        return node
+
+    def start(self, wait: bool = True) -> NodeProcess:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [*dicom_node_command(), "serve", "--config", str(self.config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
+        )
+        log.close()
+        if wait:
+            self.wait_until_answering()
+        return self
+
+    def wait_until_answering(self, timeout: float = START_TIMEOUT_SECONDS) -> None:
+        """Poll with C-ECHO until the node answers (or fail with its log)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"node exited with {self.process.returncode}:\n{self.log()}")
+            if echoscu(self.port, called_ae=self.ae_title).returncode == 0:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"node did not answer C-ECHO within {timeout} s:\n{self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        """Send `sig` and wait; returns the exit status (negative: killed by a signal)."""
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        code = self.process.returncode
+        self.process = None
+        return code
+
+    def kill_hard(self) -> int:
+        return self.stop(signal.SIGKILL)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        """The node's JSON log lines (optionally only those with event == name)."""
+        found = []
+        for line in self.log().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and (name is None or record.get("event") == name):
+                found.append(record)
+        return found
+
+    def cli_json(self, *args: str) -> Any:
+        result = run_cli(*args, "--json", "--config", str(self.config_path))
+        if result.returncode != 0:
+            raise RuntimeError(f"dicom-node {' '.join(args)} failed: {result.stderr}")
+        return json.loads(result.stdout)
+
+    def wait_for(self, predicate: Any, what: str, timeout: float = 60) -> Any:
+        """Poll `predicate()` until it returns something truthy (assembly is periodic)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(0.2)
+        raise AssertionError(f"timed out waiting for {what}")
+
+
+# --- dcmtk storescp ----------------------------------------------------------------------------
+
+
+@dataclass
+class StoreSCP:
+    """dcmtk storescp writing what it receives into `output_dir`."""
+
+    output_dir: Path
+    port: int = field(default_factory=free_port)
+    ae_title: str = "STORESCP"
+    max_pdu: int = 131072  # dcmtk caps PDUs at 128 KiB
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> StoreSCP:
+        if shutil.which("storescp") is None:
+            raise RuntimeError("dcmtk storescp is not installed")
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [
+                "storescp",
+                "-aet",
+                self.ae_title,
+                "-od",
+                str(self.output_dir),
+                "-pdu",
+                str(self.max_pdu),
+                "-dhl",
+                str(self.port),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            if echoscu(self.port, called_ae=self.ae_title).returncode == 0:
+                return self
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("storescp did not start")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
