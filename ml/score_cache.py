@@ -4,7 +4,7 @@ The key is (SHA-256 of the image file's bytes, model key), where the model key h
 checkpoint files' SHA-256s (in ensemble order), the findings catalogue version (prompts) and
 the DICOM conversion. Renaming or copying an image keeps its scores; changing a checkpoint, a
 prompt or the conversion scores it afresh. Images the engine declines (e.g. a lateral view)
-are cached with their reason, so they are not retried either.
+are cached with their reason, so they are not retried either; unexpected failures are not.
 
 Storage is one SQLite file (stdlib `sqlite3`; ml/ stays free of the node's database layer).
 """
@@ -160,7 +160,13 @@ def score_paths_cached(
             )
             for (sha, _), r in zip(batch, results)
         ]
-        cache.put_many(fresh, key)
+        cache.put_many([s for s in fresh if _cacheable(s)], key)
         known.update({s.image_sha256: s for s in fresh})
         advance(len(batch))
     return [known[sha] for sha in hashes]
+
+
+def _cacheable(score: CachedScore) -> bool:
+    """Scores and decisions about the content (a lateral view, an unreadable file) are kept;
+    an unexpected failure ("failed: ...", e.g. out of memory) is worth another try next time."""
+    return score.probabilities is not None or not (score.skipped_reason or "").startswith("failed")
