@@ -38,7 +38,8 @@ DECISION_THRESHOLD = Code("DECTHR", PRIVATE_SCHEME, "Decision threshold")
 COMMENT = Code("121106", "DCM", "Comment")
 XR_CHEST_SINGLE_VIEW = Code("36554-4", "LN", "XR Chest Single view")
 XR_CHEST_TWO_VIEWS = Code("36643-5", "LN", "XR Chest 2 Views")
-CHARACTER_SET = "ISO_IR 192"  # UTF-8: the caveat text is not Latin-1
+CHARACTER_SET = "ISO_IR 192"
+PIXEL_DATA = 0x7FE00010  # UTF-8: the caveat text is not Latin-1
 
 # evidence[0] must carry these (possibly empty) for highdicom to copy patient and study.
 _PATIENT_STUDY_KEYWORDS = (
@@ -142,16 +143,22 @@ def _check_evidence(evidence: Sequence[Dataset]) -> list[Dataset]:
     studies = {ds.get("StudyInstanceUID") for ds in evidence}
     if len(studies) != 1 or None in studies:
         raise ValueError(f"evidence: all images must share one StudyInstanceUID, got {studies}")
-    headers = []
-    for ds in evidence:
-        header = copy.deepcopy(ds)
-        if "PixelData" in header:
-            del header.PixelData
-        headers.append(header)
+    headers = [_header(ds) for ds in evidence]
     for keyword in _PATIENT_STUDY_KEYWORDS:
         if keyword not in headers[0]:
             setattr(headers[0], keyword, "")
     return headers
+
+
+def _header(ds: Dataset) -> Dataset:
+    """A copy of everything but the pixel data (which can be large and is not needed)."""
+    header = Dataset()
+    for element in ds:
+        if element.tag != PIXEL_DATA:
+            header.add(copy.deepcopy(element))
+    if hasattr(ds, "file_meta"):
+        header.file_meta = copy.deepcopy(ds.file_meta)
+    return header
 
 
 def _series_description(algorithm: AlgorithmInfo) -> str:

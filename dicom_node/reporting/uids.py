@@ -1,7 +1,8 @@
 """Deterministic UIDs for the objects the node writes.
 
-A result is identified by what produced it: the study, the model (name and checkpoint hashes),
-the threshold profile and the exact set of input instances. Every UID of the SR and of the summary
+A result is identified by what produced it: the study, the model (name, checkpoint hashes,
+findings catalogue, image-to-study aggregation), the threshold profile, the exact set of input
+instances and the SR it supersedes. Every UID of the SR and of the summary
 image is a name-based UUID (ISO/IEC 9834-8 `2.25.` form) of that identity, so building the
 report again for the same result gives the same instances, and a re-delivery is a duplicate
 the PACS recognises rather than a second report.
@@ -17,7 +18,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # Fixed once for dicom-node: changing it changes every UID the node has ever derived.
 _NAMESPACE = uuid.UUID("b083782e-b5a0-474d-baa4-c9864ef999c7")
@@ -36,13 +37,21 @@ def derived_uid(*parts: str) -> str:
 
 @dataclass(frozen=True)
 class ResultKey:
-    """What a result depends on; equal keys mean the same report."""
+    """What a result depends on; equal keys mean the same report.
+
+    `supersedes` is the SOP Instance UID of the SR this result replaces ("" for a study's first):
+    going back to an earlier threshold profile then still makes a new SR that names the one it
+    replaces, instead of colliding with the first SR made with that profile.
+    """
 
     study_instance_uid: str
     model_name: str
     checkpoint_sha256s: tuple[str, ...]
+    catalogue_version: str
+    aggregation: str
     profile: str
     source_sop_instance_uids: tuple[str, ...]
+    supersedes: str = ""
 
     @classmethod
     def of(
@@ -53,6 +62,9 @@ class ResultKey:
         checkpoint_sha256s: Sequence[str],
         profile: str,
         source_sop_instance_uids: Sequence[str],
+        catalogue_version: str = "",
+        aggregation: str = "",
+        supersedes: str = "",
     ) -> ResultKey:
         if not source_sop_instance_uids:
             raise ValueError("source_sop_instance_uids: a result needs at least one input image")
@@ -60,9 +72,16 @@ class ResultKey:
             study_instance_uid=study_instance_uid,
             model_name=model_name,
             checkpoint_sha256s=tuple(checkpoint_sha256s),
+            catalogue_version=catalogue_version,
+            aggregation=aggregation,
             profile=profile,
             source_sop_instance_uids=tuple(sorted(set(source_sop_instance_uids))),
+            supersedes=supersedes,
         )
+
+    def same_inputs(self, other: ResultKey) -> bool:
+        """Equal apart from what they supersede: processing again would change nothing."""
+        return replace(self, supersedes="") == replace(other, supersedes="")
 
     def digest(self) -> str:
         """SHA-256 of the canonical JSON form of the key (stored with the result)."""
@@ -71,8 +90,11 @@ class ResultKey:
                 self.study_instance_uid,
                 self.model_name,
                 list(self.checkpoint_sha256s),
+                self.catalogue_version,
+                self.aggregation,
                 self.profile,
                 list(self.source_sop_instance_uids),
+                self.supersedes,
             ],
             separators=(",", ":"),
         )

@@ -1,0 +1,196 @@
+"""`dicom-node worker` (inference and delivery without the listener) and
+`dicom-node outbound list|retry` (the delivery queue)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from dicom_node.cli import app
+from dicom_node.cli.common import (
+    CliError,
+    ConfigOption,
+    JsonOption,
+    print_json,
+    print_table,
+    settings_from,
+    user_errors,
+)
+from dicom_node.logs import configure_logging
+from dicom_node.settings import Settings
+from storage import outbound
+from storage.db import Database, open_database
+from storage.models import OutboundState
+
+outbound_app = typer.Typer(help="Deliveries of SRs and summary images.", no_args_is_help=True)
+app.add_typer(outbound_app, name="outbound")
+
+
+IdsArgument = typer.Argument(None, help="Delivery ids (see `outbound list`).")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@app.command()
+def worker(
+    config: Path | None = ConfigOption,
+    once: bool = typer.Option(False, "--once", help="Process what is queued now, then exit."),
+    send: bool = typer.Option(True, "--send/--no-send", help="Also deliver to destinations."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Run the inference worker (and the sender) without the DICOM listener; it also queues
+    quiet studies and returns expired leases, so it works beside or without `serve`."""
+    from dicom_node.assembler import Assembler
+    from dicom_node.worker import Worker, make_sender, outbox_for
+    from storage.spool import Spool
+
+    with user_errors():
+        settings = settings_from(config)
+        configure_logging(settings.logging)
+        database = _open(settings)
+        outbox = outbox_for(settings)
+        outbox.prepare()
+        sender = make_sender(settings, database, _now) if send else None
+        runner = Worker(
+            settings=settings, database=database, spool=Spool(settings.spool_path),
+            outbox=outbox, clock=_now, assembler=Assembler(database, settings.worklist, _now),
+            on_result=sender.wake if sender is not None else lambda: None,
+        )
+        try:
+            runner.model()
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise CliError(f"cannot load the model {settings.model.name}: {exc}") from None
+        if once:
+            _run_once(runner, sender, settings, as_json)
+        else:
+            _run_until_signalled(runner, sender)
+        database.dispose()
+
+
+def _run_once(runner: Any, sender: Any, settings: Settings, as_json: bool) -> None:
+    outcomes = []
+    while (outcome := runner.run_once()) is not None:
+        outcomes.append(outcome)
+    if sender is not None:
+        for destination in settings.destinations:
+            while sender.send_due(destination.name):
+                pass
+    rows = [
+        {"study_instance_uid": o.study_instance_uid, "state": o.state.value if o.state else None,
+         "version": o.version, "reason": o.reason}
+        for o in outcomes
+    ]
+    if as_json:
+        print_json(rows)
+        return
+    print_table("Processed studies", ["Study Instance UID", "state", "result version", "reason"],
+                [list(r.values()) for r in rows])
+
+
+def _run_until_signalled(runner: Any, sender: Any) -> None:
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
+    components = [c for c in (sender, runner) if c is not None]
+    try:
+        for component in components:
+            component.start()
+        while not stop.wait(timeout=1.0):
+            pass
+    finally:
+        for component in reversed(components):
+            component.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@outbound_app.command("list")
+def outbound_list(
+    config: Path | None = ConfigOption,
+    state: str | None = typer.Option(None, "--state", help="PENDING, SENT or DEAD."),
+    limit: int = typer.Option(200, "--limit", min=1, help="At most this many, newest first."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Deliveries: one row per object (SR, summary image) and destination."""
+    with user_errors():
+        wanted = _parse_state(state)
+        database = _open(settings_from(config))
+        with database.read_only() as session:
+            rows = outbound.list_deliveries(session, wanted, limit)
+        database.dispose()
+    if as_json:
+        print_json([_jsonable(d) for d in rows])
+        return
+    print_table(
+        "Outbound" + (f" {wanted.value}" if wanted else ""),
+        ["id", "destination", "kind", "state", "attempts", "next attempt", "SOP Instance UID",
+         "last error"],
+        [
+            [d.id, d.destination, d.kind, d.state.value, d.attempts,
+             _time(d.next_attempt_at) if d.state is OutboundState.PENDING else "",
+             d.sop_instance_uid, d.last_error or ""]
+            for d in rows
+        ],
+    )
+
+
+@outbound_app.command("retry")
+def outbound_retry(
+    ids: list[int] | None = IdsArgument,
+    all_dead: bool = typer.Option(False, "--all-dead", help="Every DEAD delivery."),
+    config: Path | None = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Send DEAD (or waiting) deliveries again now, with a fresh set of attempts. An object a
+    destination acknowledged is never sent to it again."""
+    with user_errors():
+        if not ids and not all_dead:
+            raise CliError("name delivery ids or use --all-dead")
+        database = _open(settings_from(config))
+        try:
+            with database.sessions.begin() as session:
+                retried = outbound.retry(session, _now(), ids=ids or (), all_dead=all_dead)
+        except outbound.OutboundError as exc:
+            raise CliError(str(exc)) from None
+        finally:
+            database.dispose()
+    if as_json:
+        print_json({"retried": retried})
+        return
+    print_table("Queued again", ["id"], [[i] for i in retried])
+
+
+def _open(settings: Settings) -> Database:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        return open_database(settings.database_url)
+    except SQLAlchemyError as exc:
+        raise CliError(f"cannot open the database: {exc}") from None
+
+
+def _parse_state(state: str | None) -> OutboundState | None:
+    if state is None:
+        return None
+    try:
+        return OutboundState(state.upper())
+    except ValueError:
+        known = ", ".join(s.value for s in OutboundState)
+        raise CliError(f"unknown state {state!r} (known: {known})") from None
+
+
+def _jsonable(delivery: outbound.Delivery) -> dict[str, Any]:
+    return {
+        k: _time(v) if isinstance(v, datetime) else v.value if isinstance(v, OutboundState) else v
+        for k, v in delivery.as_dict().items()
+    }
+
+
+def _time(value: datetime | None) -> str | None:
+    return value.isoformat(timespec="seconds") if value else None

@@ -1,0 +1,68 @@
+"""Writing a result's objects (SR, summary image) to the outbox, atomically and durably, before
+the outbound rows that point at them are committed."""
+
+from __future__ import annotations
+
+import datetime
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pydicom import Dataset
+
+from dicom_node.reporting.content import AlgorithmInfo, FindingOutcome
+from dicom_node.reporting.sr import PreviousReport, build_findings_sr
+from dicom_node.reporting.summary import build_summary_sc
+from dicom_node.reporting.uids import ReportUids
+from storage.spool import Spool
+
+SR = "sr"
+SUMMARY = "summary"
+
+
+@dataclass(frozen=True)
+class WrittenObject:
+    kind: str  # sr | summary
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    relative_path: str  # within the outbox
+
+
+def write_report(
+    outbox: Spool,
+    *,
+    evidence: Sequence[Dataset],
+    findings: Sequence[FindingOutcome],
+    algorithm: AlgorithmInfo,
+    uids: ReportUids,
+    node_uid: str,
+    previous: Sequence[PreviousReport],
+    when: datetime.datetime,
+) -> list[WrittenObject]:
+    """Build the SR and the summary image and write both; the same inputs write the same bytes."""
+    sr = build_findings_sr(
+        evidence=evidence, findings=findings, algorithm=algorithm, uids=uids.sr,
+        tracking_uids=dict(uids.tracking), node_uid=node_uid, previous=previous,
+        content_datetime=when,
+    )
+    summary = build_summary_sc(
+        evidence=evidence, findings=findings, algorithm=algorithm, uids=uids.summary,
+        content_datetime=when,
+    )
+    return [_write(outbox, SR, sr), _write(outbox, SUMMARY, summary)]
+
+
+def _write(outbox: Spool, kind: str, ds: Dataset) -> WrittenObject:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    entry = outbox.write(ds.StudyInstanceUID, ds.SOPInstanceUID, [buffer.getbuffer()])
+    return WrittenObject(
+        kind=kind,
+        study_instance_uid=ds.StudyInstanceUID,
+        series_instance_uid=ds.SeriesInstanceUID,
+        sop_instance_uid=ds.SOPInstanceUID,
+        sop_class_uid=ds.SOPClassUID,
+        relative_path=entry.relative_path,
+    )

@@ -1,0 +1,481 @@
+"""The inference worker: claims QUEUED studies, scores their eligible images, records a Result,
+writes the SR and summary image to the outbox, queues their deliveries and finishes the study.
+
+Study-level probability: the mean (default) or max over the study's eligible frontal images of
+each image's probability, per finding (`[worker] study_aggregation`); every image's own scores
+are kept with the result. The active threshold profile is read once per study, so activating a
+new one changes the next study's decisions without a restart.
+
+Failures never block the queue: a study whose processing raised goes back to QUEUED (with
+attempts + 1) or ends FAILED after `max_attempts`, or at once when retrying cannot help (its
+spool file is gone or is not DICOM). A study without any eligible image ends SKIPPED with the
+reasons.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom import Dataset
+from pydicom.errors import InvalidDicomError
+
+from dicom_node.assembler import Assembler
+from dicom_node.logs import log_event
+from dicom_node.reporting.content import AlgorithmInfo, FindingOutcome
+from dicom_node.reporting.outbox import SR, SUMMARY, WrittenObject, write_report
+from dicom_node.reporting.sr import PreviousReport
+from dicom_node.reporting.uids import ResultKey, derived_uid, report_uids
+from dicom_node.settings import DestinationSettings, Settings
+from storage import outbound, profiles, results, worklist
+from storage.db import Database
+from storage.spool import Spool
+from storage.states import LeaseLost, StudyState
+
+LOG = logging.getLogger(__name__)
+PERMANENT_ERRORS = (FileNotFoundError, InvalidDicomError)
+MODEL_RETRY_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class WorkOutcome:
+    study_instance_uid: str
+    state: StudyState | None  # None: the lease was lost and another worker owns the study
+    result_id: int | None = None
+    version: int | None = None
+    reason: str | None = None
+
+
+@dataclass
+class LoadedModel:
+    engine: Any  # ml.engine.ZeroShotEngine: .identity, .labels, .score_uint8(images)
+    catalogue: Any  # ml.catalogue.Catalogue
+
+
+@dataclass
+class _Image:
+    sop_instance_uid: str
+    dataset: Dataset | None
+    reason: str | None  # None: eligible and decoded
+    pixels: np.ndarray | None = None
+
+
+def load_model(settings: Settings) -> LoadedModel:
+    """The configured checkpoints and findings catalogue (seconds: done once per process)."""
+    from ml.catalogue import load_catalogue
+    from ml.engine import ZeroShotEngine
+
+    model = settings.model
+    if not model.checkpoints:
+        raise ValueError("model.checkpoints is empty: configure at least one checkpoint")
+    catalogue = load_catalogue(settings.resolve(model.findings_file))
+    engine = ZeroShotEngine(
+        [settings.resolve(path) for path in model.checkpoints],
+        catalogue,
+        device=model.device,
+        cpu_threads=model.cpu_threads,
+        batch_size=model.batch_size,
+        name=model.name,
+    )
+    return LoadedModel(engine=engine, catalogue=catalogue)
+
+
+def aggregate(probabilities: np.ndarray, rule: str) -> np.ndarray:
+    """(images, findings) -> (findings,): the study-level probability of each finding."""
+    if probabilities.ndim != 2 or probabilities.shape[0] == 0:
+        raise ValueError(f"probabilities: expected (images, findings), got {probabilities.shape}")
+    if rule == "mean":
+        return probabilities.mean(axis=0)
+    if rule == "max":
+        return probabilities.max(axis=0)
+    raise ValueError(f"rule: unknown aggregation {rule!r} (mean | max)")
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident():x}"
+
+
+class Worker:
+    """A node component (`start`/`stop`/`wake`), or driven directly with `run_once()`."""
+
+    name = "worker"
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        database: Database,
+        spool: Spool,
+        outbox: Spool,
+        clock: Callable[[], datetime],
+        model_loader: Callable[[Settings], LoadedModel] = load_model,
+        on_result: Callable[[], None] = lambda: None,
+        assembler: Assembler | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.database = database
+        self.spool = spool
+        self.outbox = outbox
+        self.clock = clock
+        self.model_loader = model_loader
+        self.on_result = on_result
+        self.assembler = assembler  # standalone: this worker also queues and sweeps
+        self.worker_id = worker_id or default_worker_id()
+        self.node_uid = derived_uid("device-observer", settings.node.ae_title)
+        self._model: LoadedModel | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- component life cycle ---------------------------------------------------------------
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="worker", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.settings.worklist.lease_seconds)
+            self._thread = None
+
+    def wake(self, *_: object) -> None:
+        """Called when a study became QUEUED (accepts the service's callback arguments)."""
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                if self.run_once() is not None:
+                    continue
+                wait = self.settings.worker.poll_interval_seconds
+            except Exception:  # noqa: BLE001  model missing, database busy, ...: try again later
+                log_event(LOG, "worker_pass_failed", level=logging.ERROR, exc_info=True)
+                wait = MODEL_RETRY_SECONDS if self._model is None else 1.0
+            self._wake.wait(timeout=wait)
+
+    # -- one study --------------------------------------------------------------------------
+
+    def model(self) -> LoadedModel:
+        if self._model is None:
+            self._model = self.model_loader(self.settings)
+            log_event(LOG, "model_loaded", model=self.settings.model.name,
+                      checkpoints=list(self._model.engine.identity.checkpoint_sha256s))
+        return self._model
+
+    def run_once(self) -> WorkOutcome | None:
+        """Claim and process one study; None when the queue is empty."""
+        if self.assembler is not None:
+            self.assembler.tick()
+        model = self.model()  # before claiming: without a model, studies stay QUEUED
+        now = self.clock()
+        with self.database.sessions.begin() as session:
+            claimed = worklist.claim_next(
+                session, self.worker_id, self.settings.worklist.lease_seconds, now
+            )
+        if claimed is None:
+            return None
+        log_event(LOG, "study_claimed", study_instance_uid=claimed.study_instance_uid,
+                  instances=len(claimed.instances), attempts=claimed.attempts)
+        try:
+            return self._process(claimed, model)
+        except LeaseLost as exc:
+            log_event(LOG, "lease_lost", level=logging.WARNING,
+                      study_instance_uid=claimed.study_instance_uid, error=str(exc))
+            return WorkOutcome(claimed.study_instance_uid, None)
+        except Exception as exc:  # noqa: BLE001  recorded on the study, retried or FAILED
+            return self._fail(claimed, exc)
+
+    def _fail(self, claimed: worklist.ClaimedStudy, exc: Exception) -> WorkOutcome:
+        error = f"{type(exc).__name__}: {exc}"
+        with self.database.sessions.begin() as session:
+            state = worklist.fail(
+                session, claimed.study_id, self.worker_id, error, self.clock(),
+                self.settings.worklist.max_attempts, permanent=isinstance(exc, PERMANENT_ERRORS),
+            )
+        log_event(LOG, "study_failed", level=logging.ERROR, exc_info=exc,
+                  study_instance_uid=claimed.study_instance_uid, state=state.value, error=error)
+        return WorkOutcome(claimed.study_instance_uid, state, reason=error)
+
+    def _process(self, claimed: worklist.ClaimedStudy, model: LoadedModel) -> WorkOutcome:
+        images = self._read_images(claimed)
+        eligible = [image for image in images if image.reason is None]
+        if not eligible:
+            return self._skip(claimed, _skip_reason(images))
+        scores = self._score(claimed, model, eligible)
+        study_scores = aggregate(scores, self.settings.worker.study_aggregation)
+        return self._report(claimed, model, images, eligible, scores, study_scores)
+
+    def _read_images(self, claimed: worklist.ClaimedStudy) -> list[_Image]:
+        from ml.dicom_image import check_eligibility, dataset_to_uint8
+
+        conversion = self.settings.model.dicom_conversion
+        images = []
+        for instance in claimed.instances:
+            ds = pydicom.dcmread(self.spool.absolute(instance.spool_path))
+            verdict = check_eligibility(ds)
+            image = _Image(instance.sop_instance_uid, ds, verdict.reason)
+            if verdict.eligible:
+                try:
+                    image.pixels = dataset_to_uint8(ds, conversion)  # type: ignore[arg-type]
+                except ValueError as exc:  # ImageReadError: this image only, not the study
+                    image.reason = f"pixel data could not be decoded: {exc}"
+            images.append(image)
+        return images
+
+    def _score(
+        self, claimed: worklist.ClaimedStudy, model: LoadedModel, eligible: Sequence[_Image]
+    ) -> np.ndarray:
+        batch = self.settings.model.batch_size
+        chunks = []
+        for start in range(0, len(eligible), batch):
+            pixels = [image.pixels for image in eligible[start : start + batch]]
+            chunks.append(np.asarray(model.engine.score_uint8(pixels), dtype=np.float64))
+            with self.database.sessions.begin() as session:
+                worklist.renew_lease(session, claimed.study_id, self.worker_id,
+                                     self.settings.worklist.lease_seconds, self.clock())
+        return np.concatenate(chunks, axis=0)
+
+    def _skip(self, claimed: worklist.ClaimedStudy, reason: str) -> WorkOutcome:
+        with self.database.sessions.begin() as session:
+            state = worklist.skip(session, claimed.study_id, self.worker_id, reason, self.clock())
+        log_event(LOG, "study_skipped", study_instance_uid=claimed.study_instance_uid,
+                  state=state.value, reason=reason)
+        return WorkOutcome(claimed.study_instance_uid, state, reason=reason)
+
+    def _report(
+        self,
+        claimed: worklist.ClaimedStudy,
+        model: LoadedModel,
+        images: Sequence[_Image],
+        eligible: Sequence[_Image],
+        scores: np.ndarray,
+        study_scores: np.ndarray,
+    ) -> WorkOutcome:
+        catalogue, labels = model.catalogue, list(model.engine.labels)
+        defaults = {f.label: f.default_threshold for f in catalogue.enabled()}
+        with self.database.sessions.begin() as session:
+            profile = profiles.active_profile(session, defaults)
+            previous = results.latest_result(session, claimed.study_id)
+        findings = [
+            FindingOutcome.from_catalogue(
+                catalogue.by_label(label), p, profile.threshold_for(label, defaults[label])
+            )
+            for label, p in zip(labels, study_scores, strict=True)
+        ]
+        algorithm = self._algorithm(model, profile.label)
+        key = self._key(claimed, algorithm, eligible, previous)
+        if previous is not None and key.same_inputs(self._previous_key(previous)):
+            return self._redeliver(claimed, previous)
+        version = 1 if previous is None else previous.version + 1
+        uids = report_uids(key, version=version, labels=labels)
+        now = self.clock()
+        written = write_report(
+            self.outbox, evidence=[image.dataset for image in eligible if image.dataset],
+            findings=findings, algorithm=algorithm, uids=uids, node_uid=self.node_uid,
+            previous=_previous_reports(previous), when=now,
+        )
+        new = results.NewResult(
+            study_id=claimed.study_id, study_instance_uid=claimed.study_instance_uid,
+            result_key=key.digest(), version=version,
+            supersedes_id=previous.id if previous else None, worker_id=self.worker_id,
+            model_name=algorithm.name, checkpoint_sha256s=algorithm.checkpoint_sha256s,
+            catalogue_version=algorithm.catalogue_version,
+            clinical_use=algorithm.clinical_use, profile_version=profile.version,
+            aggregation=key.aggregation,
+            sr_series_instance_uid=uids.sr.series_instance_uid,
+            sr_sop_instance_uid=uids.sr.sop_instance_uid,
+            summary_series_instance_uid=uids.summary.series_instance_uid,
+            summary_sop_instance_uid=uids.summary.sop_instance_uid,
+            findings=tuple(
+                results.FindingRecord(f.label, f.probability, f.threshold, f.present)
+                for f in findings
+            ),
+            images=_image_records(images, eligible, scores, labels),
+        )
+        with self.database.sessions.begin() as session:
+            result_id = results.add_result(session, new, now)
+            queued = outbound.enqueue(session, result_id, self._deliveries(written), now)
+            state = worklist.complete(session, claimed.study_id, self.worker_id, now)
+        self.on_result()
+        log_event(LOG, "study_reported", study_instance_uid=claimed.study_instance_uid,
+                  state=state.value, version=version, profile=profile.label,
+                  sr_sop_instance_uid=uids.sr.sop_instance_uid, deliveries=queued,
+                  present=[f.label for f in findings if f.present])
+        return WorkOutcome(claimed.study_instance_uid, state, result_id, version)
+
+    def _redeliver(
+        self, claimed: worklist.ClaimedStudy, previous: results.ResultView
+    ) -> WorkOutcome:
+        """Nothing changed since the study's last result (same images, model and profile):
+        finish with that result; destinations added since then get it queued."""
+        objects = [
+            WrittenObject(SR, previous.study_instance_uid, previous.sr_series_instance_uid,
+                          previous.sr_sop_instance_uid, "1.2.840.10008.5.1.4.1.1.88.33",
+                          self.outbox.relative_path(previous.study_instance_uid,
+                                                    previous.sr_sop_instance_uid)),
+            WrittenObject(SUMMARY, previous.study_instance_uid,
+                          previous.summary_series_instance_uid, previous.summary_sop_instance_uid,
+                          "1.2.840.10008.5.1.4.1.1.7",
+                          self.outbox.relative_path(previous.study_instance_uid,
+                                                    previous.summary_sop_instance_uid)),
+        ]
+        now = self.clock()
+        with self.database.sessions.begin() as session:
+            queued = outbound.enqueue(session, previous.id, self._deliveries(objects), now)
+            state = worklist.complete(session, claimed.study_id, self.worker_id, now)
+        if queued:
+            self.on_result()
+        log_event(LOG, "study_unchanged", study_instance_uid=claimed.study_instance_uid,
+                  state=state.value, version=previous.version, deliveries=queued)
+        return WorkOutcome(claimed.study_instance_uid, state, previous.id, previous.version)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _algorithm(self, model: LoadedModel, profile_label: str) -> AlgorithmInfo:
+        settings = self.settings.model
+        return AlgorithmInfo(
+            name=settings.name,
+            checkpoint_sha256s=tuple(model.engine.identity.checkpoint_sha256s),
+            profile=profile_label,
+            clinical_use=settings.clinical_use,
+            caveat=settings.caveat,
+            catalogue_version=model.catalogue.version,
+        )
+
+    def _key(
+        self,
+        claimed: worklist.ClaimedStudy,
+        algorithm: AlgorithmInfo,
+        eligible: Sequence[_Image],
+        previous: results.ResultView | None,
+    ) -> ResultKey:
+        return ResultKey.of(
+            study_instance_uid=claimed.study_instance_uid,
+            model_name=algorithm.name,
+            checkpoint_sha256s=algorithm.checkpoint_sha256s,
+            catalogue_version=algorithm.catalogue_version,
+            aggregation=self.settings.worker.study_aggregation,
+            profile=algorithm.profile,
+            source_sop_instance_uids=[image.sop_instance_uid for image in eligible],
+            supersedes=previous.sr_sop_instance_uid if previous else "",
+        )
+
+    @staticmethod
+    def _previous_key(previous: results.ResultView) -> ResultKey:
+        return ResultKey.of(
+            study_instance_uid=previous.study_instance_uid,
+            model_name=previous.model_name,
+            checkpoint_sha256s=previous.checkpoint_sha256s,
+            catalogue_version=previous.catalogue_version,
+            aggregation=previous.aggregation,
+            profile=f"v{previous.profile_version}",
+            source_sop_instance_uids=[i.sop_instance_uid for i in previous.images if i.eligible],
+        )
+
+    def _deliveries(self, written: Sequence[WrittenObject]) -> list[outbound.NewDelivery]:
+        return [
+            outbound.NewDelivery(
+                destination=destination.name, kind=obj.kind,
+                study_instance_uid=obj.study_instance_uid, sop_instance_uid=obj.sop_instance_uid,
+                sop_class_uid=obj.sop_class_uid, file_path=obj.relative_path,
+            )
+            for destination in self.settings.destinations
+            for obj in written
+            if _wants(destination, obj.kind)
+        ]
+
+
+def _wants(destination: DestinationSettings, kind: str) -> bool:
+    return destination.send_sr if kind == SR else destination.send_summary
+
+
+def _previous_reports(previous: results.ResultView | None) -> list[PreviousReport]:
+    if previous is None:
+        return []
+    return [
+        PreviousReport(
+            previous.study_instance_uid,
+            previous.sr_series_instance_uid,
+            previous.sr_sop_instance_uid,
+        )
+    ]
+
+
+def _skip_reason(images: Sequence[_Image]) -> str:
+    if not images:
+        return "no instances"
+    counts = Counter(image.reason for image in images)
+    parts = [f"{reason} (x{n})" if n > 1 else str(reason) for reason, n in counts.items()]
+    return f"no eligible image among {len(images)}: " + "; ".join(parts)
+
+
+def _image_records(
+    images: Sequence[_Image],
+    eligible: Sequence[_Image],
+    scores: np.ndarray,
+    labels: Sequence[str],
+) -> tuple[results.ImageRecord, ...]:
+    row = {id(image): i for i, image in enumerate(eligible)}
+    records = []
+    for image in images:
+        if id(image) in row:
+            values = scores[row[id(image)]]
+            scored = {label: round(float(p), 6) for label, p in zip(labels, values, strict=True)}
+            records.append(results.ImageRecord(image.sop_instance_uid, True, None, scored))
+        else:
+            records.append(results.ImageRecord(image.sop_instance_uid, False, image.reason))
+    return tuple(records)
+
+
+# -- wiring ---------------------------------------------------------------------------------
+
+
+def outbox_for(settings: Settings) -> Spool:
+    """Where built SRs and summary images wait for delivery: <data_dir>/outbox/<study>/<sop>."""
+    return Spool(settings.data_path / "outbox")
+
+
+def make_sender(settings: Settings, database: Database, clock: Callable[[], datetime]) -> Any:
+    """The Sender for the configured destinations, or None when there are none."""
+    from dicom_node.sender import Sender
+
+    if not settings.destinations:
+        return None
+    return Sender(
+        database=database, outbox_root=outbox_for(settings).root,
+        destinations=settings.destinations, calling_ae=settings.node.ae_title,
+        settings=settings.outbound, clock=clock,
+    )
+
+
+def attach(service: Any) -> None:
+    """Add the worker (if `[worker] enabled`) and the sender (if destinations are configured)
+    to a `dicom_node.service.Service`; a study becoming QUEUED wakes the worker at once and a
+    new result wakes the sender."""
+    settings = service.settings
+    outbox = outbox_for(settings)
+    outbox.prepare()
+    sender = make_sender(settings, service.database, service.clock)
+    if sender is not None:
+        service.add(sender)
+    if settings.worker.enabled:
+        worker = Worker(
+            settings=settings, database=service.database, spool=service.spool, outbox=outbox,
+            clock=service.clock, on_result=sender.wake if sender is not None else lambda: None,
+        )
+        service.add(worker)
+        service.on_study_queued(worker.wake)
