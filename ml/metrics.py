@@ -3,7 +3,7 @@ and bootstrap confidence intervals with CheXzero's evaluation semantics.
 
 Everything here works on *weighted* samples: a bootstrap resample is a vector of counts (how
 often each original image was drawn), so one resample costs a few vectorised sums instead of a
-copy of the data, and 1000 resamples of every finding take well under a second.
+copy of the data (1000 resamples of 14 findings on 500 images: about two seconds).
 
 Conventions (the same as scikit-learn, which the tests compare against):
 - an image is called positive when its score is >= the threshold (CheXzero's

@@ -18,6 +18,7 @@ def _register() -> None:
     # Imported here so that each module can `from dicom_node.cli import app`.
     from dicom_node.cli import node_commands  # noqa: F401  serve, status, studies
     from dicom_node.cli import threshold_commands  # noqa: F401  thresholds, evaluate
+    from dicom_node.cli import report_commands  # noqa: F401  worker, outbound
 
 
 _register()
