@@ -37,6 +37,7 @@ app.add_typer(studies_app, name="studies")
 def serve(config: Path | None = ConfigOption) -> None:
     """Run the node: the DICOM listener, study assembly and everything added to the service."""
     from dicom_node.service import Service  # pynetdicom and the scheduler only when serving
+    from dicom_node.worker import attach as attach_worker_and_sender
 
     with user_errors():
         settings = settings_from(config)
@@ -45,6 +46,7 @@ def serve(config: Path | None = ConfigOption) -> None:
             service = Service(settings)
         except SQLAlchemyError as exc:
             raise CliError(f"cannot open the database {_safe_url(settings)}: {exc}") from None
+        attach_worker_and_sender(service)
         try:
             service.run_until_signalled()
         except OSError as exc:

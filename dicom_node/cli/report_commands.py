@@ -45,8 +45,11 @@ def worker(
     send: bool = typer.Option(True, "--send/--no-send", help="Also deliver to destinations."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Run the inference worker (and the sender) without the DICOM listener; it also queues
-    quiet studies and returns expired leases, so it works beside or without `serve`."""
+    """Run the inference worker and the sender without the DICOM listener.
+
+    It also queues quiet studies and returns expired leases, so it works beside `serve` or on
+    its own against the same data directory and database.
+    """
     from dicom_node.assembler import Assembler
     from dicom_node.worker import Worker, make_sender, outbox_for
     from storage.spool import Spool
