@@ -1,0 +1,446 @@
+"""From a DICOM radiograph (or a PNG/JPEG file) to the 8-bit grayscale image CheXzero expects.
+
+Section F of ../shared/chexzero-reference.md. The released weights learned MIMIC-CXR-JPG, whose
+JPEGs were made from DICOM by scaling to 8 bits, inverting MONOCHROME1 and histogram
+equalisation. Two conversions are offered (`[model] dicom_conversion`):
+
+``equalize`` (default, emulates MIMIC-CXR-JPG)
+    1. Modality LUT (Rescale Slope/Intercept or Modality LUT Sequence, pydicom's
+       `apply_modality_lut`).
+    2. Scale to 8 bits over the range the image actually uses, padding excluded:
+       ``floor((v - min) / (max - min) * 255)`` (a constant image becomes black).
+    3. MONOCHROME1: ``255 - v``.
+    4. Histogram equalisation exactly as OpenCV's ``equalizeHist`` computes it (the tool the
+       MIMIC-CXR-JPG conversion used): 256-bin histogram of the non-padding pixels; the lowest
+       occupied grey level maps to 0 and grey level g to ``round_half_even(cum(g) * 255 /
+       (total - count(lowest)))`` where cum excludes the lowest level's own count.
+    5. Pixel padding set to 0 (black). The JPEG quality-95 round trip MIMIC applied is not
+       emulated.
+
+``voi``
+    1. Modality LUT as above.
+    2. VOI LUT Sequence if present, else Window Center/Width (first pair, VOI LUT Function
+       LINEAR, LINEAR_EXACT or SIGMOID), via pydicom's `apply_voi_lut`; the VOI output range
+       is mapped linearly to 0..255 and rounded. With neither, the range the image actually
+       uses (padding excluded) is mapped to 0..255.
+    3. MONOCHROME1 inverted, padding set to 0.
+
+Pixel padding (Pixel Padding Value, with Pixel Padding Range Limit if present) is matched on
+stored values, excluded from every statistic and shown black. Colour images are converted to
+grey with ITU-R 601 luma weights (as Pillow's "L" mode) and then treated as MONOCHROME2.
+
+Memory stays bounded for large images: every per-pixel function (modality, scaling, inversion,
+padding) is evaluated once per possible stored value and applied as one look-up table, so a
+2500x3000 16-bit image needs its decoded array and one 8-bit copy, never a float64 copy.
+Only the first frame of a multi-frame object is used.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pydicom
+from PIL import Image, UnidentifiedImageError
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder, pixel_array
+from pydicom.uid import (
+    JPEG2000,
+    UID,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+
+log = logging.getLogger(__name__)
+
+Conversion = Literal["equalize", "voi"]
+CONVERSIONS = ("equalize", "voi")
+MAX_PIXELS = 100_000_000  # a 10k x 10k radiograph; anything larger is refused, not swapped
+
+ELIGIBLE_MODALITIES = ("CR", "DX")
+FRONTAL_VIEWS = ("PA", "AP")
+LATERAL_VIEWS = ("LL", "RL", "LAT", "LATERAL", "LLD", "RLD", "LLO", "RLO")
+CHEST_BODY_PARTS = ("CHEST",)
+_MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+_COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT", "YBR_PARTIAL_420")
+
+# Fastest installed decoder per transfer syntax, measured on a 2500x3000 12-bit DX (2 cores):
+# JPEG 2000 openjpeg 0.87 s vs Pillow 1.30 s; JPEG-LS pyjpegls 0.13 s vs libjpeg 0.57 s;
+# RLE pylibjpeg-rle 0.02 s vs pydicom's own 0.18 s; 8-bit JPEG Pillow 0.02 s vs libjpeg 0.10 s.
+PREFERRED_DECODER: dict[str, str] = {
+    JPEG2000Lossless: "pylibjpeg",
+    JPEG2000: "pylibjpeg",
+    JPEGLSLossless: "pyjpegls",
+    JPEGLSNearLossless: "pyjpegls",
+    RLELossless: "pylibjpeg",
+    JPEGBaseline8Bit: "pillow",
+}
+
+
+class ImageReadError(ValueError):
+    """The file cannot be read or decoded as an image; the message says why in one line."""
+
+
+@dataclass(frozen=True)
+class Eligibility:
+    eligible: bool
+    reason: str | None
+    flags: tuple[str, ...]
+
+
+def check_eligibility(ds: Dataset) -> Eligibility:
+    """Whether a dataset is a frontal chest radiograph we score; never silent about why not."""
+    flags: list[str] = []
+    if "PixelData" not in ds:
+        return Eligibility(False, "no pixel data (not an image)", ())
+    modality = _text(ds, "Modality")
+    if modality not in ELIGIBLE_MODALITIES:
+        shown = modality or "missing"
+        return Eligibility(False, f"modality {shown} is not CR or DX", ())
+    view = _text(ds, "ViewPosition")
+    if not view:
+        flags.append("view_position_missing")
+    elif view in LATERAL_VIEWS:
+        return Eligibility(False, f"lateral view (ViewPosition {view}); only PA/AP are scored", ())
+    elif view not in FRONTAL_VIEWS:
+        return Eligibility(False, f"ViewPosition {view} is not a frontal view (PA/AP)", ())
+    body_part = _text(ds, "BodyPartExamined")
+    if not body_part:
+        flags.append("body_part_missing")
+    elif body_part not in CHEST_BODY_PARTS:
+        return Eligibility(False, f"BodyPartExamined {body_part} is not CHEST", ())
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        flags.append("multi_frame_first_frame_used")
+    return Eligibility(True, None, tuple(flags))
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    return str(value).strip().upper() if value not in (None, "") else ""
+
+
+# --- reading files ------------------------------------------------------------------------
+
+
+def sniff_kind(path: Path) -> str | None:
+    """"dicom", "png", "jpeg" or None, from the first bytes of the file."""
+    with path.open("rb") as f:
+        head = f.read(132)
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head[128:132] == b"DICM":
+        return "dicom"
+    return None
+
+
+def read_dataset(path: str | Path) -> Dataset:
+    """The dataset with its pixel data left on disk (read later, only if the image is scored).
+
+    A file without the DICOM preamble is parsed anyway (old exports lack it) but must then look
+    like an image (Rows and Pixel Data), else it is "not a DICOM, PNG or JPEG file".
+    """
+    path = Path(path)
+    try:
+        headerless = sniff_kind(path) is None
+        ds = pydicom.dcmread(path, defer_size="256 KB", force=headerless)
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: file not found") from None
+    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as exc:
+        raise ImageReadError(f"{path}: not a readable DICOM file ({_first_line(exc)})") from None
+    if headerless and ("PixelData" not in ds or "Rows" not in ds):
+        raise ImageReadError(f"{path}: not a DICOM, PNG or JPEG file")
+    if headerless:
+        _infer_transfer_syntax(ds)
+    return ds
+
+
+def _infer_transfer_syntax(ds: Dataset) -> None:
+    """A preamble-less file has no file meta: record the encoding pydicom found."""
+    implicit, little = getattr(ds, "original_encoding", (True, True))
+    syntax = (
+        ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little
+        else ExplicitVRBigEndian
+    )
+    ds.file_meta = getattr(ds, "file_meta", None) or FileMetaDataset()
+    ds.file_meta.setdefault("TransferSyntaxUID", syntax)
+
+
+def read_image_uint8(path: str | Path, conversion: Conversion = "equalize") -> np.ndarray:
+    """A DICOM, PNG or JPEG file as a 2-D uint8 array (eligibility is not checked here)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: file not found")
+    if sniff_kind(path) in ("png", "jpeg"):
+        return read_bitmap_uint8(path)
+    ds = read_dataset(path)
+    try:
+        return pixels_to_uint8(ds, decode_pixels(ds, pixel_source(ds, path)), conversion)
+    except ImageReadError as exc:
+        raise ImageReadError(f"{path}: {exc}") from None
+
+
+def read_bitmap_uint8(path: Path) -> np.ndarray:
+    """PNG/JPEG enter the reference at step A.1: 8-bit grey as is, 16-bit cut with >> 8."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return bitmap_to_uint8(image)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise ImageReadError(f"{path}: unreadable image ({_first_line(exc)})") from None
+
+
+def bitmap_to_uint8(image: Image.Image) -> np.ndarray:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        values = np.asarray(image)
+        return (values.astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8)
+    if image.mode != "L":
+        image = image.convert("L")
+    return np.asarray(image).copy()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:160] if text else type(exc).__name__
+
+
+# --- decoding -----------------------------------------------------------------------------
+
+
+def decode_pixels(ds: Dataset, source: Dataset | Path | None = None) -> np.ndarray:
+    """The first frame as decoded by pydicom, with the fastest installed decoder plugin.
+
+    `source` may be the file path: then only the pixel data is read from it (the dataset may
+    have been read with deferred pixel data).
+    """
+    source = ds if source is None else source
+    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if rows * columns > MAX_PIXELS:
+        raise ImageReadError(f"image of {columns}x{rows} pixels exceeds the {MAX_PIXELS} limit")
+    syntax = _transfer_syntax(ds)
+    index = 0 if int(ds.get("NumberOfFrames", 1) or 1) > 1 else None
+    plugin = _preferred_plugin(syntax)
+    try:
+        return pixel_array(source, index=index, decoding_plugin=plugin)
+    except Exception as first:  # noqa: BLE001  plugins raise anything; retry with pydicom's choice
+        if not plugin:
+            raise ImageReadError(f"cannot decode pixel data ({_first_line(first)})") from None
+        log.warning("preferred decoder failed", extra={"plugin": plugin, "syntax": syntax})
+    try:
+        return pixel_array(source, index=index)
+    except Exception as exc:  # noqa: BLE001  any decoder failure means "cannot decode"
+        raise ImageReadError(f"cannot decode pixel data ({_first_line(exc)})") from None
+
+
+def pixel_source(ds: Dataset, path: Path) -> Dataset | Path:
+    """Decode straight from the file when it has a preamble: pydicom then reads only the pixel
+    data into the array, without a second copy held in the dataset."""
+    return path if getattr(ds, "preamble", None) is not None else ds
+
+
+def _transfer_syntax(ds: Dataset) -> UID:
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if not syntax:
+        raise ImageReadError("the file has no Transfer Syntax UID; cannot decode its pixels")
+    return UID(syntax)
+
+
+def _preferred_plugin(syntax: UID) -> str:
+    plugin = PREFERRED_DECODER.get(syntax, "")
+    if not plugin:
+        return ""
+    try:
+        return plugin if plugin in get_decoder(syntax).available_plugins else ""
+    except NotImplementedError:
+        return ""
+
+
+# --- conversion to 8 bits -----------------------------------------------------------------
+
+
+def dataset_to_uint8(ds: Dataset, conversion: Conversion = "equalize") -> np.ndarray:
+    """A 2-D uint8 image of the dataset's first frame, by the chosen conversion."""
+    return pixels_to_uint8(ds, decode_pixels(ds), conversion)
+
+
+def pixels_to_uint8(ds: Dataset, pixels: np.ndarray, conversion: Conversion) -> np.ndarray:
+    if conversion not in CONVERSIONS:
+        raise ValueError(f"conversion must be one of {', '.join(CONVERSIONS)}, got {conversion!r}")
+    photometric = _text(ds, "PhotometricInterpretation") or "MONOCHROME2"
+    if pixels.ndim == 3 and photometric in _COLOUR + ("PALETTE COLOR",):
+        if photometric == "PALETTE COLOR":
+            raise ImageReadError("PALETTE COLOR images are not supported")
+        grey = _rgb_to_grey(pixels)
+        return equalize_uint8(grey, stretch=_stretch(grey)) if conversion == "equalize" else grey
+    if pixels.ndim != 2 or photometric not in _MONOCHROME:
+        raise ImageReadError(
+            f"unsupported image: PhotometricInterpretation {photometric}, shape {pixels.shape}"
+        )
+    return _monochrome_to_uint8(ds, pixels, conversion, invert=photometric == "MONOCHROME1")
+
+
+def _rgb_to_grey(pixels: np.ndarray) -> np.ndarray:
+    if pixels.dtype != np.uint8:
+        top = max(int(pixels.max()), 1)
+        pixels = (pixels.astype(np.float32) * (255.0 / top)).astype(np.uint8)
+    return np.asarray(Image.fromarray(np.ascontiguousarray(pixels[..., :3]), "RGB").convert("L"))
+
+
+def _stretch(grey: np.ndarray) -> np.ndarray:
+    values = np.arange(256, dtype=np.float64)
+    return _affine_uint8(values, float(grey.min()), float(grey.max()), np.floor)
+
+
+@dataclass(frozen=True)
+class _Lut:
+    """Stored pixel values as indexes into a table over every possible value (the domain)."""
+
+    index: np.ndarray  # same shape as the image, integer indexes into `domain`
+    domain: np.ndarray  # stored value of each index, int64 (or float for exotic data)
+    padding: np.ndarray  # bool per domain entry: is pixel padding
+    padding_count: int  # padding pixels in the image
+    used: np.ndarray  # bool per domain entry: within the image's min..max and not padding
+
+
+def _monochrome_to_uint8(
+    ds: Dataset, pixels: np.ndarray, conversion: Conversion, invert: bool
+) -> np.ndarray:
+    lut = _build_lut(ds, pixels)
+    values = np.asarray(apply_modality_lut(lut.domain, ds), dtype=np.float64)
+    lo, hi = float(values[lut.used].min()), float(values[lut.used].max())
+    if conversion == "equalize":
+        table = _affine_uint8(values, lo, hi, np.floor)
+    elif _has_voi(ds):
+        table = _voi_table(ds, values)
+    else:
+        table = _affine_uint8(values, lo, hi, np.rint)
+    if invert:
+        table = 255 - table
+    table[lut.padding] = 0
+    image = np.take(table.astype(np.uint8), lut.index)
+    if conversion == "equalize":
+        image = equalize_uint8(image, excluded_black=lut.padding_count)
+    return image
+
+
+def _build_lut(ds: Dataset, pixels: np.ndarray) -> _Lut:
+    if pixels.dtype in (np.uint8, np.uint16):
+        index, domain = pixels, np.arange(2 ** (8 * pixels.itemsize), dtype=np.int64)
+    elif pixels.dtype in (np.int8, np.int16):
+        unsigned = np.dtype(f"uint{8 * pixels.itemsize}")
+        index = pixels.view(unsigned)
+        domain = np.arange(2 ** (8 * pixels.itemsize), dtype=np.int64).astype(unsigned)
+        domain = domain.view(pixels.dtype).astype(np.int64)
+    else:  # 32-bit or float data: the distinct values are the domain (rare, costs memory)
+        domain, inverse = np.unique(pixels, return_inverse=True)
+        index = inverse.reshape(pixels.shape)
+    padding = _padding_mask(ds, domain)
+    padding_count = 0
+    if padding.any():
+        padded = np.take(padding, index)
+        padding_count = int(np.count_nonzero(padded))
+        if padding_count == index.size:
+            raise ImageReadError("every pixel is pixel padding; nothing to show")
+        lo, hi = _min_max_excluding(pixels, padded)
+    else:
+        lo, hi = pixels.min(), pixels.max()
+    used = (domain >= lo) & (domain <= hi) & ~padding
+    return _Lut(index=index, domain=domain, padding=padding, padding_count=padding_count, used=used)
+
+
+def _min_max_excluding(pixels: np.ndarray, excluded: np.ndarray) -> tuple[Any, Any]:
+    keep = ~excluded
+    info = np.iinfo(pixels.dtype) if pixels.dtype.kind in "iu" else np.finfo(pixels.dtype)
+    lo = pixels.min(where=keep, initial=info.max)
+    hi = pixels.max(where=keep, initial=info.min)
+    return lo, hi
+
+
+def _padding_mask(ds: Dataset, domain: np.ndarray) -> np.ndarray:
+    value = ds.get("PixelPaddingValue")
+    if value is None or value == "":
+        return np.zeros(domain.shape, dtype=bool)
+    limit = ds.get("PixelPaddingRangeLimit")
+    if limit is None or limit == "":
+        return domain == int(value)
+    low, high = sorted((int(value), int(limit)))
+    return (domain >= low) & (domain <= high)
+
+
+def _affine_uint8(values: np.ndarray, lo: float, hi: float, rounding: Any) -> np.ndarray:
+    """rounding((v - lo) / (hi - lo) * 255) clipped to 0..255 (hi < lo inverts); lo == hi: 0."""
+    if hi == lo:
+        return np.zeros(values.shape, dtype=np.int64)
+    return np.clip(rounding((values - lo) / (hi - lo) * 255.0), 0, 255).astype(np.int64)
+
+
+def _has_voi(ds: Dataset) -> bool:
+    window = ds.get("WindowCenter") not in (None, "") and ds.get("WindowWidth") not in (None, "")
+    return bool(ds.get("VOILUTSequence")) or window
+
+
+def _voi_table(ds: Dataset, values: np.ndarray) -> np.ndarray:
+    """VOI output for every modality value, mapped from the VOI output range to 0..255."""
+    try:
+        windowed = np.asarray(apply_voi_lut(values, ds, index=0, prefer_lut=True), np.float64)
+        if ds.get("VOILUTSequence"):
+            lo, hi = 0.0, float(_voi_lut_top(ds, windowed))
+        else:
+            with np.errstate(over="ignore"):
+                ends = apply_voi_lut(np.array([-1e300, 1e300]), ds, index=0, prefer_lut=False)
+            lo, hi = float(ends[0]), float(ends[1])
+    except (ValueError, NotImplementedError, AttributeError, IndexError, TypeError) as exc:
+        raise ImageReadError(f"invalid VOI LUT or window ({_first_line(exc)})") from None
+    return _affine_uint8(windowed, lo, hi, np.rint)
+
+
+def _voi_lut_top(ds: Dataset, windowed: np.ndarray) -> int:
+    """Top of the VOI LUT output range: 2**bits - 1, where a descriptor claiming more bits than
+    the data uses (a common vendor error, tolerated by dcmtk too) is read as the data's bits."""
+    bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+    used_bits = max(int(windowed.max()).bit_length(), 1)
+    return 2 ** min(bits, used_bits) - 1
+
+
+def equalize_uint8(
+    image: np.ndarray, *, stretch: np.ndarray | None = None, excluded_black: int = 0
+) -> np.ndarray:
+    """OpenCV `equalizeHist` on an 8-bit image (optionally after a 256-entry stretch table).
+
+    `excluded_black` pixels of value 0 (padding) are left out of the histogram and stay 0.
+    """
+    picture = Image.fromarray(image)
+    if stretch is not None:
+        picture = picture.point(stretch.astype(np.uint8).tolist())
+    histogram = np.asarray(picture.histogram(), dtype=np.int64)
+    histogram[0] -= excluded_black
+    return np.asarray(picture.point(equalization_table(histogram).tolist()))
+
+
+def equalization_table(histogram: np.ndarray) -> np.ndarray:
+    """The 256-entry table OpenCV's equalizeHist builds from a histogram (uint8 values)."""
+    table = np.zeros(256, dtype=np.uint8)
+    occupied = np.flatnonzero(histogram)
+    if occupied.size == 0:
+        return table
+    first = int(occupied[0])
+    total = int(histogram.sum())
+    if histogram[first] == total:
+        table[first:] = first
+        return table
+    scale = np.float32(255.0) / np.float32(total - int(histogram[first]))
+    cumulative = np.cumsum(histogram[first + 1:]).astype(np.float32)
+    table[first + 1:] = np.clip(np.rint(cumulative * scale), 0, 255).astype(np.uint8)
+    return table

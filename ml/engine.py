@@ -1,0 +1,333 @@
+"""Zero-shot scoring: CheXzero's positive-vs-negative prompt softmax over an ensemble.
+
+For each finding, p = exp(cos(img, pos)) / (exp(cos(img, pos)) + exp(cos(img, neg))) with
+L2-normalised features and raw cosines (no logit scale), averaged over checkpoints as
+probabilities. Text embeddings are computed once per (checkpoint SHA-256, prompt). Images are
+decoded and brought to the 320 canvas in a thread pool while the model scores the previous
+batch (torch, Pillow and numpy release the GIL for the heavy parts), so the pipeline runs close
+to the model's own rate on uncompressed input.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from open_clip.model import CLIP
+
+from ml.catalogue import Catalogue, Finding
+from ml.checkpoint import LoadedCheckpoint, load_checkpoint
+from ml.dicom_image import (
+    Conversion,
+    ImageReadError,
+    check_eligibility,
+    decode_pixels,
+    pixel_source,
+    pixels_to_uint8,
+    read_bitmap_uint8,
+    read_dataset,
+    sniff_kind,
+)
+from ml.preprocess import CANVAS, ImageShapeError, canvases_to_input, to_canvas
+from ml.tokenizer import tokenize
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "float32", "float16")
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    name: str
+    checkpoint_sha256s: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ImageScore:
+    path: str
+    probabilities: dict[str, float] | None
+    skipped_reason: str | None
+    flags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """One input after decoding and step A: the 320x320 canvas, or why there is none."""
+
+    path: str
+    canvas: np.ndarray | None
+    skipped_reason: str | None
+    flags: tuple[str, ...] = ()
+
+
+@dataclass
+class _Member:
+    sha256: str
+    model: CLIP
+    image_size: int
+    text: torch.Tensor = field(repr=False)  # (2F, D): positive prompts, then negative prompts
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available here")
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    return resolved
+
+
+def build_text_classifier(
+    model: CLIP, prompts: Sequence[str], context_length: int, device: torch.device
+) -> torch.Tensor:
+    """(len(prompts), D) L2-normalised text embeddings in float32 (CheXzero step 11)."""
+    tokens = tokenize(prompts, context_length).to(device)
+    with torch.inference_mode():
+        features = model.encode_text(tokens).float()
+    features = features / features.norm(dim=-1, keepdim=True)
+    # CheXzero averages over templates, then normalises again; with one template per prompt
+    # the mean is the embedding itself.
+    return features / features.norm(dim=-1, keepdim=True)
+
+
+class ZeroShotEngine:
+    """Loads the checkpoints once; scores arrays, canvases or files."""
+
+    def __init__(
+        self,
+        checkpoint_paths: Sequence[str | Path],
+        catalogue: Catalogue,
+        device: str = "auto",
+        cpu_threads: int = 0,
+        batch_size: int = 16,
+        *,
+        name: str | None = None,
+        precision: str = "auto",
+        prepare_workers: int | None = None,
+    ) -> None:
+        if not checkpoint_paths:
+            raise ValueError("no checkpoint given: a model needs at least one checkpoint file")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.catalogue = catalogue
+        self.findings: tuple[Finding, ...] = catalogue.enabled()
+        if not self.findings:
+            raise ValueError(f"the findings catalogue {catalogue.source} enables no finding")
+        self.labels: tuple[str, ...] = tuple(f.label for f in self.findings)
+        self.device = resolve_device(device)
+        self.precision = _resolve_precision(precision, self.device)
+        if self.device.type == "cpu" and cpu_threads > 0:
+            torch.set_num_threads(cpu_threads)
+        self.batch_size = batch_size
+        self.prepare_workers = prepare_workers or _default_prepare_workers()
+        self._text_cache: dict[tuple[str, str], torch.Tensor] = {}
+        self._members = self._load_members(checkpoint_paths)
+        shas = tuple(m.sha256 for m in self._members)
+        self.identity = ModelIdentity(name=name or _default_name(checkpoint_paths), checkpoint_sha256s=shas)
+        log.info(
+            "zero-shot engine ready",
+            extra={
+                "model": self.identity.name,
+                "checkpoints": list(shas),
+                "device": str(self.device),
+                "precision": self.precision,
+                "findings": len(self.labels),
+                "catalogue_version": catalogue.version,
+            },
+        )
+
+    # --- construction ------------------------------------------------------------------
+
+    def _load_members(self, paths: Sequence[str | Path]) -> list[_Member]:
+        loaded: dict[str, LoadedCheckpoint] = {}
+        members = []
+        for path in paths:
+            checkpoint = load_checkpoint(path)
+            if checkpoint.sha256 in loaded:  # same bytes twice: share the model, keep both votes
+                checkpoint = loaded[checkpoint.sha256]
+            else:
+                checkpoint.model.to(self.device)
+                loaded[checkpoint.sha256] = checkpoint
+            members.append(
+                _Member(
+                    sha256=checkpoint.sha256,
+                    model=checkpoint.model,
+                    image_size=checkpoint.architecture.image_size,
+                    text=self._text_features(checkpoint),
+                )
+            )
+        return members
+
+    def _text_features(self, checkpoint: LoadedCheckpoint) -> torch.Tensor:
+        prompts = [f.positive_prompt for f in self.findings] + [
+            f.negative_prompt for f in self.findings
+        ]
+        missing = [p for p in dict.fromkeys(prompts) if (checkpoint.sha256, p) not in self._text_cache]
+        if missing:
+            context = checkpoint.architecture.context_length
+            features = build_text_classifier(checkpoint.model, missing, context, self.device)
+            for prompt, row in zip(missing, features, strict=True):
+                self._text_cache[(checkpoint.sha256, prompt)] = row
+        return torch.stack([self._text_cache[(checkpoint.sha256, p)] for p in prompts])
+
+    # --- scoring -----------------------------------------------------------------------
+
+    def score_uint8(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """(N, F) probabilities for 8-bit grayscale images, F = enabled findings in order."""
+        if len(images) == 0:
+            return np.zeros((0, len(self.labels)))
+        canvases = np.stack([to_canvas(image) for image in images])
+        return self.score_canvases(canvases)
+
+    def score_canvases(self, canvases: np.ndarray) -> np.ndarray:
+        """(N, F) probabilities for (N, 320, 320) uint8 canvases (step A already done)."""
+        if canvases.ndim != 3 or canvases.shape[1:] != (CANVAS, CANVAS):
+            raise ImageShapeError(f"expected (N, {CANVAS}, {CANVAS}) canvases, got {canvases.shape}")
+        rows = []
+        for start in range(0, len(canvases), self.batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(canvases[start : start + self.batch_size]))
+            rows.append(self._score_batch(batch.to(self.device)))
+        return np.concatenate(rows) if rows else np.zeros((0, len(self.labels)))
+
+    def _score_batch(self, canvases: torch.Tensor) -> np.ndarray:
+        total = torch.zeros(len(canvases), len(self.labels), dtype=torch.float64)
+        inputs: dict[int, torch.Tensor] = {}
+        for member in self._members:
+            if member.image_size not in inputs:
+                inputs[member.image_size] = canvases_to_input(canvases, member.image_size)
+            total += self._member_probabilities(member, inputs[member.image_size])
+        return (total / len(self._members)).numpy()
+
+    def _member_probabilities(self, member: _Member, pixels: torch.Tensor) -> torch.Tensor:
+        autocast = (
+            torch.autocast(device_type="cuda", dtype=torch.float16)
+            if self.precision == "float16"
+            else nullcontext()
+        )
+        with torch.inference_mode(), autocast:
+            features = member.model.encode_image(pixels)
+        features = features.float()
+        features = features / features.norm(dim=-1, keepdim=True)
+        cosines = (features @ member.text.T).double().cpu()
+        positive, negative = cosines[:, : len(self.labels)], cosines[:, len(self.labels) :]
+        return torch.sigmoid(positive - negative)  # = softmax over (pos, neg), first entry
+
+    def score_paths(
+        self,
+        paths: Sequence[str | Path],
+        conversion: Conversion = "equalize",
+        on_result: Callable[[ImageScore], None] | None = None,
+    ) -> list[ImageScore]:
+        """Score files (DICOM, PNG, JPEG) in order; ineligible or unreadable ones say why."""
+        results: list[ImageScore] = []
+        with ThreadPoolExecutor(self.prepare_workers, thread_name_prefix="prepare") as pool:
+            prepared = _prefetched(pool, paths, conversion, ahead=2 * self.batch_size)
+            for chunk in _chunks(prepared, self.batch_size):
+                for score in self._score_prepared(chunk):
+                    results.append(score)
+                    if on_result is not None:
+                        on_result(score)
+        return results
+
+    def _score_prepared(self, chunk: list[PreparedImage]) -> list[ImageScore]:
+        ready = [i for i, item in enumerate(chunk) if item.canvas is not None]
+        rows: dict[int, np.ndarray] = {}
+        if ready:
+            probabilities = self.score_canvases(np.stack([chunk[i].canvas for i in ready]))
+            rows = dict(zip(ready, probabilities, strict=True))
+        scores = []
+        for i, item in enumerate(chunk):
+            mapping = None
+            if i in rows:
+                mapping = dict(zip(self.labels, map(float, rows[i]), strict=True))
+            scores.append(ImageScore(item.path, mapping, item.skipped_reason, item.flags))
+        return scores
+
+
+def prepare_file(path: str | Path, conversion: Conversion = "equalize") -> PreparedImage:
+    """Read, check eligibility, convert to 8 bits and place on the 320 canvas (step A)."""
+    path = Path(path)
+    try:
+        if not path.is_file():
+            return PreparedImage(str(path), None, "file not found")
+        kind = sniff_kind(path)
+        if kind in ("png", "jpeg"):
+            return PreparedImage(str(path), to_canvas(read_bitmap_uint8(path)), None, ())
+        ds = read_dataset(path)
+        eligibility = check_eligibility(ds)
+        if not eligibility.eligible:
+            return PreparedImage(str(path), None, eligibility.reason, eligibility.flags)
+        image = pixels_to_uint8(ds, decode_pixels(ds, pixel_source(ds, path)), conversion)
+        return PreparedImage(str(path), to_canvas(image), None, eligibility.flags)
+    except (ImageReadError, ImageShapeError) as exc:
+        return PreparedImage(str(path), None, f"unreadable: {_strip_path(exc, path)}")
+    except Exception as exc:
+        log.exception("image preparation failed", extra={"path": str(path)})
+        return PreparedImage(str(path), None, f"failed: {type(exc).__name__}: {exc}")
+
+
+def _strip_path(exc: Exception, path: Path) -> str:
+    text = str(exc)
+    prefix = f"{path}: "
+    return text.removeprefix(prefix)
+
+
+def _prefetched(
+    pool: ThreadPoolExecutor, paths: Iterable[str | Path], conversion: Conversion, ahead: int
+) -> Iterator[PreparedImage]:
+    """Prepared images in input order, keeping `ahead` preparations in flight."""
+    pending: deque[Future[PreparedImage]] = deque()
+    source = iter(paths)
+    for path in source:
+        pending.append(pool.submit(prepare_file, path, conversion))
+        if len(pending) >= ahead:
+            break
+    while pending:
+        done = pending.popleft().result()
+        following = next(source, None)
+        if following is not None:
+            pending.append(pool.submit(prepare_file, following, conversion))
+        yield done
+
+
+def _chunks(items: Iterator[PreparedImage], size: int) -> Iterator[list[PreparedImage]]:
+    chunk: list[PreparedImage] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _resolve_precision(precision: str, device: torch.device) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        return "float16" if device.type == "cuda" else "float32"
+    if precision == "float16" and device.type != "cuda":
+        raise ValueError("precision float16 needs a CUDA device")
+    return precision
+
+
+def _default_prepare_workers() -> int:
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
+def _default_name(paths: Sequence[str | Path]) -> str:
+    stems = [Path(p).stem for p in paths]
+    return stems[0] if len(stems) == 1 else f"ensemble({', '.join(stems)})"
