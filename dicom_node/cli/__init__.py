@@ -17,6 +17,7 @@ app = typer.Typer(
 def _register() -> None:
     # Imported here so that each module can `from dicom_node.cli import app`.
     from dicom_node.cli import node_commands  # noqa: F401  serve, status, studies
+    from dicom_node.cli import predict_commands  # noqa: F401  predict
     from dicom_node.cli import threshold_commands  # noqa: F401  thresholds, evaluate
     from dicom_node.cli import report_commands  # noqa: F401  worker, outbound
 
