@@ -313,3 +313,111 @@ class StoreSCP:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+
+# --- Orthanc as the PACS (report helper) --------------------------------------------------------
+
+
+@dataclass
+class OrthancPeer:
+    """The Debian `orthanc` server with its own config, storage and ports on loopback; HTTP
+    without authentication (loopback only, RemoteAccessAllowed false)."""
+
+    workdir: Path
+    dicom_port: int = field(default_factory=free_port)
+    http_port: int = field(default_factory=free_port)
+    ae_title: str = "ORTHANC"
+    process: subprocess.Popen[bytes] | None = None
+
+    BINARY = "/usr/sbin/Orthanc"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "orthanc.log"
+
+    def write_config(self) -> Path:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = {
+            "Name": "dicom-node-test-pacs",
+            "StorageDirectory": str(self.workdir / "storage"),
+            "IndexDirectory": str(self.workdir / "storage"),
+            "DicomAet": self.ae_title,
+            "DicomPort": self.dicom_port,
+            "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomCheckCalledAet": True,
+            "Plugins": [],
+            "ConcurrentJobs": 1,
+            "SaveJobs": False,
+            "StorageCompression": False,
+        }
+        path = self.workdir / "orthanc.json"
+        path.write_text(json.dumps(config, indent=2))
+        return path
+
+    def start(self) -> OrthancPeer:
+        if not Path(self.BINARY).exists():
+            raise RuntimeError("Orthanc is not installed (Debian package orthanc)")
+        config = self.write_config()
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [self.BINARY, str(config)], stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir
+        )
+        log.close()
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"Orthanc exited: {self.log_path.read_text(errors='replace')}")
+            try:
+                self.get("/system")
+            except OSError:
+                time.sleep(0.1)
+                continue
+            if echoscu(self.dicom_port, called_ae=self.ae_title).returncode == 0:
+                return self
+        self.stop()
+        raise RuntimeError("Orthanc did not start")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    # REST API
+
+    def get(self, path: str) -> Any:
+        import urllib.request
+
+        with urllib.request.urlopen(self.url + path, timeout=10) as response:
+            return json.loads(response.read())
+
+    def get_bytes(self, path: str) -> bytes:
+        import urllib.request
+
+        with urllib.request.urlopen(self.url + path, timeout=30) as response:
+            return bytes(response.read())
+
+    def study_instances(self, study_instance_uid: str) -> list[dict[str, Any]]:
+        """Every instance of the study as Orthanc's simplified tags plus its Orthanc `ID`."""
+        found = []
+        for study_id in self.get("/studies"):
+            study = self.get(f"/studies/{study_id}")
+            if study["MainDicomTags"].get("StudyInstanceUID") != study_instance_uid:
+                continue
+            for instance in self.get(f"/studies/{study_id}/instances"):
+                tags = self.get(f"/instances/{instance['ID']}/simplified-tags")
+                found.append({**tags, "ID": instance["ID"]})
+        return found
+
+    def instance_count(self) -> int:
+        return int(self.get("/statistics")["CountInstances"])
