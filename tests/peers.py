@@ -166,7 +166,8 @@ class NodeProcess:
 
     @classmethod
     def create(cls, workdir: Path, **sections: dict[str, Any]) -> NodeProcess:
-        """Write the config (free port, data dir in `workdir`, quick assembly) for a node."""
+        """Write the config for a node: free port, data dir in `workdir`, quick assembly, and no
+        inference worker unless a test asks for one (`worker={"enabled": True}`)."""
         workdir.mkdir(parents=True, exist_ok=True)
         port = free_port()
         merged: dict[str, dict[str, Any]] = {
@@ -178,6 +179,7 @@ class NodeProcess:
             },
             "worklist": {"stable_seconds": 1, "assembly_interval_seconds": 0.25},
             "logging": {"format": "json", "level": "INFO"},
+            "worker": {"enabled": False},
         }
         for name, values in sections.items():
             merged.setdefault(name, {}).update(values)
@@ -190,13 +192,15 @@ class NodeProcess:
         node.config_path.write_text(toml_text(merged))
         return node
 
-    def start(self, wait: bool = True) -> NodeProcess:
+    def start(self, wait: bool = True, env: Mapping[str, str] | None = None) -> NodeProcess:
+        """Run `dicom-node serve` (extra environment in `env`); wait until it answers C-ECHO."""
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [*dicom_node_command(), "serve", "--config", str(self.config_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=REPO_ROOT,
+            env={**os.environ, **(env or {})},
         )
         log.close()
         if wait:
@@ -252,6 +256,26 @@ class NodeProcess:
         if result.returncode != 0:
             raise RuntimeError(f"dicom-node {' '.join(args)} failed: {result.stderr}")
         return json.loads(result.stdout)
+
+    def study(self, study_uid: str) -> Any:
+        """The work-list summary of a study, read directly from the node's database (fast)."""
+        from storage import worklist
+        from storage.db import open_database
+
+        database = open_database(f"sqlite:///{self.data_dir / 'worklist.sqlite'}", migrate=False)
+        try:
+            with database.read_only() as session:
+                detail = worklist.study_detail(session, study_uid)
+        finally:
+            database.dispose()
+        return None if detail is None else detail[0]
+
+    def wait_for_state(self, study_uid: str, state: str, timeout: float = 60) -> Any:
+        def reached() -> Any:
+            summary = self.study(study_uid)
+            return summary if summary is not None and summary.state == state else None
+
+        return self.wait_for(reached, f"study {study_uid} to be {state}", timeout)
 
     def wait_for(self, predicate: Any, what: str, timeout: float = 60) -> Any:
         """Poll `predicate()` until it returns something truthy (assembly is periodic)."""

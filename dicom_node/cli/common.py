@@ -31,7 +31,10 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except (CliError, ConfigError, FileNotFoundError, ValueError) as exc:
-        err_console.print(f"dicom-node: error: {exc}", highlight=False, markup=False)
+        # soft_wrap: the reason stays one line however narrow the terminal (or a pipe) is
+        err_console.print(
+            f"dicom-node: error: {exc}", highlight=False, markup=False, soft_wrap=True
+        )
         raise typer.Exit(2) from None
 
 
