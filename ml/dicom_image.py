@@ -393,6 +393,8 @@ def _has_voi(ds: Dataset) -> bool:
 
 def _voi_table(ds: Dataset, values: np.ndarray) -> np.ndarray:
     """VOI output for every modality value, mapped from the VOI output range to 0..255."""
+    if ds.get("VOILUTSequence") and np.array_equal(values, np.round(values)):
+        values = values.astype(np.int64)  # a LUT is indexed by integers
     try:
         windowed = np.asarray(apply_voi_lut(values, ds, index=0, prefer_lut=True), np.float64)
         if ds.get("VOILUTSequence"):

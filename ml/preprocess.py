@@ -44,7 +44,7 @@ def to_canvas(image: np.ndarray, canvas: int = CANVAS) -> np.ndarray:
     resized = Image.fromarray(image).resize(size, Image.Resampling.LANCZOS)
     board = Image.new("L", (canvas, canvas))
     board.paste(resized, ((canvas - size[0]) // 2, (canvas - size[1]) // 2))
-    return np.asarray(board)
+    return np.array(board)  # writable: torch refuses read-only buffers
 
 
 def canvases_to_input(canvases: np.ndarray | torch.Tensor, image_size: int) -> torch.Tensor:
