@@ -1,0 +1,183 @@
+"""End-to-end latency: last C-STORE of a one-image study -> its SR in Orthanc, against the
+engine's bare predict time for the same image, measured in one run on this machine.
+
+    python bench/e2e.py [--studies 5] [--stable-seconds 2] [--checkpoint PATH]
+
+Starts Orthanc and `dicom-node serve` (worker on, Orthanc as the destination) on loopback, sends
+one warm-up study (model loading is not latency), then N one-image studies one at a time. For
+each: t0 = storescu returned (the node acknowledged the C-STORE), t1 = the SR is listed in
+Orthanc (polled every 10 ms); latency = t1 - t0 - stable_seconds, the part the node controls.
+The bare predict time is, in this process with the model loaded once, decoding that DICOM file
+to 8 bits plus `ZeroShotEngine.score_uint8` (median of N). Prints both and their ratio; the
+target is a ratio of 2.0 or less. It also times `dicom-node predict IMAGE` as a whole (a cold
+process: interpreter, imports, model load, score) and prints that ratio too. Uses the configured model when its checkpoints exist, else a
+random checkpoint with the demo architecture (same compute, meaningless scores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from dicom_node.settings import load_settings
+from dicom_node.worker import load_model
+from ml.dicom_image import read_image_uint8
+from tests.dicom_factory import StudyUids, make_radiograph, write
+from tests.peers import NodeProcess, OrthancPeer, storescu
+
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.33"
+STORED_AT: dict[str, float] = {}  # study UID -> wall clock when storescu returned
+STAGES = ("study_queued", "study_claimed", "study_reported", "delivery_sent")
+
+
+def checkpoint_path(requested: str | None, workdir: Path) -> Path:
+    if requested:
+        return Path(requested).resolve()
+    settings = load_settings(environ={})
+    configured = [settings.resolve(p) for p in settings.model.checkpoints]
+    if configured and all(p.is_file() for p in configured):
+        return configured[0]
+    from ml.testing import write_random_checkpoint
+    from ml.training.config import DEMO_ARCHITECTURE
+
+    print("configured model not found: using a random checkpoint with the demo architecture")
+    return write_random_checkpoint(workdir / "random-demo-arch.pt", DEMO_ARCHITECTURE, seed=1)
+
+
+def sr_arrived(orthanc: OrthancPeer, study_uid: str) -> bool:
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(
+        orthanc.url + "/tools/lookup", data=study_uid.encode(), method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        found = json.loads(response.read())
+    for item in found:
+        if item.get("Type") == "Study":
+            for instance in orthanc.get(f"/studies/{item['ID']}/instances"):
+                tags = orthanc.get(f"/instances/{instance['ID']}/simplified-tags")
+                if tags.get("SOPClassUID") == SR_CLASS:
+                    return True
+    return False
+
+
+def one_study(node: NodeProcess, orthanc: OrthancPeer, workdir: Path, seed: int) -> tuple[float, Path]:
+    study = StudyUids()
+    path = write(make_radiograph(view="PA", study=study, rows=2048, columns=1680, seed=seed),
+                 workdir / f"study-{seed}.dcm")
+    result = storescu(node.port, [path], called_ae=node.ae_title)
+    t0 = time.perf_counter()
+    STORED_AT[study.study] = time.time()
+    if result.returncode != 0:
+        raise RuntimeError(f"storescu failed: {result.stdout}{result.stderr}")
+    deadline = t0 + 300
+    while time.perf_counter() < deadline:
+        if sr_arrived(orthanc, study.study):
+            return time.perf_counter() - t0, path
+        time.sleep(0.01)
+    raise RuntimeError(f"no SR in Orthanc after 300 s; node log:\n{node.log()[-3000:]}")
+
+
+def breakdown(node: NodeProcess) -> None:
+    """Median seconds from the C-STORE to each stage, from the node's own log events."""
+    from datetime import datetime
+
+    offsets: dict[str, list[float]] = {stage: [] for stage in STAGES}
+    for study_uid, stored in list(STORED_AT.items())[1:]:  # not the warm-up
+        for stage in STAGES:
+            times = [datetime.fromisoformat(e["ts"]).timestamp() for e in node.events(stage)
+                     if e.get("study_instance_uid") == study_uid]
+            if times:
+                offsets[stage].append(min(times) - stored)
+    print("stages after the C-STORE (median s): " + ", ".join(
+        f"{stage} {statistics.median(v):.3f}" for stage, v in offsets.items() if v))
+
+
+def predict_seconds(checkpoint: Path, image: Path, runs: int) -> float:
+    settings = load_settings(environ={}, overrides={"model": {"checkpoints": [str(checkpoint)]}})
+    engine = load_model(settings).engine
+    engine.score_uint8([read_image_uint8(image)])  # warm-up
+    timings = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        engine.score_uint8([read_image_uint8(image, settings.model.dicom_conversion)])
+        timings.append(time.perf_counter() - start)
+    return statistics.median(timings)
+
+
+def predict_cli_seconds(checkpoint: Path, image: Path, runs: int = 2) -> float:
+    """Wall time of `dicom-node predict IMAGE` (process start, model load, score)."""
+    from tests.peers import run_cli
+
+    timings = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        result = run_cli("predict", str(image), "--checkpoint", str(checkpoint), "--json",
+                         timeout=600)
+        timings.append(time.perf_counter() - start)
+        if result.returncode != 0:
+            raise RuntimeError(f"dicom-node predict failed: {result.stderr}")
+    return statistics.median(timings)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--studies", type=int, default=5)
+    parser.add_argument("--stable-seconds", type=float, default=2.0)
+    parser.add_argument("--assembly-interval-seconds", type=float, default=None,
+                        help="default: the shipped configuration's")
+    parser.add_argument("--checkpoint", default=None)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
+        workdir = Path(tmp)
+        checkpoint = checkpoint_path(args.checkpoint, workdir)
+        orthanc = OrthancPeer(workdir / "orthanc").start()
+        worklist = {"stable_seconds": args.stable_seconds}
+        if args.assembly_interval_seconds is not None:
+            worklist["assembly_interval_seconds"] = args.assembly_interval_seconds
+        else:
+            worklist["assembly_interval_seconds"] = load_settings(
+                environ={}).worklist.assembly_interval_seconds
+        node = NodeProcess.create(
+            workdir / "node", worklist=worklist, worker={"enabled": True},
+            model={"checkpoints": [str(checkpoint)]}, logging={"level": "INFO"},
+        )
+        with node.config_path.open("a") as f:
+            f.write(f'\n[[destinations]]\nname = "pacs"\nae_title = "{orthanc.ae_title}"\n'
+                    f'host = "127.0.0.1"\nport = {orthanc.dicom_port}\n')
+        try:
+            node.start()
+            one_study(node, orthanc, workdir, seed=0)  # warm-up: model load, first association
+            measured = []
+            for i in range(args.studies):
+                seconds, image = one_study(node, orthanc, workdir, seed=i + 1)
+                measured.append(seconds - args.stable_seconds)
+                print(f"study {i + 1}: SR in Orthanc {seconds:.3f} s after the C-STORE "
+                      f"({measured[-1]:.3f} s beyond stable_seconds)")
+            breakdown(node)
+        finally:
+            node.stop()
+            orthanc.stop()
+        latency = statistics.median(measured)
+        bare = predict_seconds(checkpoint, image, args.studies)
+        print(f"checkpoint: {checkpoint.name}; image 2048x1680 DX; stable_seconds "
+              f"{args.stable_seconds}; assembly_interval_seconds "
+              f"{worklist['assembly_interval_seconds']}")
+        print(f"end-to-end beyond stable_seconds (median of {len(measured)}): {latency:.3f} s")
+        print(f"bare predict (decode + score, warm engine, median):  {bare:.3f} s")
+        cli = predict_cli_seconds(checkpoint, image)
+        print(f"`dicom-node predict IMAGE` wall time (cold process, median of 2): {cli:.3f} s")
+        print(f"ratio vs warm engine:            {latency / bare:.2f} (target <= 2.0)")
+        print(f"ratio vs `dicom-node predict`:   {latency / cli:.2f} (target <= 2.0)")
+
+
+if __name__ == "__main__":
+    main()
