@@ -20,6 +20,7 @@ def _register() -> None:
     from dicom_node.cli import predict_commands  # noqa: F401  predict
     from dicom_node.cli import threshold_commands  # noqa: F401  thresholds, evaluate
     from dicom_node.cli import report_commands  # noqa: F401  worker, outbound
+    from dicom_node.cli import train_commands  # noqa: F401  synth, train
 
 
 _register()

@@ -294,3 +294,33 @@ def _finish(image: np.ndarray, rng: np.random.Generator, f: Frame, spec: StudySp
     image = np.clip(image, 0, 1) ** a.gamma
     noise = rng.standard_normal(image.shape).astype(np.float32) * (a.noise * scale)
     return np.clip(image + noise, 0, 1).astype(np.float32)
+
+
+def render_lateral(spec: StudySpec, height: int, width: int) -> np.ndarray:
+    """A left lateral view: anterior to the image left, spine on the right, the heart anterior
+    and low, fluid filling the posterior costophrenic sulcus, devices as vertical lines."""
+    rng = np.random.default_rng([spec.texture_seed, 2])
+    f = _frame(spec, height, width)
+    a = spec.anatomy
+    image = np.full(f.x.shape, 0.03, dtype=np.float32)
+    body = ((f.x - f.cx) / (f.halfwidth * 1.1)) ** 2 + ((f.y - 0.5) / 0.62) ** 2 < 1
+    image[body] = a.soft_density
+    lung = (((f.x - f.cx) / (f.halfwidth * 0.85)) ** 2 + ((f.y - 0.47) / 0.36) ** 2 < 1)
+    lung &= f.y < f.base - 0.04 * np.cos((f.x - f.cx) * 6)
+    image[lung] = a.lung_density
+    image += _lung_texture(rng, f, lung)
+    heart_rx = 0.13 + 0.35 * (spec.ctr - 0.4)
+    heart = ((f.x - (f.cx - 0.08)) / heart_rx) ** 2 + ((f.y - (f.base - 0.12)) / 0.15) ** 2 < 1
+    image[heart & body] = np.maximum(image[heart & body], a.soft_density * 1.1)
+    spine = (np.abs(f.x - (f.cx + f.halfwidth * 0.9)) < 0.05) & body
+    image[spine] += 0.12 * (0.6 + 0.4 * np.cos(2 * np.pi * f.y[spine] / 0.05))
+    if spec.effusion is not None:
+        level = f.base - spec.effusion.extent * 0.5 * (f.base - f.apex)
+        fluid = lung & (f.y > level - 0.08 * (f.x - f.cx) / f.halfwidth)
+        image[fluid] = a.soft_density
+    if spec.devices:
+        paths = [np.array([[f.cx - 0.02 + 0.02 * k, -0.02], [f.cx + 0.01 * k, f.base]])
+                 for k in range(len(spec.devices))]
+        lines = stroke(image.shape, paths, 0.01)
+        image += lines * (1.0 - image)
+    return _finish(image, rng, f, spec)

@@ -1,0 +1,112 @@
+"""Training configuration. The defaults are CheXzero's (`run_train.py`: batch size 16, 4 epochs,
+SGD with lr 1e-4 and momentum 0.9, context length 77, a checkpoint every 100 batches); every
+value can be changed from `dicom-node train`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from ml.architecture import ClipArchitecture
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("constant", "cosine")
+TEXT_SOURCES = ("impression", "column")
+
+# A small CLIP that fits 20 MB in half precision and trains on a CPU: the token embedding
+# (49408 x text width) dominates, so the text tower stays narrow and the image tower gets the
+# parameters (heads = width // 64, the OpenAI layout's rule).
+DEMO_ARCHITECTURE = ClipArchitecture(
+    embed_dim=128, image_size=224, patch_size=32, vision_width=256, vision_layers=6,
+    text_width=64, text_layers=4, context_length=77, vocab_size=49408,
+)
+
+
+@dataclass
+class TrainConfig:
+    data: Path
+    out: Path
+    init: Path | None = None
+    architecture: ClipArchitecture = field(default_factory=lambda: DEMO_ARCHITECTURE)
+    epochs: int = 4
+    steps: int | None = None  # overrides epochs when set
+    batch_size: int = 16
+    lr: float = 1e-4
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    seed: int = 1234
+    text_source: str = "impression"
+    text_column: str | None = None
+    image_column: str | None = None
+    impression_fallback: str = "findings"
+    sentence_sampling: float = 0.0
+    augment: bool = False
+    val_fraction: float = 0.05
+    val_max: int = 512
+    validate_every: int = 100
+    save_every: int = 100
+    labels_csv: Path | None = None
+    conversion: str = "equalize"
+    device: str = "auto"
+    threads: int = 0
+    amp: bool = True
+    half_export: bool = False
+    resume: bool = False
+
+    def check(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}")
+        if self.text_source not in TEXT_SOURCES:
+            raise ValueError(f"text source must be one of {', '.join(TEXT_SOURCES)}")
+        if self.text_source == "column" and not self.text_column:
+            raise ValueError("--text-column is required when the text source is a column")
+        if self.batch_size < 2:
+            raise ValueError("batch size must be at least 2 (the contrastive loss needs pairs)")
+        if self.lr <= 0:
+            raise ValueError("learning rate must be positive")
+        if not 0 <= self.sentence_sampling <= 1:
+            raise ValueError("sentence sampling must be a probability (0..1)")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError("validation fraction must be in [0, 1)")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError("--steps must be at least 1")
+        if self.epochs < 1:
+            raise ValueError("--epochs must be at least 1")
+
+    def as_json(self) -> dict:
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, ClipArchitecture):
+                value = value.as_dict()
+            out[f.name] = value
+        return out
+
+
+def architecture_from_text(text: str) -> ClipArchitecture:
+    """`key=value,...` over ClipArchitecture's fields, e.g. "vision_width=256,vision_layers=6";
+    unspecified fields keep the demo architecture's values; "demo" alone is the demo."""
+    values = asdict(DEMO_ARCHITECTURE)
+    if text.strip() and text.strip() != "demo":
+        for part in text.split(","):
+            key, _, value = part.partition("=")
+            key = key.strip().replace("-", "_")
+            if key not in values:
+                raise ValueError(f"unknown architecture field {key!r}; one of {', '.join(values)}")
+            try:
+                values[key] = int(value)
+            except ValueError:
+                raise ValueError(f"architecture field {key} needs an integer, got {value!r}") from None
+    return ClipArchitecture(**values)
+
+
+def dump(config: TrainConfig, path: Path) -> None:
+    path.write_text(json.dumps(config.as_json(), indent=2) + "\n")
