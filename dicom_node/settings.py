@@ -140,7 +140,13 @@ _CHECKS: dict[tuple[str, str], typing.Callable[[Any], str | None]] = {
     if 0 < len(v) <= 16 and v.isascii() and "\\" not in v
     else "must be 1..16 ASCII characters",
     ("node", "min_free_disk_mb"): lambda v: None if v >= 0 else "must be >= 0",
+    ("node", "max_pdu_bytes"): lambda v: None
+    if v == 0 or 4096 <= v <= 2**32 - 1
+    else "must be 0 (unlimited) or 4096..4294967295",
+    ("node", "network_timeout_seconds"): lambda v: None if v > 0 else "must be > 0",
     ("worklist", "stable_seconds"): lambda v: None if v >= 0 else "must be >= 0",
+    ("worklist", "assembly_interval_seconds"): lambda v: None if v > 0 else "must be > 0",
+    ("worklist", "lease_seconds"): lambda v: None if v > 0 else "must be > 0",
     ("worklist", "max_attempts"): lambda v: None if v >= 1 else "must be >= 1",
     ("model", "dicom_conversion"): lambda v: None
     if v in ("equalize", "voi")

@@ -20,7 +20,7 @@ def serve_with(tmp_path: Path, text: str, env: dict[str, str] | None = None):
     [
         ("[node]\ncolour = 'blue'\n", "node.colour"),
         ("[node]\nport = 'eleven'\n", "node.port"),
-        ("[worklist]\nmax_attempts = 0\n", "worklist.max_attempts"),
+        ("[worklist]\nassembly_interval_seconds = 0\n", "worklist.assembly_interval_seconds"),
         ("[nodes]\nport = 1\n", "[nodes]"),
         ("[node\nport = 1\n", "not valid TOML"),
     ],

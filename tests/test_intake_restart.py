@@ -42,40 +42,37 @@ def test_graceful_restart_keeps_queued_work_and_requeues_expired_leases(
     assert any(e["study_instance_uid"] == study_uid for e in node.events("lease_expired"))
 
 
-def test_kill_9_loses_nothing_that_was_acknowledged(node_factory) -> None:
-    node = node_factory("kill9", worklist={"stable_seconds": 3600}).start()
-    study = StudyUids()
-    acknowledged: list[str] = []
-    enough = threading.Event()
+class StreamingSender(threading.Thread):
+    """One association sending small instances of one study until the node goes away."""
 
-    def sender() -> None:
-        ae = AE(ae_title="KILLTEST")
+    def __init__(self, port: int, study: StudyUids, wanted: int) -> None:
+        super().__init__()
+        self.port, self.study, self.wanted = port, study, wanted
+        self.acknowledged: list[str] = []
+        self.enough = threading.Event()
+
+    def run(self) -> None:
+        ae = AE(ae_title="STREAMER")
         for sop_class in STORAGE_SOP_CLASSES:
             ae.add_requested_context(sop_class)
-        association = ae.associate("127.0.0.1", node.port, ae_title="AINODE")
+        association = ae.associate("127.0.0.1", self.port, ae_title="AINODE")
         try:
             for i in range(400):
-                ds = make_radiograph(study=study, instance_number=i + 1, rows=32, columns=32)
+                ds = make_radiograph(study=self.study, instance_number=i + 1, rows=32, columns=32)
                 response = association.send_c_store(ds)
                 if not association.is_established or "Status" not in response:
                     return
                 if response.Status == 0:
-                    acknowledged.append(ds.SOPInstanceUID)
-                if len(acknowledged) >= 20:
-                    enough.set()
+                    self.acknowledged.append(ds.SOPInstanceUID)
+                if len(self.acknowledged) >= self.wanted:
+                    self.enough.set()
         finally:
-            enough.set()
+            self.enough.set()
             if association.is_established:
                 association.abort()
 
-    thread = threading.Thread(target=sender)
-    thread.start()
-    assert enough.wait(timeout=120)
-    assert node.kill_hard() < 0  # killed mid-stream, no clean shutdown
-    thread.join(timeout=60)
-    assert len(acknowledged) >= 20
 
-    node.start()
+def assert_all_acknowledged_are_kept(node, study: StudyUids, acknowledged: list[str]) -> None:
     detail = node.cli_json("studies", "show", study.study)
     recorded = {i["sop_instance_uid"]: i for i in detail["instances"]}
     assert set(acknowledged) <= set(recorded)
@@ -83,3 +80,31 @@ def test_kill_9_loses_nothing_that_was_acknowledged(node_factory) -> None:
     for uid in acknowledged:
         spooled = pydicom.dcmread(node.data_dir / "spool" / recorded[uid]["spool_path"])
         assert spooled.SOPInstanceUID == uid and len(spooled.PixelData) == 32 * 32 * 2
+
+
+def test_kill_9_loses_nothing_that_was_acknowledged(node_factory) -> None:
+    node = node_factory("kill9", worklist={"stable_seconds": 3600}).start()
+    study = StudyUids()
+    sender = StreamingSender(node.port, study, wanted=20)
+    sender.start()
+    assert sender.enough.wait(timeout=120)
+    assert node.kill_hard() < 0  # killed mid-stream, no clean shutdown
+    sender.join(timeout=60)
+    assert len(sender.acknowledged) >= 20
+    node.start()
+    assert_all_acknowledged_are_kept(node, study, sender.acknowledged)
+
+
+def test_sigterm_mid_stream_finishes_in_flight_and_exits_cleanly(node_factory) -> None:
+    node = node_factory("sigterm", worklist={"stable_seconds": 3600})
+    node.start()
+    study = StudyUids()
+    sender = StreamingSender(node.port, study, wanted=10)
+    sender.start()
+    assert sender.enough.wait(timeout=120)
+    assert node.stop() == 0  # SIGTERM while the peer is still sending
+    sender.join(timeout=60)
+    stopped = node.events("listener_stopped")
+    assert stopped and stopped[0]["drained"] is True
+    assert node.events("node_stopped")
+    assert_all_acknowledged_are_kept(node, study, sender.acknowledged)  # read with the node down

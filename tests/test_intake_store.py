@@ -94,6 +94,7 @@ def test_dataset_without_study_uid_fails_and_node_keeps_serving(
     assert echoscu(shared_node.port).returncode == 0
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
 @pytest.mark.parametrize("field", ["StudyInstanceUID", "SOPInstanceUID"])
 def test_path_escaping_uid_is_rejected(
     shared_node: NodeProcess, tmp_path: Path, field: str
