@@ -6,6 +6,11 @@ probabilities. Text embeddings are computed once per (checkpoint SHA-256, prompt
 decoded and brought to the 320 canvas in a thread pool while the model scores the previous
 batch (torch, Pillow and numpy release the GIL for the heavy parts), so the pipeline runs close
 to the model's own rate on uncompressed input.
+
+On CUDA the image tower runs under float16 autocast by default (`precision="auto"`). Emulated
+with CPU float16 autocast on a random ViT-B/32 (no GPU was available to measure on), it moved
+probabilities by at most 1.7e-5 against float32; bfloat16 moved them 2.3e-4 and is not used.
+`precision="float32"` keeps full precision on CUDA too.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -212,18 +217,27 @@ class ZeroShotEngine:
         return (total / len(self._members)).numpy()
 
     def _member_probabilities(self, member: _Member, pixels: torch.Tensor) -> torch.Tensor:
-        autocast = (
-            torch.autocast(device_type="cuda", dtype=torch.float16)
-            if self.precision == "float16"
-            else nullcontext()
-        )
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), self._precision_context():
             features = member.model.encode_image(pixels)
         features = features.float()
         features = features / features.norm(dim=-1, keepdim=True)
         cosines = (features @ member.text.T).double().cpu()
         positive, negative = cosines[:, : len(self.labels)], cosines[:, len(self.labels) :]
         return torch.sigmoid(positive - negative)  # = softmax over (pos, neg), first entry
+
+    def _precision_context(self) -> AbstractContextManager[object]:
+        """float16: autocast (matmuls and convolutions in half; LayerNorm, softmax and the
+        scoring stay float32). float32 on CUDA: no TF32 in cuDNN, whose default would round
+        the patch embedding to 10 bits."""
+        if self.precision == "float16":
+            return torch.autocast(device_type="cuda", dtype=torch.float16)
+        if self.device.type == "cuda":
+            cudnn = torch.backends.cudnn
+            return cudnn.flags(
+                enabled=cudnn.enabled, benchmark=cudnn.benchmark,
+                deterministic=cudnn.deterministic, allow_tf32=False,
+            )
+        return nullcontext()
 
     def score_paths(
         self,
