@@ -65,15 +65,13 @@ def status(config: Path | None = ConfigOption, as_json: bool = JsonOption) -> No
         return
     spool = report["spool"]
     console.print(
-        f"[bold]{settings.node.ae_title}[/] port {settings.node.port}  data {report['data_dir']}"
-        f"  database {report['database']}",
-        highlight=False,
-    )
-    console.print(
-        f"spool {_mib(spool['used_bytes'])} MiB in {spool['files']} files; free "
+        f"[bold]{settings.node.ae_title}[/] port {settings.node.port}\n"
+        f"data     {report['data_dir']}\ndatabase {report['database']}\n"
+        f"spool    {_mib(spool['used_bytes'])} MiB in {spool['files']} files; free "
         f"{_mib(spool['free_bytes'])} MiB (floor {_mib(spool['min_free_bytes'])} MiB)"
         + ("  [red]BELOW FLOOR: stores are refused[/]" if spool["below_floor"] else ""),
         highlight=False,
+        soft_wrap=True,
     )
     print_table("Studies by state", ["state", "studies"], list(report["states"].items()))
     print_table(
