@@ -159,12 +159,20 @@ class Worker:
         while not self._stop.is_set():
             self._wake.clear()
             try:
+                self.model()
+            except Exception as exc:  # noqa: BLE001  e.g. checkpoint not there yet: studies wait
+                log_event(LOG, "model_unavailable", level=logging.ERROR,
+                          model=self.settings.model.name, error=f"{type(exc).__name__}: {exc}",
+                          retry_in_seconds=MODEL_RETRY_SECONDS)
+                self._stop.wait(timeout=MODEL_RETRY_SECONDS)
+                continue
+            try:
                 if self.run_once() is not None:
                     continue
                 wait = self.settings.worker.poll_interval_seconds
-            except Exception:  # noqa: BLE001  model missing, database busy, ...: try again later
+            except Exception:  # noqa: BLE001  database busy, disk full, ...: try again shortly
                 log_event(LOG, "worker_pass_failed", level=logging.ERROR, exc_info=True)
-                wait = MODEL_RETRY_SECONDS if self._model is None else 1.0
+                wait = 1.0
             self._wake.wait(timeout=wait)
 
     # -- one study --------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from datetime import UTC, datetime, timedelta
 
 import highdicom as hd
@@ -288,3 +289,28 @@ def test_pending_deliveries_survive_for_the_sender(node):
     assert {d.state for d in node.deliveries()} == {OutboundState.PENDING}
     for d in node.deliveries():
         assert (node.outbox.root / d.file_path).is_file()
+
+
+def test_without_a_model_studies_wait_in_the_queue(node, caplog):
+    def missing(_settings):
+        raise FileNotFoundError("models/demo-synthetic-v1.pt")
+
+    worker = Worker(settings=node.settings, database=node.database, spool=node.spool,
+                    outbox=node.outbox, clock=node.clock, model_loader=missing)
+    study = StudyUids()
+    node.receive(make_radiograph(study=study))
+    node.clock.advance(5)
+    with node.database.sessions.begin() as session:
+        worklist.queue_stable_studies(session, 1, node.clock())
+    with caplog.at_level("ERROR"):
+        worker.start()
+        try:
+            deadline = time.monotonic() + 10
+            while not any(getattr(r, "dicom_node_event", "") == "model_unavailable"
+                          for r in caplog.records) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            worker.stop()
+    assert any("demo-synthetic-v1.pt" in str(getattr(r, "dicom_node_fields", {}))
+               for r in caplog.records)
+    assert node.study(study.study).state is StudyState.QUEUED
