@@ -246,7 +246,7 @@ def _read_header(stream: BytesIO, transfer_syntax: str, sop_class: str, sop_uid:
         raise status.UnreadableDataset(f"data set header could not be parsed: {exc}") from exc
     if checked_uid("SOPInstanceUID (data set)", values["SOPInstanceUID"]) != sop_uid:
         raise status.DatasetMismatch("SOP Instance UID in the data set differs from the request")
-    if values["SOPClassUID"] != sop_class:
+    if checked_uid("SOPClassUID (data set)", values["SOPClassUID"]) != sop_class:
         raise status.DatasetMismatch("SOP Class UID in the data set differs from the request")
     return Header(
         study_instance_uid=checked_uid("StudyInstanceUID", values["StudyInstanceUID"]),
