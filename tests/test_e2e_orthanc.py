@@ -174,7 +174,9 @@ def _check_summary(path, study, pa, ap):
 
 def _check_profile_change(node, orthanc, study, tmp_path, first_sr):
     before = _decisions(_groups(first_sr)[1])
-    label, (certainty, _threshold, decision) = next(iter(before.items()))
+    # a finding whose score leaves room on both sides for a valid threshold
+    label, (certainty, _threshold, decision) = next(
+        (k, v) for k, v in before.items() if 15 < v[0] < 85)
     flipped = round(certainty / 100 + (0.002 if decision == "Present" else -0.002), 4)
     result = run_cli("thresholds", "set", label, f"{flipped:.4f}", "--author", "e2e",
                      "--config", str(node.config_path))
