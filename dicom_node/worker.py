@@ -209,11 +209,17 @@ class Worker:
 
     def _fail(self, claimed: worklist.ClaimedStudy, exc: Exception) -> WorkOutcome:
         error = f"{type(exc).__name__}: {exc}"
-        with self.database.sessions.begin() as session:
-            state = worklist.fail(
-                session, claimed.study_id, self.worker_id, error, self.clock(),
-                self.settings.worklist.max_attempts, permanent=isinstance(exc, PERMANENT_ERRORS),
-            )
+        try:
+            with self.database.sessions.begin() as session:
+                state = worklist.fail(
+                    session, claimed.study_id, self.worker_id, error, self.clock(),
+                    self.settings.worklist.max_attempts,
+                    permanent=isinstance(exc, PERMANENT_ERRORS),
+                )
+        except LeaseLost:  # the lease expired meanwhile; whoever holds the study now decides
+            log_event(LOG, "lease_lost", level=logging.WARNING, error=error,
+                      study_instance_uid=claimed.study_instance_uid)
+            return WorkOutcome(claimed.study_instance_uid, None, reason=error)
         log_event(LOG, "study_failed", level=logging.ERROR, exc_info=exc,
                   study_instance_uid=claimed.study_instance_uid, state=state.value, error=error)
         return WorkOutcome(claimed.study_instance_uid, state, reason=error)

@@ -314,3 +314,26 @@ def test_without_a_model_studies_wait_in_the_queue(node, caplog):
     assert any("demo-synthetic-v1.pt" in str(getattr(r, "dicom_node_fields", {}))
                for r in caplog.records)
     assert node.study(study.study).state is StudyState.QUEUED
+
+
+def test_worker_that_lost_its_lease_leaves_the_study_to_the_new_holder(node, model):
+    class SlowThenBroken:
+        """Scoring takes longer than the lease; meanwhile another worker claims the study."""
+
+        labels, identity = model.engine.labels, model.engine.identity
+
+        def score_uint8(self, images):
+            node.clock.advance(node.settings.worklist.lease_seconds + 1)
+            with node.database.sessions.begin() as session:
+                worklist.requeue_expired(session, node.clock(), max_attempts=5)
+                worklist.claim_next(session, "other-worker", 600, node.clock())
+            raise RuntimeError("too slow (injected)")
+
+    node.worker._model = type(model)(SlowThenBroken(), model.catalogue)
+    study = StudyUids()
+    node.receive(make_radiograph(study=study))
+    outcome = node.process()
+    assert outcome.state is None  # nothing recorded by the worker that lost the lease
+    detail = node.study(study.study)
+    assert (detail.state, detail.worker_id) == (StudyState.PROCESSING, "other-worker")
+    assert node.results(study.study) == []
