@@ -21,6 +21,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import ComprehensiveSRStorage
 
+from dicom_node.logs import log_event
 from dicom_node.reporting.content import (
     MANUFACTURER,
     PRIVATE_SCHEME,
@@ -32,7 +33,7 @@ from dicom_node.reporting.content import (
 )
 from dicom_node.reporting.uids import InstanceUids
 
-log = logging.getLogger(__name__)
+LOG = logging.getLogger(__name__)
 
 DECISION_THRESHOLD = Code("DECTHR", PRIVATE_SCHEME, "Decision threshold")
 COMMENT = Code("121106", "DCM", "Comment")
@@ -198,10 +199,8 @@ def _library_images(headers: Sequence[Dataset]) -> list[Dataset]:
         modality = ds.get("Modality", "")
         projection = modality in ("CR", "DX", "IO", "MG", "PX", "RF", "RG", "XA")
         if projection and (len(orientation) != 2 or "ImagerPixelSpacing" not in ds):
-            log.info(
-                "image left out of the SR image library: no orientation or imager spacing",
-                extra={"sop_instance_uid": ds.SOPInstanceUID},
-            )
+            log_event(LOG, "image_library_skipped", sop_instance_uid=ds.SOPInstanceUID,
+                      reason="no two-valued PatientOrientation or no ImagerPixelSpacing")
             continue
         usable.append(ds)
     return usable
