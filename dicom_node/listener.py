@@ -109,11 +109,13 @@ class Intake:
         spool: Spool,
         min_free_disk_mb: int,
         clock: Callable[[], datetime] = utc_now,
+        on_stored: Callable[[str, datetime], None] = lambda study_uid, at: None,
     ) -> None:
         self.database = database
         self.spool = spool
         self.min_free_bytes = min_free_disk_mb * 1024 * 1024
         self.clock = clock
+        self.on_stored = on_stored  # (study UID, arrival time) after the row is committed
         self._idle = threading.Condition()
         self._in_flight = 0
         self._closing = False
@@ -164,8 +166,10 @@ class Intake:
         record = _instance_record(
             event, header, sop_class, sop_uid, entry.relative_path, entry.size_bytes
         )
+        arrived = self.clock()
         with self.database.sessions.begin() as session:
-            outcome = worklist.record_instance(session, record, self.clock())
+            outcome = worklist.record_instance(session, record, arrived)
+        self.on_stored(header.study_instance_uid, arrived)
         log_event(
             LOG,
             "instance_stored",

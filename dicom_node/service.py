@@ -17,7 +17,7 @@ import logging
 import signal
 import threading
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import FrameType
 from typing import Protocol
 
@@ -32,6 +32,7 @@ from storage.spool import Spool
 
 LOG = logging.getLogger(__name__)
 ASSEMBLY_JOB_ID = "assemble-studies"
+QUIET_SLACK_S = 0.01  # fire just after the quiet period, not a hair before it
 
 
 class Component(Protocol):
@@ -74,7 +75,13 @@ class Service:
             max_instances=1,
             coalesce=True,
         )
-        self.intake = Intake(self.database, self.spool, settings.node.min_free_disk_mb, clock)
+        self.intake = Intake(
+            self.database,
+            self.spool,
+            settings.node.min_free_disk_mb,
+            clock,
+            on_stored=self._schedule_quiet_check,
+        )
         self.listener = Listener(
             settings.node, self.intake, AccessPolicy.from_settings(settings.node)
         )
@@ -99,6 +106,22 @@ class Service:
                 callback(study_uids)
             except Exception:  # noqa: BLE001  one bad listener must not stop assembly
                 log_event(LOG, "queued_callback_failed", level=logging.ERROR, exc_info=True)
+
+    def _schedule_quiet_check(self, study_uid: str, arrived: datetime) -> None:
+        """Check the study again the moment its quiet period can have ended, so a study is queued
+        `stable_seconds` after its last instance rather than at the next periodic tick. Each new
+        instance moves the check later (one job per study, replaced)."""
+        if not self.scheduler.running:
+            return
+        due = arrived + timedelta(seconds=self.settings.worklist.stable_seconds + QUIET_SLACK_S)
+        self.scheduler.add_job(
+            self.assembler.run_scheduled,
+            "date",
+            run_date=due,
+            id=f"quiet-{study_uid}",
+            replace_existing=True,
+            misfire_grace_time=None,
+        )
 
     # -- life cycle -------------------------------------------------------------------------
 

@@ -26,7 +26,9 @@ class Recorder:
         self.journal.append(f"stop {self.name}")
 
 
-def make_service(tmp_path: Path) -> Service:
+def make_service(
+    tmp_path: Path, stable_seconds: float = 0, assembly_interval_seconds: float = 0.1
+) -> Service:
     settings = load_settings(
         environ={},
         overrides={
@@ -36,7 +38,10 @@ def make_service(tmp_path: Path) -> Service:
                 "data_dir": str(tmp_path),
                 "min_free_disk_mb": 1,
             },
-            "worklist": {"stable_seconds": 0, "assembly_interval_seconds": 0.1},
+            "worklist": {
+                "stable_seconds": stable_seconds,
+                "assembly_interval_seconds": assembly_interval_seconds,
+            },
         },
     )
     return Service(settings)
@@ -71,5 +76,23 @@ def test_a_queued_study_sets_the_event_and_calls_back(tmp_path: Path) -> None:
         assert service.study_queued.wait(timeout=30)
         assert called.wait(timeout=30)
         assert announced == [ds.StudyInstanceUID]
+    finally:
+        service.stop()
+
+
+def test_a_study_is_queued_when_its_quiet_period_ends_not_at_the_next_periodic_tick(
+    tmp_path: Path,
+) -> None:
+    # The periodic sweep runs once an hour here: only the arrival-driven check can queue it.
+    service = make_service(tmp_path, stable_seconds=0.5, assembly_interval_seconds=3600)
+    service.start()
+    try:
+        ds = make_radiograph()
+        ae = AE(ae_title="QUIETTEST")
+        ae.add_requested_context(ds.SOPClassUID)
+        association = ae.associate("127.0.0.1", service.listener.port, ae_title="AINODE")
+        assert association.send_c_store(ds).Status == 0
+        association.release()
+        assert service.study_queued.wait(timeout=60)
     finally:
         service.stop()
