@@ -277,46 +277,8 @@ def plot_roc(
     figure = Figure(figsize=(7.5, 7.5), dpi=110)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    colours = _palette(len(report.curves))
     axes.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="chance")
-    for colour, result in zip(colours, (r for r in report.findings if r.evaluable)):
-        fpr, tpr = report.curves[result.finding]
-        a = result.auroc
-        axes.plot(
-            fpr,
-            tpr,
-            color=colour,
-            linewidth=1.6,
-            label=f"{result.finding}  AUROC {a.estimate:.3f} [{a.lower:.3f}, {a.upper:.3f}]"
-            + (f", threshold {result.threshold:.3f}" if result.operating else ""),
-        )
-        if result.operating:
-            sens, spec = (
-                result.operating["sensitivity"].estimate,
-                result.operating["specificity"].estimate,
-            )
-            axes.plot(
-                [1 - spec],
-                [sens],
-                marker="o",
-                markersize=8,
-                color=colour,
-                markeredgecolor="black",
-                linestyle="none",
-            )
-    if report.mean_auroc:
-        m = report.mean_auroc
-        axes.plot([], [], " ", label=f"mean AUROC {m.estimate:.3f} [{m.lower:.3f}, {m.upper:.3f}]")
-    if any(r.operating for r in report.findings):
-        axes.plot(
-            [],
-            [],
-            marker="o",
-            color="white",
-            markeredgecolor="black",
-            linestyle="none",
-            label="operating point (threshold)",
-        )
+    _draw_curves(axes, report)
     axes.set(
         xlim=(0, 1),
         ylim=(0, 1.01),
@@ -338,8 +300,29 @@ def plot_roc(
     figure.savefig(path, format="png")
 
 
+def _draw_curves(axes: Any, report: EvaluationReport) -> None:
+    evaluable = [r for r in report.findings if r.evaluable]
+    marker = {"marker": "o", "markeredgecolor": "black", "linestyle": "none"}
+    for colour, result in zip(_palette(len(evaluable)), evaluable, strict=True):
+        fpr, tpr = report.curves[result.finding]
+        a = result.auroc
+        label = f"{result.finding}  AUROC {a.estimate:.3f} [{a.lower:.3f}, {a.upper:.3f}]"
+        if result.operating:
+            label += f", threshold {result.threshold:.3f}"
+        axes.plot(fpr, tpr, color=colour, linewidth=1.6, label=label)
+        if result.operating:
+            sens = result.operating["sensitivity"].estimate
+            spec = result.operating["specificity"].estimate
+            axes.plot([1 - spec], [sens], markersize=8, color=colour, **marker)
+    if report.mean_auroc:
+        m = report.mean_auroc
+        axes.plot([], [], " ", label=f"mean AUROC {m.estimate:.3f} [{m.lower:.3f}, {m.upper:.3f}]")
+    if any(r.operating for r in evaluable):
+        axes.plot([], [], color="white", label="operating point (threshold)", **marker)
+
+
 def _palette(n: int) -> list[tuple[float, float, float, float]]:
     from matplotlib import colormaps
 
     cmap = colormaps["tab10" if n <= 10 else "tab20"]
-    return [cmap(i % cmap.N) for i in range(max(n, 1))]
+    return [cmap(i % cmap.N) for i in range(n)]

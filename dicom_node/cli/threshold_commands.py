@@ -39,6 +39,7 @@ from ml.calibration import choose_threshold, parse_method
 from ml.catalogue import MAX_PROBABILITY, MIN_PROBABILITY, Catalogue, load_catalogue
 from ml.evaluation import (
     EvaluationReport,
+    FindingResult,
     evaluate_scores,
     plot_roc,
     write_metrics_csv,
@@ -626,23 +627,6 @@ def _print_calibration(
             }
         )
         return
-    rows = []
-    for r in report.findings:
-        ops = r.operating or {}
-        rows.append(
-            [
-                r.finding,
-                f"{r.n_positive}/{r.n_negative}",
-                f"{_fmt(base.thresholds.get(r.finding))}\n-> {_fmt(r.threshold)}"
-                if r.threshold is not None
-                else "-",
-                *(
-                    [_interval_text(ops.get(m)) for m in METRIC_NAMES]
-                    if r.evaluable
-                    else [f"not evaluable: {r.reason}", *[""] * (len(METRIC_NAMES) - 1)]
-                ),
-            ]
-        )
     print_table(
         f"Calibration on {scored.labelled.csv_path.name}: {report.n_scored} images scored, "
         f"{report.confidence:.0%} bootstrap intervals ({report.resamples} resamples, seed {report.seed})",
@@ -657,27 +641,37 @@ def _print_calibration(
             "F1",
             "MCC",
         ],
-        rows,
+        [_calibration_row(r, base) for r in report.findings],
     )
     for line in _notes(scored):
         console.print(line, highlight=False)
-    if created is None:
-        console.print(
-            f"thresholds of v{base.version} measured; they stay as they are: no new version",
-            highlight=False,
-        )
-    elif activated:
-        console.print(
-            f"saved v{created.version} and made it active (was v{base.version}); "
-            f"undo with: dicom-node thresholds activate {base.version}",
-            highlight=False,
-        )
+    console.print(_outcome(base.version, created, activated), highlight=False)
+
+
+def _calibration_row(r: FindingResult, base: profiles.ProfileSnapshot) -> list[str]:
+    if r.threshold is None:
+        threshold = "-"
     else:
-        console.print(
-            f"saved v{created.version}, not active (v{base.version} stays active); "
-            f"use it with: dicom-node thresholds activate {created.version}",
-            highlight=False,
+        threshold = f"{_fmt(base.thresholds.get(r.finding))}\n-> {_fmt(r.threshold)}"
+    if r.evaluable:
+        metrics = [_interval_text((r.operating or {}).get(m)) for m in METRIC_NAMES]
+    else:
+        metrics = [f"not evaluable: {r.reason}", *[""] * (len(METRIC_NAMES) - 1)]
+    return [r.finding, f"{r.n_positive}/{r.n_negative}", threshold, *metrics]
+
+
+def _outcome(base: int, created: profiles.ProfileVersion | None, activated: bool) -> str:
+    if created is None:
+        return f"thresholds of v{base} measured; they stay as they are: no new version"
+    if activated:
+        return (
+            f"saved v{created.version} and made it active (was v{base}); "
+            f"undo with: dicom-node thresholds activate {base}"
         )
+    return (
+        f"saved v{created.version}, not active (v{base} stays active); "
+        f"use it with: dicom-node thresholds activate {created.version}"
+    )
 
 
 # --- evaluate ------------------------------------------------------------------------------------
