@@ -1,7 +1,7 @@
 """Images per second of the whole scoring pipeline against the model's forward pass alone.
 
     python bench/inference.py [--images 32] [--batch-size 16] [--syntax raw j2k jls]
-                              [--workers N] [--device auto]
+                              [--mode threads processes] [--workers N] [--device auto]
 
 Writes realistic 2500x3000 16-bit (12 bits stored) DX files in a temporary folder, uncompressed
 and encoded with JPEG 2000 (lossless, openjpeg) and JPEG-LS (lossless, CharLS), builds a random
@@ -41,7 +41,8 @@ sys.path.insert(0, str(REPO))
 
 from ml.architecture import ClipArchitecture
 from ml.catalogue import load_catalogue
-from ml.engine import ZeroShotEngine, prepare_file
+from ml.engine import ZeroShotEngine
+from ml.prepare import PREPARE_MODES, prepare_file
 from ml.preprocess import canvases_to_input
 from ml.testing import write_random_checkpoint
 
@@ -149,6 +150,8 @@ def main() -> None:
     parser.add_argument("--syntax", nargs="+", choices=sorted(SYNTAXES), default=list(SYNTAXES))
     parser.add_argument("--workers", type=int, default=None, help="preparation threads")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--mode", nargs="+", choices=PREPARE_MODES, default=list(PREPARE_MODES),
+                        help="preparation beside the model: threads and/or processes")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp:
@@ -159,18 +162,22 @@ def main() -> None:
             batch_size=args.batch_size, prepare_workers=args.workers,
         )
         print(f"device {engine.device} ({engine.precision}), torch threads "
-              f"{torch.get_num_threads()}, preparation threads {engine.prepare_workers}, "
+              f"{torch.get_num_threads()}, preparation workers {engine.preparer.workers}, "
               f"batch {engine.batch_size}, {args.images} images of {COLUMNS}x{ROWS}")
-        print(f"{'syntax':<6} {'prepare ms':>11} {'pipeline/s':>11} {'model/s':>9} {'ratio':>6}")
+        print(f"{'syntax':<6} {'mode':<10} {'prepare ms':>11} {'pipeline/s':>11} {'model/s':>9} "
+              f"{'ratio':>6}")
         for name in args.syntax:
             paths = write_inputs(folder, name, args.images)
             canvases = np.stack([prepare_file(p).canvas for p in paths[:DISTINCT]])
             serial = serial_prepare_ms(paths)
-            before = bare_model_rate(engine, canvases, args.images)
-            pipeline = pipeline_rate(engine, paths)
-            model = max(before, bare_model_rate(engine, canvases, args.images))
-            print(f"{name:<6} {serial:>11.0f} {pipeline:>11.2f} {model:>9.2f} "
-                  f"{pipeline / model:>6.2f}", flush=True)
+            for mode in args.mode:
+                engine.close()
+                engine.preparer.mode = mode
+                before = bare_model_rate(engine, canvases, args.images)
+                pipeline = pipeline_rate(engine, paths)
+                model = max(before, bare_model_rate(engine, canvases, args.images))
+                print(f"{name:<6} {mode:<10} {serial:>11.0f} {pipeline:>11.2f} {model:>9.2f} "
+                      f"{pipeline / model:>6.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,8 @@ class ModelSettings:
     cpu_threads: int = 0  # 0: torch's default
     batch_size: int = 16
     dicom_conversion: str = "equalize"  # equalize (as MIMIC-CXR-JPG was made) | voi
+    prepare_mode: str = "threads"  # threads | processes: where files are decoded beside the model
+    prepare_workers: int = 0  # 0: half the CPU cores (1..8)
     caveat: str = "NOT FOR CLINICAL USE — demo model trained on synthetic data"
 
 
@@ -152,6 +154,10 @@ _CHECKS: dict[tuple[str, str], typing.Callable[[Any], str | None]] = {
     if v in ("equalize", "voi")
     else "must be equalize or voi",
     ("model", "batch_size"): lambda v: None if v >= 1 else "must be >= 1",
+    ("model", "prepare_mode"): lambda v: None
+    if v in ("threads", "processes")
+    else "must be threads or processes",
+    ("model", "prepare_workers"): lambda v: None if v >= 0 else "must be >= 0",
     ("worker", "study_aggregation"): lambda v: None
     if v in ("mean", "max")
     else "must be mean or max",

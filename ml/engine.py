@@ -16,13 +16,11 @@ probabilities by at most 1.7e-5 against float32; bfloat16 moved them 2.3e-4 and 
 from __future__ import annotations
 
 import logging
-import os
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 import torch
@@ -30,17 +28,8 @@ from open_clip.model import CLIP
 
 from ml.catalogue import Catalogue, Finding
 from ml.checkpoint import LoadedCheckpoint, load_checkpoint
-from ml.dicom_image import (
-    Conversion,
-    ImageReadError,
-    check_eligibility,
-    decode_pixels,
-    pixel_source,
-    pixels_to_uint8,
-    read_bitmap_uint8,
-    read_dataset,
-    sniff_kind,
-)
+from ml.dicom_image import Conversion
+from ml.prepare import PreparedImage, Preparer
 from ml.preprocess import CANVAS, ImageShapeError, canvases_to_input, to_canvas
 from ml.tokenizer import tokenize
 
@@ -59,16 +48,6 @@ class ModelIdentity:
 class ImageScore:
     path: str
     probabilities: dict[str, float] | None
-    skipped_reason: str | None
-    flags: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class PreparedImage:
-    """One input after decoding and step A: the 320x320 canvas, or why there is none."""
-
-    path: str
-    canvas: np.ndarray | None
     skipped_reason: str | None
     flags: tuple[str, ...] = ()
 
@@ -122,6 +101,7 @@ class ZeroShotEngine:
         name: str | None = None,
         precision: str = "auto",
         prepare_workers: int | None = None,
+        prepare_mode: str = "threads",
     ) -> None:
         if not checkpoint_paths:
             raise ValueError("no checkpoint given: a model needs at least one checkpoint file")
@@ -137,7 +117,7 @@ class ZeroShotEngine:
         if self.device.type == "cpu" and cpu_threads > 0:
             torch.set_num_threads(cpu_threads)
         self.batch_size = batch_size
-        self.prepare_workers = prepare_workers or _default_prepare_workers()
+        self.preparer = Preparer(prepare_mode, prepare_workers)
         self._text_cache: dict[tuple[str, str], torch.Tensor] = {}
         self._members = self._load_members(checkpoint_paths)
         shas = tuple(m.sha256 for m in self._members)
@@ -245,16 +225,29 @@ class ZeroShotEngine:
         conversion: Conversion = "equalize",
         on_result: Callable[[ImageScore], None] | None = None,
     ) -> list[ImageScore]:
-        """Score files (DICOM, PNG, JPEG) in order; ineligible or unreadable ones say why."""
+        """Score files (DICOM, PNG, JPEG) in order; ineligible or unreadable ones say why.
+
+        Files are prepared by the engine's `preparer` (threads or processes, kept between
+        calls until `close()`) while the model scores the batch before.
+        """
         results: list[ImageScore] = []
-        with ThreadPoolExecutor(self.prepare_workers, thread_name_prefix="prepare") as pool:
-            prepared = _prefetched(pool, paths, conversion, ahead=2 * self.batch_size)
-            for chunk in _chunks(prepared, self.batch_size):
-                for score in self._score_prepared(chunk):
-                    results.append(score)
-                    if on_result is not None:
-                        on_result(score)
+        prepared = self.preparer.in_order(paths, conversion, ahead=2 * self.batch_size)
+        for chunk in _chunks(prepared, self.batch_size):
+            for score in self._score_prepared(chunk):
+                results.append(score)
+                if on_result is not None:
+                    on_result(score)
         return results
+
+    def close(self) -> None:
+        """Stop the preparation workers (the engine stays usable; they restart on demand)."""
+        self.preparer.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def _score_prepared(self, chunk: list[PreparedImage]) -> list[ImageScore]:
         ready = [i for i, item in enumerate(chunk) if item.canvas is not None]
@@ -269,52 +262,6 @@ class ZeroShotEngine:
                 mapping = dict(zip(self.labels, map(float, rows[i]), strict=True))
             scores.append(ImageScore(item.path, mapping, item.skipped_reason, item.flags))
         return scores
-
-
-def prepare_file(path: str | Path, conversion: Conversion = "equalize") -> PreparedImage:
-    """Read, check eligibility, convert to 8 bits and place on the 320 canvas (step A)."""
-    path = Path(path)
-    try:
-        if not path.is_file():
-            return PreparedImage(str(path), None, "file not found")
-        kind = sniff_kind(path)
-        if kind in ("png", "jpeg"):
-            return PreparedImage(str(path), to_canvas(read_bitmap_uint8(path)), None, ())
-        ds = read_dataset(path)
-        eligibility = check_eligibility(ds)
-        if not eligibility.eligible:
-            return PreparedImage(str(path), None, eligibility.reason, eligibility.flags)
-        image = pixels_to_uint8(ds, decode_pixels(ds, pixel_source(ds, path)), conversion)
-        return PreparedImage(str(path), to_canvas(image), None, eligibility.flags)
-    except (ImageReadError, ImageShapeError) as exc:
-        return PreparedImage(str(path), None, f"unreadable: {_strip_path(exc, path)}")
-    except Exception as exc:
-        log.exception("image preparation failed", extra={"path": str(path)})
-        return PreparedImage(str(path), None, f"failed: {type(exc).__name__}: {exc}")
-
-
-def _strip_path(exc: Exception, path: Path) -> str:
-    text = str(exc)
-    prefix = f"{path}: "
-    return text.removeprefix(prefix)
-
-
-def _prefetched(
-    pool: ThreadPoolExecutor, paths: Iterable[str | Path], conversion: Conversion, ahead: int
-) -> Iterator[PreparedImage]:
-    """Prepared images in input order, keeping `ahead` preparations in flight."""
-    pending: deque[Future[PreparedImage]] = deque()
-    source = iter(paths)
-    for path in source:
-        pending.append(pool.submit(prepare_file, path, conversion))
-        if len(pending) >= ahead:
-            break
-    while pending:
-        done = pending.popleft().result()
-        following = next(source, None)
-        if following is not None:
-            pending.append(pool.submit(prepare_file, following, conversion))
-        yield done
 
 
 def _chunks(items: Iterator[PreparedImage], size: int) -> Iterator[list[PreparedImage]]:
@@ -336,10 +283,6 @@ def _resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "float16" and device.type != "cuda":
         raise ValueError("precision float16 needs a CUDA device")
     return precision
-
-
-def _default_prepare_workers() -> int:
-    return max(1, min(4, (os.cpu_count() or 2) // 2))
 
 
 def _default_name(paths: Sequence[str | Path]) -> str:

@@ -9,10 +9,13 @@ CheXzero's statistics, and a bicubic resize without antialias.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 CANVAS = 320
 CHEXZERO_MEAN = 101.48761
@@ -53,6 +56,10 @@ def canvases_to_input(canvases: np.ndarray | torch.Tensor, image_size: int) -> t
     Normalise, then bicubic resize without antialias and without clamping. The three channels
     are identical copies, so the resize runs once and the result is expanded (same numbers).
     """
+    # Imported here: decoding processes run step A only and must not pay for loading torch.
+    import torch
+    import torch.nn.functional as F
+
     batch = torch.as_tensor(canvases).to(torch.float32)
     if batch.ndim != 3:
         raise ImageShapeError(f"expected (N, H, W) canvases, got shape {tuple(batch.shape)}")

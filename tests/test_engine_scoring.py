@@ -102,7 +102,22 @@ def test_score_paths_scores_in_order_and_says_why_it_skipped(tmp_path, engine):
     assert np.allclose(list(results[0].probabilities.values()), direct, atol=1e-9)
 
 
-def test_device_choice(monkeypatch):
+def test_processes_prepare_the_same_canvases_as_threads(tmp_path, checkpoint, catalogue):
+    paths = [write_dx(tmp_path / f"{i}.dcm", radiograph_pixels(seed=i)) for i in range(3)]
+    paths.append(tmp_path / "absent.dcm")
+    with ZeroShotEngine([checkpoint], catalogue, device="cpu", prepare_mode="processes",
+                        prepare_workers=2) as engine:
+        in_processes = engine.score_paths(paths)
+        engine.preparer.mode = "threads"
+        engine.close()
+        in_threads = engine.score_paths(paths)
+    assert in_processes == in_threads
+    assert in_processes[-1].skipped_reason == "file not found"
+    with pytest.raises(ValueError, match="prepare mode must be"):
+        ZeroShotEngine([checkpoint], catalogue, device="cpu", prepare_mode="fibres")
+
+
+def test_device_choice():
     assert resolve_device("cpu") == torch.device("cpu")
     if not torch.cuda.is_available():
         assert resolve_device("auto") == torch.device("cpu")

@@ -73,8 +73,9 @@ def predict(
         files = collect_inputs(paths)
         model = _model(settings, checkpoint or [])
         catalogue = load_catalogue(findings or settings.resolve(settings.model.findings_file))
-        engine = _engine(settings, model, catalogue)
-        with _progress("scoring", len(files), enabled=len(files) > 1) as advance:
+        with _engine(settings, model, catalogue) as engine, _progress(
+            "scoring", len(files), enabled=len(files) > 1
+        ) as advance:
             scores = engine.score_paths(files, conversion, on_result=lambda _: advance())
         if json_output:
             print_json([_as_json(s, engine, model, catalogue, conversion) for s in scores])
@@ -138,6 +139,8 @@ def _engine(settings: Settings, model: _Model, catalogue: Catalogue) -> ZeroShot
         cpu_threads=settings.model.cpu_threads,
         batch_size=settings.model.batch_size,
         name=model.name,
+        prepare_mode=settings.model.prepare_mode,
+        prepare_workers=settings.model.prepare_workers or None,
     )
 
 
