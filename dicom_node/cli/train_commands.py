@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Optional
 
 import typer
 from rich.progress import (
@@ -27,6 +27,15 @@ from dicom_node.cli.common import (
     user_errors,
 )
 
+SynthOutOption = typer.Option(..., "--out", help="Folder to write the data set into.")
+DataOption = typer.Option(..., "--data", help="CSV of image path + report, a folder with "
+                          "reports.csv, or a MIMIC-CXR report tree.")
+TrainOutOption = typer.Option(..., "--out", help="Folder for checkpoint.pt, training state, logs.")
+InitOption = typer.Option(None, "--init", help="Start from this checkpoint (OpenAI-layout state "
+                          "dict) instead of from scratch.")
+LabelsOption = typer.Option(None, "--labels", help="CheXpert-layout labels for validation AUROC "
+                            "(default: labels.csv beside the data).")
+
 
 @contextmanager
 def _bar(description: str, total: int, enabled: bool = True) -> Iterator[Callable[[int], None]]:
@@ -42,7 +51,7 @@ def _bar(description: str, total: int, enabled: bool = True) -> Iterator[Callabl
 
 @app.command()
 def synth(
-    out: Path = typer.Option(..., "--out", help="Folder to write the data set into."),
+    out: Path = SynthOutOption,
     studies: int = typer.Option(100, "--studies", help="Number of studies."),
     seed: int = typer.Option(0, "--seed", help="Same seed, same bytes."),
     compress: str = typer.Option("none", "--compress", help="none | rle | jpegls | j2k (DICOM)."),
@@ -52,7 +61,7 @@ def synth(
     laterals: bool = typer.Option(True, "--laterals/--no-laterals",
                                   help="Add a lateral view to about 30% of DICOM studies."),
     workers: int = typer.Option(1, "--workers", help="Processes rendering in parallel."),
-    config: Optional[Path] = ConfigOption,
+    config: Path | None = ConfigOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Write synthetic chest radiographs (DICOM or PNG), labels.csv and reports.csv."""
@@ -81,16 +90,14 @@ def synth(
 
 @app.command()
 def train(
-    data: Path = typer.Option(..., "--data", help="CSV of image path + report, a folder with "
-                              "reports.csv, or a MIMIC-CXR report tree."),
-    out: Path = typer.Option(..., "--out", help="Folder for checkpoint.pt, training state, logs."),
-    init: Optional[Path] = typer.Option(None, "--init", help="Start from this checkpoint "
-                                        "(OpenAI-layout state dict) instead of from scratch."),
+    data: Path = DataOption,
+    out: Path = TrainOutOption,
+    init: Path | None = InitOption,
     arch: str = typer.Option("demo", "--arch", help="From scratch: 'demo' or key=value,... over "
                              "embed_dim, image_size, patch_size, vision_width, vision_layers, "
                              "text_width, text_layers (heads = width // 64)."),
     epochs: int = typer.Option(4, "--epochs"),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Stop after this many batches "
+    steps: int | None = typer.Option(None, "--steps", help="Stop after this many batches "
                                         "(overrides --epochs)."),
     batch_size: int = typer.Option(16, "--batch-size"),
     lr: float = typer.Option(1e-4, "--lr"),
@@ -100,9 +107,9 @@ def train(
     schedule: str = typer.Option("constant", "--schedule", help="constant | cosine (needs --steps)."),
     warmup_steps: int = typer.Option(0, "--warmup-steps"),
     seed: int = typer.Option(1234, "--seed"),
-    text_column: Optional[str] = typer.Option(None, "--text-column", help="Train on this CSV "
+    text_column: str | None = typer.Option(None, "--text-column", help="Train on this CSV "
                                               "column as is instead of the report's impression."),
-    image_column: Optional[str] = typer.Option(None, "--image-column"),
+    image_column: str | None = typer.Option(None, "--image-column"),
     impression_fallback: str = typer.Option("findings", "--impression-fallback",
                                             help="No impression: findings | report | none."),
     sentence_sampling: float = typer.Option(0.0, "--sentence-sampling", help="Probability of "
@@ -111,14 +118,13 @@ def train(
     val_fraction: float = typer.Option(0.05, "--val-fraction"),
     validate_every: int = typer.Option(100, "--validate-every", help="Batches; 0: only at the end."),
     save_every: int = typer.Option(100, "--save-every", help="Batches between saved states."),
-    labels: Optional[Path] = typer.Option(None, "--labels", help="CheXpert-layout labels for "
-                                          "validation AUROC (default: labels.csv beside the data)."),
+    labels: Path | None = LabelsOption,
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
     threads: int = typer.Option(0, "--threads", help="CPU threads; 0: torch's default."),
     amp: bool = typer.Option(True, "--amp/--no-amp", help="Mixed precision on CUDA."),
     half: bool = typer.Option(False, "--half/--no-half", help="Store checkpoint.pt in float16."),
     resume: bool = typer.Option(False, "--resume", help="Continue from out/training-state.pt."),
-    config: Optional[Path] = ConfigOption,
+    config: Path | None = ConfigOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Contrastive image-report training (CheXzero recipe); writes an OpenAI-layout checkpoint."""

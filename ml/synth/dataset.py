@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image
 
 from ml.synth.convert import to_uint8_equalized
-from ml.synth.render import render_frontal
+from ml.synth.render import frontal_shape, render_frontal
 from ml.synth.reports import CHEXPERT_COLUMNS, chexpert_labels, write_report
 from ml.synth.spec import StudySpec, draw_study
 
@@ -51,10 +51,6 @@ class WrittenStudy:
     study_id: str
     report: str
     images: tuple[WrittenImage, ...]
-
-
-def frontal_shape(spec: StudySpec, height: int) -> tuple[int, int]:
-    return height, int(round(height * spec.aspect / 2)) * 2
 
 
 def render_png_bytes(spec: StudySpec, height: int) -> bytes:

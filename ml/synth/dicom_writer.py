@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Iterator
 from datetime import date, timedelta
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -24,7 +25,7 @@ from pydicom.uid import (
 )
 
 from ml.synth.convert import to_stored
-from ml.synth.render import render_frontal, render_lateral
+from ml.synth.render import frontal_shape, render_frontal, render_lateral
 from ml.synth.spec import StudySpec
 
 if TYPE_CHECKING:
@@ -55,7 +56,7 @@ def study_datasets(spec: StudySpec, options: SynthOptions,
     bits = int(rng.choice([12, 14, 16]))
     common = _study_level(spec, modality)
     height = options.height
-    width = int(round(height * spec.aspect / 2)) * 2
+    width = frontal_shape(spec, height)[1]
     frontal = render_frontal(spec, height, width)
     yield (f"{folder}/view1_frontal.dcm", True, spec.view,
            _instance(common, spec, frontal, 1, spec.view, modality, monochrome1, bits, options))

@@ -35,6 +35,11 @@ class Frame:
     medial: float
 
 
+def frontal_shape(spec: StudySpec, height: int) -> tuple[int, int]:
+    """(rows, columns) of the frontal image: the study's aspect, an even number of columns."""
+    return height, round(height * spec.aspect / 2) * 2
+
+
 def render_frontal(spec: StudySpec, height: int, width: int) -> np.ndarray:
     rng = np.random.default_rng([spec.texture_seed, 1])
     f = _frame(spec, height, width)
@@ -144,7 +149,7 @@ def _pneumothorax(image: np.ndarray, f: Frame, ptx: Sided, lung_density: float,
     space = lungs[ptx.side] & ~collapsed
     image[space] = lung_density * 0.3
     image[collapsed] += 0.1 * (1 - c)
-    line_px = max(1, int(round(0.004 * f.height)))
+    line_px = max(1, round(0.004 * f.height))
     edge = collapsed & ~binary_erosion(collapsed, iterations=line_px)
     image[edge & lungs[ptx.side]] += 0.16
     return space

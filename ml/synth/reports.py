@@ -121,8 +121,9 @@ def _positive_sentences(rng: np.random.Generator, spec: StudySpec) -> list[str]:
         out.append(_pick(rng, _consolidation(spec.consolidation)))
     if spec.devices:
         out.append(_pick(rng, ["Support devices in place.", "Support devices as described.",
-                               "Support devices are present.", "Lines and tubes as described, "
-                               "support devices in standard position."]))
+                               "Support devices are present.",
+                               ("Lines and tubes as described, "
+                                "support devices in standard position.")]))
     return out
 
 

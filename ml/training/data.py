@@ -12,9 +12,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -109,7 +109,7 @@ def build_cache(pairs: Sequence[Pair], cache_dir: Path, conversion: str = "equal
         if cached.shape == (len(pairs), 320, 320):
             if progress:
                 progress(len(pairs))
-            return np.asarray(cached)
+            return np.array(cached)  # in memory and writable (torch wants writable arrays)
     cache_dir.mkdir(parents=True, exist_ok=True)
     array = np.zeros((len(pairs), 320, 320), dtype=np.uint8)
     for i, pair in enumerate(pairs):

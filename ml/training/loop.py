@@ -17,15 +17,16 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ml.architecture import build_model, model_from_state_dict, openai_state_dict
+from ml.synth.spec import SYNTH_FINDINGS
 from ml.training.config import TrainConfig, dump
 from ml.training.data import build_cache, load_pairs
 from ml.training.images import model_input
@@ -38,7 +39,6 @@ from ml.training.validate import (
     labels_for,
     prompt_pair_scores,
 )
-from ml.synth.spec import SYNTH_FINDINGS
 
 MAX_LOGIT_SCALE = math.log(100.0)
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
@@ -113,7 +113,7 @@ def _after_step(run: _Run, loss: float, total: int, images: np.ndarray, texts: l
     if run.step % 10 == 0:
         _log(cfg.out, {"event": "train", "step": run.step, "loss": round(loss, 5),
                        "lr": run.scheduler.get_last_lr()[0],
-                       "logit_scale": round(float(run.model.logit_scale.exp()), 3)})
+                       "logit_scale": round(float(run.model.logit_scale.detach().exp()), 3)})
     if cfg.validate_every and run.step % cfg.validate_every == 0 and run.step < total:
         validation.clear()
         validation.update(_validate(run, images, texts, val_idx, val_labels))
@@ -156,7 +156,7 @@ def _training_texts(config: TrainConfig, reports: list[str]) -> tuple[list[str],
 
 def _split(n: int, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
     order = np.random.default_rng([config.seed, 7]).permutation(n)
-    n_val = min(int(round(n * config.val_fraction)), config.val_max)
+    n_val = min(round(n * config.val_fraction), config.val_max)
     if n - n_val < config.batch_size:
         raise ValueError(f"{n} pairs leave fewer than one batch of {config.batch_size} for training")
     return np.sort(order[n_val:]), np.sort(order[:n_val])

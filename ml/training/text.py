@@ -8,7 +8,7 @@ may truncate; zero-shot prompts may not, see ml.tokenizer).
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
