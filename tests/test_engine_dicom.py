@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 from engine_samples import dx_dataset, radiograph_pixels, write_dx
@@ -13,7 +15,9 @@ from ml.dicom_image import (
     ImageReadError,
     check_eligibility,
     dataset_to_uint8,
+    decode_pixels,
     equalization_table,
+    pixels_to_uint8,
     read_image_uint8,
 )
 
@@ -120,6 +124,21 @@ def test_pixel_padding_range_limit_excludes_a_range():
     stored = column([0, 5, 10, 1000, 2000])
     ds = dx_dataset(stored, PixelPaddingValue=10, PixelPaddingRangeLimit=0)
     assert dataset_to_uint8(ds, "voi").tolist() == [[0, 0, 0, 0, 255]]
+
+
+@pytest.mark.parametrize("conversion", ["equalize", "voi"])
+def test_conversion_of_a_large_image_needs_less_than_a_float32_copy(conversion):
+    stored = np.random.default_rng(0).integers(0, 4096, (3000, 2500), dtype=np.uint16)
+    ds = dx_dataset(stored, PixelPaddingValue=0, WindowCenter=2048, WindowWidth=4096)
+    pixels = decode_pixels(ds)
+    tracemalloc.start()
+    try:
+        dataset_image = pixels_to_uint8(ds, pixels, conversion)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert dataset_image.shape == stored.shape
+    assert peak < 4 * stored.size  # float32 would be 4 bytes a pixel, float64 8
 
 
 # --- colour, frames, transfer syntaxes ------------------------------------------------------
