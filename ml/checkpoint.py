@@ -97,7 +97,9 @@ def _check_zip(path: Path) -> None:
             f"{path}: this is a TorchScript archive (torch.jit.save); expected {EXPECTED}"
         )
     if not any(n.endswith("/data.pkl") for n in names):
-        raise CheckpointFormatError(f"{path}: a zip archive but not a PyTorch file; expected {EXPECTED}")
+        raise CheckpointFormatError(
+            f"{path}: a zip archive but not a PyTorch file; expected {EXPECTED}"
+        )
 
 
 # --- adapters: each takes the loaded object and returns it closer to a plain state dict ------

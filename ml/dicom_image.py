@@ -31,9 +31,10 @@ grey with ITU-R 601 luma weights (as Pillow's "L" mode) and then treated as MONO
 
 Memory stays bounded for large images: every per-pixel function (modality, scaling, inversion,
 padding) is evaluated once per possible stored value and applied as one look-up table (by fancy
-indexing, which unlike np.take makes no 8-byte copy of the indexes). Beside the decoded array a
-2500x3000 16-bit image with pixel padding needs about 2 bytes a pixel for `voi` and 3.3 for `equalize` (8-bit
-image, padding mask, equalised copy), never a float copy; a test holds it under 4.
+indexing, which unlike np.take makes no 8-byte copy of the indexes). Beside its decoded array,
+a 2500x3000 16-bit image with pixel padding needs about 2 bytes a pixel for `voi` and 3.3 for
+`equalize` (8-bit image, padding mask, equalised copy), never a float copy; a test holds it
+under 4.
 Only the first frame of a multi-frame object is used.
 """
 

@@ -121,7 +121,9 @@ class ZeroShotEngine:
         self._text_cache: dict[tuple[str, str], torch.Tensor] = {}
         self._members = self._load_members(checkpoint_paths)
         shas = tuple(m.sha256 for m in self._members)
-        self.identity = ModelIdentity(name=name or _default_name(checkpoint_paths), checkpoint_sha256s=shas)
+        self.identity = ModelIdentity(
+            name=name or _default_name(checkpoint_paths), checkpoint_sha256s=shas
+        )
         log.info(
             "zero-shot engine ready",
             extra={
@@ -160,7 +162,8 @@ class ZeroShotEngine:
         prompts = [f.positive_prompt for f in self.findings] + [
             f.negative_prompt for f in self.findings
         ]
-        missing = [p for p in dict.fromkeys(prompts) if (checkpoint.sha256, p) not in self._text_cache]
+        cache = self._text_cache
+        missing = [p for p in dict.fromkeys(prompts) if (checkpoint.sha256, p) not in cache]
         if missing:
             context = checkpoint.architecture.context_length
             features = build_text_classifier(checkpoint.model, missing, context, self.device)
@@ -180,10 +183,13 @@ class ZeroShotEngine:
     def score_canvases(self, canvases: np.ndarray) -> np.ndarray:
         """(N, F) probabilities for (N, 320, 320) uint8 canvases (step A already done)."""
         if canvases.ndim != 3 or canvases.shape[1:] != (CANVAS, CANVAS):
-            raise ImageShapeError(f"expected (N, {CANVAS}, {CANVAS}) canvases, got {canvases.shape}")
+            raise ImageShapeError(
+                f"expected (N, {CANVAS}, {CANVAS}) canvases, got {canvases.shape}"
+            )
         rows = []
         for start in range(0, len(canvases), self.batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(canvases[start : start + self.batch_size]))
+            chunk = np.ascontiguousarray(canvases[start : start + self.batch_size])
+            batch = torch.from_numpy(chunk)
             rows.append(self._score_batch(batch.to(self.device)))
         return np.concatenate(rows) if rows else np.zeros((0, len(self.labels)))
 

@@ -83,13 +83,15 @@ class Preparer:
     processes (never forked: the parent holds torch's thread pools).
 
     Processes start once (about a second) and are reused by later calls until `close()`. If a
-    decoder crashes its process, the image at the head of the queue is reported as failed, the
-    pool is restarted and the other images in flight are prepared again: nothing is dropped.
+    decoder crashes its process, the pool breaks: the image at the head of the queue is reported
+    failed (the crash happened while it was in flight; it may or may not be the culprit), the
+    pool restarts and the other images in flight are prepared again. Nothing is dropped.
     """
 
     def __init__(self, mode: str = "threads", workers: int | None = None) -> None:
         if mode not in PREPARE_MODES:
-            raise ValueError(f"prepare mode must be one of {', '.join(PREPARE_MODES)}, got {mode!r}")
+            known = ", ".join(PREPARE_MODES)
+            raise ValueError(f"prepare mode must be one of {known}, got {mode!r}")
         self.mode = mode
         self.workers = workers or default_workers()
         self._executor: Executor | None = None
@@ -123,7 +125,9 @@ class Preparer:
                 done = future.result()
             except BrokenExecutor:
                 log.error("a preparing process died; restarting the pool", extra={"path": path})
-                done = PreparedImage(path, None, "failed: a decoding process crashed")
+                done = PreparedImage(
+                    path, None, "failed: a decoding process crashed while this image was in flight"
+                )
                 retry = [p for p, _ in pending]
                 pending.clear()
                 self.close()

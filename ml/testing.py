@@ -29,7 +29,9 @@ TINY = ClipArchitecture(
     vocab_size=49408,
 )
 
-_FLOAT32_PARTS = ("ln_", "class_embedding", "positional_embedding", "token_embedding", "logit_scale")
+_FLOAT32_PARTS = (
+    "ln_", "class_embedding", "positional_embedding", "token_embedding", "logit_scale"
+)
 
 
 def released_dtype(key: str) -> torch.dtype:

@@ -95,7 +95,8 @@ def _blocks(x: torch.Tensor, sd: dict, prefix: str, mask: torch.Tensor | None) -
     while f"{prefix}.{i}.ln_1.weight" in sd:
         p = f"{prefix}.{i}"
         x = x + _attention(_layer_norm(x, sd, p + ".ln_1"), sd, p + ".attn", mask)
-        h = _layer_norm(x, sd, p + ".ln_2") @ sd[p + ".mlp.c_fc.weight"].T + sd[p + ".mlp.c_fc.bias"]
+        h = _layer_norm(x, sd, p + ".ln_2")
+        h = h @ sd[p + ".mlp.c_fc.weight"].T + sd[p + ".mlp.c_fc.bias"]
         h = h * torch.sigmoid(1.702 * h)  # QuickGELU
         x = x + h @ sd[p + ".mlp.c_proj.weight"].T + sd[p + ".mlp.c_proj.bias"]
         i += 1
@@ -109,7 +110,8 @@ def encode_image(sd: dict, x: torch.Tensor) -> torch.Tensor:
     patches = patches.reshape(n, width, -1).permute(0, 2, 1)
     cls = sd["visual.class_embedding"].expand(n, 1, width)
     tokens = torch.cat([cls, patches], dim=1) + sd["visual.positional_embedding"]
-    tokens = _blocks(_layer_norm(tokens, sd, "visual.ln_pre"), sd, "visual.transformer.resblocks", None)
+    tokens = _layer_norm(tokens, sd, "visual.ln_pre")
+    tokens = _blocks(tokens, sd, "visual.transformer.resblocks", None)
     return _layer_norm(tokens[:, 0, :], sd, "visual.ln_post") @ sd["visual.proj"]
 
 

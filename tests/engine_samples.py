@@ -53,7 +53,7 @@ def radiograph_pixels(rows: int = 240, columns: int = 200, seed: int = 0) -> np.
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:rows, 0:columns].astype(np.float64)
     lungs = sum(
-        np.exp(-(((x - columns * cx) / (columns * 0.15)) ** 2 + ((y - rows * 0.5) / (rows * 0.3)) ** 2))
+        np.exp(-((x - columns * cx) / (columns * 0.15)) ** 2 - ((y - rows / 2) / (rows * 0.3)) ** 2)
         for cx in (0.3, 0.7)
     )
     values = 1200 + 1800 * lungs + rng.normal(0, 60, (rows, columns))

@@ -79,7 +79,8 @@ def test_missing_configured_checkpoint_is_a_one_line_error(inputs, tmp_path):
     config.write_text(f'[model]\ncheckpoints = ["{tmp_path / "absent.pt"}"]\n')
     result = runner.invoke(app, ["predict", str(inputs), "--config", str(config)])
     assert result.exit_code == 2
-    assert result.stderr.strip() == f"dicom-node: error: checkpoint not found: {tmp_path / 'absent.pt'}"
+    expected = f"dicom-node: error: checkpoint not found: {tmp_path / 'absent.pt'}"
+    assert result.stderr.strip() == expected
 
 
 @pytest.mark.parametrize(

@@ -90,7 +90,8 @@ def test_full_vit_b32_checkpoint_loads_and_matches_reference(tmp_path, images, c
     del model, tensors
     one = Catalogue((catalogue.by_label("Pleural Effusion"),))  # one prompt pair keeps it quick
     engine = ZeroShotEngine([path], one, device="cpu")
-    expected = ref.probabilities(images[1:2], [str(path)], [("pleural effusion", "no pleural effusion")])
+    pair = [("pleural effusion", "no pleural effusion")]
+    expected = ref.probabilities(images[1:2], [str(path)], pair)
     assert np.abs(engine.score_uint8(images[1:2]) - expected).max() <= TOLERANCE
 
 

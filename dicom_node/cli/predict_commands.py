@@ -39,13 +39,17 @@ CUSTOM_CAVEAT = "NOT FOR CLINICAL USE — checkpoints given with --checkpoint"
 
 PathsArgument = typer.Argument(..., help="DICOM, PNG or JPEG files, or folders (recursive).")
 CheckpointOption = typer.Option(
-    None, "--checkpoint", help="Checkpoint file (repeat for an ensemble); default: \\[model] checkpoints."
+    None,
+    "--checkpoint",
+    help="Checkpoint file (repeat for an ensemble); default: \\[model] checkpoints.",
 )
 FindingsOption = typer.Option(
     None, "--findings", help="Findings catalogue TOML; default: \\[model] findings_file."
 )
 ConversionOption = typer.Option(
-    None, "--conversion", help="DICOM to 8 bits: equalize | voi; default: \\[model] dicom_conversion."
+    None,
+    "--conversion",
+    help="DICOM to 8 bits: equalize | voi; default: \\[model] dicom_conversion.",
 )
 
 
