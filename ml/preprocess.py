@@ -44,6 +44,8 @@ def to_canvas(image: np.ndarray, canvas: int = CANVAS) -> np.ndarray:
         )
     height, width = image.shape
     size = resized_size(width, height, canvas)
+    if min(size) < 1:
+        raise ImageShapeError(f"a {width}x{height} image is too narrow to resize to {canvas}")
     resized = Image.fromarray(image).resize(size, Image.Resampling.LANCZOS)
     board = Image.new("L", (canvas, canvas))
     board.paste(resized, ((canvas - size[0]) // 2, (canvas - size[1]) // 2))

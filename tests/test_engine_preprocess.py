@@ -90,3 +90,8 @@ def test_model_input_at_224_is_bicubic_without_antialias_after_normalising():
 def test_not_a_2d_uint8_image_is_refused(bad):
     with pytest.raises(ImageShapeError, match="2-D uint8"):
         to_canvas(bad)
+
+
+def test_a_sliver_is_refused_not_crashed_on():
+    with pytest.raises(ImageShapeError, match="too narrow"):
+        to_canvas(np.zeros((2000, 1), np.uint8))
