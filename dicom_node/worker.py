@@ -1,5 +1,6 @@
 """The inference worker: claims QUEUED studies, scores their eligible images, records a Result,
-writes the SR and summary image to the outbox, queues their deliveries and finishes the study.
+writes the SR to the outbox and queues its deliveries (the sender starts on it at once), then
+does the same for the summary image and finishes the study.
 
 Study-level probability: the mean (default) or max over the study's eligible frontal images of
 each image's probability, per finding (`[worker] study_aggregation`); every image's own scores
@@ -18,6 +19,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,9 +34,16 @@ from pydicom.errors import InvalidDicomError
 from dicom_node.assembler import Assembler
 from dicom_node.logs import log_event
 from dicom_node.reporting.content import AlgorithmInfo, FindingOutcome
-from dicom_node.reporting.outbox import SR, SUMMARY, WrittenObject, write_report
+from dicom_node.reporting.outbox import SR, SUMMARY, WrittenObject, write_sr, write_summary
 from dicom_node.reporting.sr import PreviousReport
-from dicom_node.reporting.uids import ResultKey, derived_uid, report_uids
+from dicom_node.reporting.uids import (
+    SUMMARY_SERIES_NUMBER,
+    InstanceUids,
+    ReportUids,
+    ResultKey,
+    derived_uid,
+    report_uids,
+)
 from dicom_node.settings import DestinationSettings, Settings
 from storage import outbound, profiles, results, worklist
 from storage.db import Database
@@ -225,13 +234,16 @@ class Worker:
         return WorkOutcome(claimed.study_instance_uid, state, reason=error)
 
     def _process(self, claimed: worklist.ClaimedStudy, model: LoadedModel) -> WorkOutcome:
+        started = time.perf_counter()
         images = self._read_images(claimed)
         eligible = [image for image in images if image.reason is None]
         if not eligible:
             return self._skip(claimed, _skip_reason(images))
+        read = time.perf_counter()
         scores = self._score(claimed, model, eligible)
+        seconds = {"read": read - started, "score": time.perf_counter() - read}
         study_scores = aggregate(scores, self.settings.worker.study_aggregation)
-        return self._report(claimed, model, images, eligible, scores, study_scores)
+        return self._report(claimed, model, images, eligible, scores, study_scores, seconds)
 
     def _read_images(self, claimed: worklist.ClaimedStudy) -> list[_Image]:
         from ml.dicom_image import check_eligibility, dataset_to_uint8
@@ -278,7 +290,12 @@ class Worker:
         eligible: Sequence[_Image],
         scores: np.ndarray,
         study_scores: np.ndarray,
+        seconds: dict[str, float],
     ) -> WorkOutcome:
+        """Record the result and send the SR first: its outbound row commits (and the sender is
+        woken) before the summary image is rendered, which follows in a second commit that also
+        finishes the study. A crash between the two leaves the study leased; whoever takes it
+        next finds the same inputs and `_redeliver` renders the missing summary image."""
         catalogue, labels = model.catalogue, list(model.engine.labels)
         defaults = {f.label: f.default_threshold for f in catalogue.enabled()}
         with self.database.sessions.begin() as session:
@@ -292,23 +309,69 @@ class Worker:
         ]
         algorithm = self._algorithm(model, profile.label)
         key = self._key(claimed, algorithm, eligible, previous)
+        evidence = [image.dataset for image in eligible if image.dataset]
         if previous is not None and key.same_inputs(self._previous_key(previous)):
-            return self._redeliver(claimed, previous)
+            return self._redeliver(claimed, previous, evidence, algorithm, catalogue)
         version = 1 if previous is None else previous.version + 1
         uids = report_uids(key, version=version, labels=labels)
+        now, mark = self.clock(), time.perf_counter()
+        sr = write_sr(self.outbox, evidence=evidence, findings=findings, algorithm=algorithm,
+                      uids=uids, node_uid=self.node_uid, previous=_previous_reports(previous),
+                      when=now)
+        new = self._new_result(claimed, key, version, previous, algorithm, profile.version, uids,
+                               findings, _image_records(images, eligible, scores, labels))
+        with self.database.sessions.begin() as session:
+            worklist.renew_lease(session, claimed.study_id, self.worker_id,
+                                 self.settings.worklist.lease_seconds, now)
+            result_id = results.add_result(session, new, now)
+            queued = outbound.enqueue(session, result_id, self._deliveries([sr]), now)
+        if queued:
+            self.on_result()
+        seconds["sr"], mark = time.perf_counter() - mark, time.perf_counter()
+        log_event(LOG, "sr_queued", study_instance_uid=claimed.study_instance_uid,
+                  sr_sop_instance_uid=uids.sr.sop_instance_uid, deliveries=queued)
+        summary = write_summary(self.outbox, evidence=evidence, findings=findings,
+                                algorithm=algorithm, uids=uids.summary, when=now)
+        state, more = self._finish(claimed, result_id, [summary])
+        seconds["summary"] = time.perf_counter() - mark
+        log_event(LOG, "study_reported", study_instance_uid=claimed.study_instance_uid,
+                  state=state.value, version=version, profile=profile.label,
+                  sr_sop_instance_uid=uids.sr.sop_instance_uid, deliveries=queued + more,
+                  present=[f.label for f in findings if f.present],
+                  seconds={k: round(v, 4) for k, v in seconds.items()})
+        return WorkOutcome(claimed.study_instance_uid, state, result_id, version)
+
+    def _finish(
+        self, claimed: worklist.ClaimedStudy, result_id: int, objects: Sequence[WrittenObject]
+    ) -> tuple[StudyState, int]:
+        """Queue `objects` for the result, finish the study and wake the sender if needed."""
         now = self.clock()
-        written = write_report(
-            self.outbox, evidence=[image.dataset for image in eligible if image.dataset],
-            findings=findings, algorithm=algorithm, uids=uids, node_uid=self.node_uid,
-            previous=_previous_reports(previous), when=now,
-        )
-        new = results.NewResult(
+        with self.database.sessions.begin() as session:
+            queued = outbound.enqueue(session, result_id, self._deliveries(objects), now)
+            state = worklist.complete(session, claimed.study_id, self.worker_id, now)
+        if queued:
+            self.on_result()
+        return state, queued
+
+    def _new_result(
+        self,
+        claimed: worklist.ClaimedStudy,
+        key: ResultKey,
+        version: int,
+        previous: results.ResultView | None,
+        algorithm: AlgorithmInfo,
+        profile_version: int | None,
+        uids: ReportUids,
+        findings: Sequence[FindingOutcome],
+        images: tuple[results.ImageRecord, ...],
+    ) -> results.NewResult:
+        return results.NewResult(
             study_id=claimed.study_id, study_instance_uid=claimed.study_instance_uid,
             result_key=key.digest(), version=version,
             supersedes_id=previous.id if previous else None, worker_id=self.worker_id,
             model_name=algorithm.name, checkpoint_sha256s=algorithm.checkpoint_sha256s,
             catalogue_version=algorithm.catalogue_version,
-            clinical_use=algorithm.clinical_use, profile_version=profile.version,
+            clinical_use=algorithm.clinical_use, profile_version=profile_version,
             aggregation=key.aggregation,
             sr_series_instance_uid=uids.sr.series_instance_uid,
             sr_sop_instance_uid=uids.sr.sop_instance_uid,
@@ -318,24 +381,21 @@ class Worker:
                 results.FindingRecord(f.label, f.probability, f.threshold, f.present)
                 for f in findings
             ),
-            images=_image_records(images, eligible, scores, labels),
+            images=images,
         )
-        with self.database.sessions.begin() as session:
-            result_id = results.add_result(session, new, now)
-            queued = outbound.enqueue(session, result_id, self._deliveries(written), now)
-            state = worklist.complete(session, claimed.study_id, self.worker_id, now)
-        self.on_result()
-        log_event(LOG, "study_reported", study_instance_uid=claimed.study_instance_uid,
-                  state=state.value, version=version, profile=profile.label,
-                  sr_sop_instance_uid=uids.sr.sop_instance_uid, deliveries=queued,
-                  present=[f.label for f in findings if f.present])
-        return WorkOutcome(claimed.study_instance_uid, state, result_id, version)
 
     def _redeliver(
-        self, claimed: worklist.ClaimedStudy, previous: results.ResultView
+        self,
+        claimed: worklist.ClaimedStudy,
+        previous: results.ResultView,
+        evidence: Sequence[Dataset],
+        algorithm: AlgorithmInfo,
+        catalogue: Any,
     ) -> WorkOutcome:
         """Nothing changed since the study's last result (same images, model and profile):
-        finish with that result; destinations added since then get it queued."""
+        finish with that result; destinations added since then get it queued, and a summary
+        image that a crash kept from being written is rendered now from the stored findings."""
+        self._restore_summary(previous, evidence, algorithm, catalogue)
         objects = [
             WrittenObject(SR, previous.study_instance_uid, previous.sr_series_instance_uid,
                           previous.sr_sop_instance_uid, "1.2.840.10008.5.1.4.1.1.88.33",
@@ -347,15 +407,31 @@ class Worker:
                           self.outbox.relative_path(previous.study_instance_uid,
                                                     previous.summary_sop_instance_uid)),
         ]
-        now = self.clock()
-        with self.database.sessions.begin() as session:
-            queued = outbound.enqueue(session, previous.id, self._deliveries(objects), now)
-            state = worklist.complete(session, claimed.study_id, self.worker_id, now)
-        if queued:
-            self.on_result()
+        state, queued = self._finish(claimed, previous.id, objects)
         log_event(LOG, "study_unchanged", study_instance_uid=claimed.study_instance_uid,
                   state=state.value, version=previous.version, deliveries=queued)
         return WorkOutcome(claimed.study_instance_uid, state, previous.id, previous.version)
+
+    def _restore_summary(
+        self,
+        previous: results.ResultView,
+        evidence: Sequence[Dataset],
+        algorithm: AlgorithmInfo,
+        catalogue: Any,
+    ) -> None:
+        if self.outbox.exists(previous.study_instance_uid, previous.summary_sop_instance_uid):
+            return
+        findings = [
+            FindingOutcome.from_catalogue(catalogue.by_label(f.label), f.probability, f.threshold)
+            for f in previous.findings
+        ]
+        uids = InstanceUids(previous.summary_series_instance_uid,
+                            previous.summary_sop_instance_uid, SUMMARY_SERIES_NUMBER,
+                            previous.version)
+        write_summary(self.outbox, evidence=evidence, findings=findings, algorithm=algorithm,
+                      uids=uids, when=previous.created_at)
+        log_event(LOG, "summary_restored", study_instance_uid=previous.study_instance_uid,
+                  sop_instance_uid=previous.summary_sop_instance_uid, version=previous.version)
 
     # -- helpers ----------------------------------------------------------------------------
 

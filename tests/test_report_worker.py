@@ -146,7 +146,7 @@ def test_study_is_scored_reported_and_queued_per_destination(node, model):
     assert (result.profile_version, result.aggregation, result.model_name) == (1, "mean", "tiny-test")
     kinds = sorted((d.destination, d.kind) for d in node.deliveries())
     assert kinds == [("archive", "sr"), ("pacs", "sr"), ("pacs", "summary")]
-    assert node.woken == 1
+    assert node.woken == 2  # once for the SR, once more for the summary image that follows
 
 
 def test_sr_in_the_outbox_holds_the_stored_result(node):
@@ -247,6 +247,29 @@ def test_late_ineligible_instance_changes_nothing_and_sends_nothing_twice(node):
     assert (outcome.state, outcome.version) == (StudyState.DONE, 1)
     assert len(node.results(study.study)) == 1
     assert len(node.deliveries()) == 3
+
+
+def test_summary_image_lost_after_the_sr_was_queued_is_rendered_on_the_retry(node, monkeypatch):
+    import dicom_node.worker as worker_module
+
+    def crash(*_args, **_kwargs):
+        raise OSError("disk full")
+
+    study = StudyUids()
+    node.receive(make_radiograph(view="PA", study=study))
+    with monkeypatch.context() as patched:
+        patched.setattr(worker_module, "write_summary", crash)
+        assert node.process().state is StudyState.QUEUED
+    assert sorted(d.kind for d in node.deliveries()) == ["sr", "sr"]  # the SR went out first
+
+    assert node.process().state is StudyState.DONE
+    (result,) = node.results(study.study)
+    kinds = sorted((d.destination, d.kind) for d in node.deliveries())
+    assert kinds == [("archive", "sr"), ("pacs", "sr"), ("pacs", "summary")]
+    summary = pydicom.dcmread(node.outbox.absolute(
+        node.outbox.relative_path(study.study, result.summary_sop_instance_uid)))
+    assert summary.SeriesInstanceUID == result.summary_series_instance_uid
+    assert summary.InstanceNumber == 1 and summary.Rows > 0
 
 
 def test_activated_profile_changes_the_next_decision_and_is_recorded(node):

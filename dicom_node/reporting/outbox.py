@@ -13,7 +13,7 @@ from pydicom import Dataset
 from dicom_node.reporting.content import AlgorithmInfo, FindingOutcome
 from dicom_node.reporting.sr import PreviousReport, build_findings_sr
 from dicom_node.reporting.summary import build_summary_sc
-from dicom_node.reporting.uids import ReportUids
+from dicom_node.reporting.uids import InstanceUids, ReportUids
 from storage.spool import Spool
 
 SR = "sr"
@@ -42,16 +42,48 @@ def write_report(
     when: datetime.datetime,
 ) -> list[WrittenObject]:
     """Build the SR and the summary image and write both; the same inputs write the same bytes."""
+    sr = write_sr(outbox, evidence=evidence, findings=findings, algorithm=algorithm, uids=uids,
+                  node_uid=node_uid, previous=previous, when=when)
+    summary = write_summary(outbox, evidence=evidence, findings=findings, algorithm=algorithm,
+                            uids=uids.summary, when=when)
+    return [sr, summary]
+
+
+def write_sr(
+    outbox: Spool,
+    *,
+    evidence: Sequence[Dataset],
+    findings: Sequence[FindingOutcome],
+    algorithm: AlgorithmInfo,
+    uids: ReportUids,
+    node_uid: str,
+    previous: Sequence[PreviousReport],
+    when: datetime.datetime,
+) -> WrittenObject:
+    """Build the findings SR and write it (durable on return)."""
     sr = build_findings_sr(
         evidence=evidence, findings=findings, algorithm=algorithm, uids=uids.sr,
         tracking_uids=dict(uids.tracking), node_uid=node_uid, previous=previous,
         content_datetime=when,
     )
+    return _write(outbox, SR, sr)
+
+
+def write_summary(
+    outbox: Spool,
+    *,
+    evidence: Sequence[Dataset],
+    findings: Sequence[FindingOutcome],
+    algorithm: AlgorithmInfo,
+    uids: InstanceUids,
+    when: datetime.datetime,
+) -> WrittenObject:
+    """Render the summary image and write it (durable on return)."""
     summary = build_summary_sc(
-        evidence=evidence, findings=findings, algorithm=algorithm, uids=uids.summary,
+        evidence=evidence, findings=findings, algorithm=algorithm, uids=uids,
         content_datetime=when,
     )
-    return [_write(outbox, SR, sr), _write(outbox, SUMMARY, summary)]
+    return _write(outbox, SUMMARY, summary)
 
 
 def _write(outbox: Spool, kind: str, ds: Dataset) -> WrittenObject:

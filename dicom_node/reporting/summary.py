@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,7 @@ def _font(bold: bool, size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont
     return ImageFont.load_default(size=size)
 
 
+@cache  # once per process (cheap: ~0.4 ms, but there is no reason to repeat it)
 def _fonts() -> _Fonts:
     return _Fonts(
         caveat=_font(True, 52), title=_font(True, 44), body=_font(False, 36),
