@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -266,17 +267,26 @@ def write_metrics_json(
     Path(path).write_text(json.dumps(payload, indent=2) + "\n")
 
 
+PLOT_INCHES = 7.0  # the square ROC panel; the legend and notes go below it
+LEGEND_ROW_INCHES = 0.19
+NOTE_LINE_INCHES = 0.15
+
+
 def plot_roc(
     report: EvaluationReport, path: Path, title: str = "ROC curves", footnote: str | None = None
 ) -> None:
     """One ROC curve per evaluable finding, its operating point (threshold) marked, the AUROC
-    and its interval in the legend; not-evaluable findings listed below the axes."""
+    and its interval in the legend below the axes, then the not-evaluable findings and notes."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(7.5, 7.5), dpi=110)
+    notes = _figure_notes(report, footnote)
+    rows = sum(r.evaluable for r in report.findings) + 3  # chance, mean, operating point
+    below = 0.5 + LEGEND_ROW_INCHES * rows + NOTE_LINE_INCHES * len(notes)
+    height = PLOT_INCHES + below
+    figure = Figure(figsize=(PLOT_INCHES, height), dpi=110)
     FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
+    axes = figure.add_axes((0.13, (below + 0.55) / height, 0.8, (PLOT_INCHES - 1.0) / height))
     axes.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="chance")
     _draw_curves(axes, report)
     axes.set(
@@ -288,16 +298,26 @@ def plot_roc(
         aspect="equal",
     )
     axes.grid(alpha=0.3)
-    axes.legend(loc="lower right", fontsize=7.5, framealpha=0.9)
-    notes = [f"not evaluable: {r.finding} ({r.reason})" for r in report.findings if not r.evaluable]
+    figure.legend(
+        *axes.get_legend_handles_labels(),
+        loc="upper left",
+        fontsize=8,
+        bbox_to_anchor=(0.02, below / height),
+        frameon=False,
+    )
+    figure.text(
+        0.02, 0.1 / height, "\n".join(notes), fontsize=7, va="bottom", ha="left", color="0.25"
+    )
+    figure.savefig(path, format="png")
+
+
+def _figure_notes(report: EvaluationReport, footnote: str | None) -> list[str]:
+    unevaluable = [f"{r.finding} ({r.reason})" for r in report.findings if not r.evaluable]
+    notes = textwrap.wrap("not evaluable: " + ", ".join(unevaluable), 120) if unevaluable else []
     notes.append(
         f"{report.confidence:.0%} bootstrap intervals, {report.resamples} resamples, seed {report.seed}"
     )
-    if footnote:
-        notes.append(footnote)
-    figure.text(0.02, 0.01, "\n".join(notes), fontsize=7, va="bottom", ha="left", color="0.25")
-    figure.subplots_adjust(bottom=0.08 + 0.018 * len(notes), top=0.94)
-    figure.savefig(path, format="png")
+    return notes + textwrap.wrap(footnote, 120) if footnote else notes
 
 
 def _draw_curves(axes: Any, report: EvaluationReport) -> None:
@@ -313,7 +333,7 @@ def _draw_curves(axes: Any, report: EvaluationReport) -> None:
         if result.operating:
             sens = result.operating["sensitivity"].estimate
             spec = result.operating["specificity"].estimate
-            axes.plot([1 - spec], [sens], markersize=8, color=colour, **marker)
+            axes.plot([1 - spec], [sens], markersize=8, color=colour, clip_on=False, **marker)
     if report.mean_auroc:
         m = report.mean_auroc
         axes.plot([], [], " ", label=f"mean AUROC {m.estimate:.3f} [{m.lower:.3f}, {m.upper:.3f}]")
@@ -324,5 +344,8 @@ def _draw_curves(axes: Any, report: EvaluationReport) -> None:
 def _palette(n: int) -> list[tuple[float, float, float, float]]:
     from matplotlib import colormaps
 
-    cmap = colormaps["tab10" if n <= 10 else "tab20"]
-    return [cmap(i % cmap.N) for i in range(n)]
+    if n <= 10:
+        return [colormaps["tab10"](i) for i in range(n)]
+    # tab20 pairs a dark and a light shade of each hue: all dark shades first, then the light
+    order = [*range(0, 20, 2), *range(1, 20, 2)]
+    return [colormaps["tab20"](order[i % 20]) for i in range(n)]
