@@ -1,7 +1,7 @@
 """End-to-end latency: last C-STORE of a one-image study -> its SR in Orthanc, against the
 engine's bare predict time for the same image, measured in one run on this machine.
 
-    python bench/e2e.py [--studies 5] [--stable-seconds 2] [--checkpoint PATH]
+    python bench/e2e.py [--studies 5] [--stable-seconds 2] [--checkpoint PATH | --architecture vit-b-32]
 
 Starts Orthanc and `dicom-node serve` (worker on, Orthanc as the destination) on loopback, sends
 one warm-up study (model loading is not latency), then N one-image studies one at a time. For
@@ -11,7 +11,8 @@ The bare predict time is, in this process with the model loaded once, decoding t
 DICOM file to 8 bits plus `ZeroShotEngine.score_uint8`, timed before each study (median of N). Prints both and their ratio; the
 target is a ratio of 2.0 or less. It also times `dicom-node predict IMAGE` as a whole (a cold
 process: interpreter, imports, model load, score) and prints that ratio too. Uses the configured model when its checkpoints exist, else a
-random checkpoint with the demo architecture (same compute, meaningless scores).
+random checkpoint with the demo architecture (same compute, meaningless scores);
+`--architecture vit-b-32` uses a random checkpoint of the released CheXzero size instead.
 """
 
 from __future__ import annotations
@@ -34,12 +35,18 @@ from tests.peers import NodeProcess, OrthancPeer, storescu
 
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.33"
 STORED_AT: dict[str, float] = {}  # study UID -> wall clock when storescu returned
-STAGES = ("study_queued", "study_claimed", "study_reported", "delivery_sent")
+STAGES = ("study_queued", "study_claimed", "sr_queued", "study_reported", "delivery_sent")
 
 
-def checkpoint_path(requested: str | None, workdir: Path) -> Path:
+def checkpoint_path(requested: str | None, architecture: str, workdir: Path) -> Path:
     if requested:
         return Path(requested).resolve()
+    if architecture == "vit-b-32":
+        from ml.architecture import ClipArchitecture
+        from ml.testing import write_random_checkpoint
+
+        print("using a random checkpoint of the released CheXzero size (ViT-B/32)")
+        return write_random_checkpoint(workdir / "random-vit-b-32.pt", ClipArchitecture(), seed=1)
     settings = load_settings(environ={})
     configured = [settings.resolve(p) for p in settings.model.checkpoints]
     if configured and all(p.is_file() for p in configured):
@@ -99,6 +106,14 @@ def breakdown(node: NodeProcess) -> None:
                 offsets[stage].append(min(times) - stored)
     print("stages after the C-STORE (median s): " + ", ".join(
         f"{stage} {statistics.median(v):.3f}" for stage, v in offsets.items() if v))
+    measured = set(list(STORED_AT)[1:])
+    worker: dict[str, list[float]] = {}
+    for event in node.events("study_reported"):
+        if event.get("study_instance_uid") in measured:
+            for part, value in (event.get("seconds") or {}).items():
+                worker.setdefault(part, []).append(value)
+    print("worker parts (median s): " + ", ".join(
+        f"{part} {statistics.median(v):.3f}" for part, v in worker.items()))
 
 
 class BarePredict:
@@ -137,10 +152,13 @@ def main() -> None:
     parser.add_argument("--assembly-interval-seconds", type=float, default=None,
                         help="default: the shipped configuration's")
     parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--architecture", choices=("demo", "vit-b-32"), default="demo",
+                        help="without --checkpoint: the configured model (else a random one of "
+                        "the demo architecture), or a random ViT-B/32 (the released size)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
         workdir = Path(tmp)
-        checkpoint = checkpoint_path(args.checkpoint, workdir)
+        checkpoint = checkpoint_path(args.checkpoint, args.architecture, workdir)
         orthanc = OrthancPeer(workdir / "orthanc").start()
         worklist = {"stable_seconds": args.stable_seconds}
         if args.assembly_interval_seconds is not None:
