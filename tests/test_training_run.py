@@ -20,7 +20,7 @@ from ml.training.config import TrainConfig
 from ml.training.data import build_cache, load_pairs
 from ml.training.images import model_input
 from ml.training.impression import extract_impression
-from ml.training.loop import PairEncoder, train
+from ml.training.loop import PairEncoder, focus_sentence, train
 from ml.training.text import tokenize_reports
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,3 +102,23 @@ def test_half_precision_export_loads_and_matches(data, tmp_path):
     assert state["logit_scale"].dtype == torch.float32
     model = model_from_state_dict(state)
     assert next(model.parameters()).dtype == torch.float32
+
+
+def test_stop_at_ends_inside_the_schedule_and_resume_finishes_it(data, tmp_path):
+    stopped = train(_config(data, tmp_path / "stop", steps=12, stop_at=5, schedule="cosine"))
+    assert stopped.steps == 5
+    finished = train(_config(data, tmp_path / "stop", steps=12, schedule="cosine", resume=True))
+    straight = train(_config(data, tmp_path / "whole", steps=12, schedule="cosine"))
+    assert finished.steps == 12
+    a = torch.load(straight.checkpoint, weights_only=True)
+    b = torch.load(finished.checkpoint, weights_only=True)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+
+
+def test_focus_sentence_picks_a_sentence_naming_the_term():
+    report = ("FINDINGS: Heart size is normal. No pneumothorax.\n\nIMPRESSION: Large right "
+              "pleural effusion. Support devices in place.")
+    rng = np.random.default_rng(0)
+    assert focus_sentence(report, "pneumothorax", rng) == "No pneumothorax."
+    assert focus_sentence(report, "support devices", rng) == "Support devices in place."
+    assert focus_sentence(report, "consolidation", rng) is None

@@ -113,7 +113,14 @@ def train(
     impression_fallback: str = typer.Option("findings", "--impression-fallback",
                                             help="No impression: findings | report | none."),
     sentence_sampling: float = typer.Option(0.0, "--sentence-sampling", help="Probability of "
-                                            "training on 1-3 sampled sentences of the text."),
+                                            "training on a few sampled sentences of the text."),
+    sentence_max: int = typer.Option(3, "--sentence-max", help="At most this many sentences "
+                                     "when sampling (1 to this many, uniformly)."),
+    focus: str = typer.Option("", "--focus", help="Comma-separated words; a batch may train on "
+                              "the report sentences that mention one of them (curriculum)."),
+    focus_probability: float = typer.Option(0.0, "--focus-probability"),
+    stop_at: int | None = typer.Option(None, "--stop-at", help="End at this step of the "
+                                       "schedule (saving); --resume continues it."),
     augment: bool = typer.Option(False, "--augment/--no-augment", help="Random shift/zoom."),
     val_fraction: float = typer.Option(0.05, "--val-fraction"),
     validate_every: int = typer.Option(100, "--validate-every", help="Batches; 0: only at the end."),
@@ -139,7 +146,10 @@ def train(
             warmup_steps=warmup_steps, seed=seed,
             text_source="column" if text_column else "impression", text_column=text_column,
             image_column=image_column, impression_fallback=impression_fallback,
-            sentence_sampling=sentence_sampling, augment=augment, val_fraction=val_fraction,
+            sentence_sampling=sentence_sampling, sentence_max=sentence_max, stop_at=stop_at,
+            focus_terms=tuple(t.strip().lower() for t in focus.split(",") if t.strip()),
+            focus_probability=focus_probability,
+            augment=augment, val_fraction=val_fraction,
             validate_every=validate_every, save_every=save_every, labels_csv=labels,
             device=device, threads=threads, amp=amp, half_export=half, resume=resume,
         )

@@ -31,6 +31,7 @@ class TrainConfig:
     architecture: ClipArchitecture = field(default_factory=lambda: DEMO_ARCHITECTURE)
     epochs: int = 4
     steps: int | None = None  # overrides epochs when set
+    stop_at: int | None = None  # end (and save) at this step of the schedule; resume goes on
     batch_size: int = 16
     lr: float = 1e-4
     optimizer: str = "sgd"
@@ -44,6 +45,9 @@ class TrainConfig:
     image_column: str | None = None
     impression_fallback: str = "findings"
     sentence_sampling: float = 0.0
+    sentence_max: int = 3
+    focus_terms: tuple[str, ...] = ()
+    focus_probability: float = 0.0
     augment: bool = False
     val_fraction: float = 0.05
     val_max: int = 512
@@ -76,6 +80,10 @@ class TrainConfig:
             raise ValueError("validation fraction must be in [0, 1)")
         if self.steps is not None and self.steps < 1:
             raise ValueError("--steps must be at least 1")
+        if self.sentence_max < 1:
+            raise ValueError("--sentence-max must be at least 1")
+        if self.stop_at is not None and self.stop_at < 1:
+            raise ValueError("--stop-at must be at least 1")
         if self.epochs < 1:
             raise ValueError("--epochs must be at least 1")
 

@@ -31,7 +31,7 @@ from ml.training.config import TrainConfig, dump
 from ml.training.data import build_cache, load_pairs
 from ml.training.images import model_input
 from ml.training.impression import extract_impression
-from ml.training.text import sample_sentences, tokenize_reports
+from ml.training.text import sample_sentences, sentences, tokenize_reports
 from ml.training.validate import (
     auroc_table,
     default_prompts,
@@ -87,11 +87,12 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     val_labels = labels_for([pairs[i].image for i in val_idx], labels_csv) if labels_csv else {}
     steps_per_epoch = max(1, len(train_idx) // config.batch_size)
     total = config.steps or config.epochs * steps_per_epoch
+    end = min(total, config.stop_at) if config.stop_at else total
     first = last = None
     validation: dict = {}
-    while run.step < total:
+    while run.step < end:
         batch = _batch_indices(config, train_idx, run.step, steps_per_epoch, rank, world)
-        loss = _train_step(run, images, texts, batch)
+        loss = _train_step(run, images, texts, batch, [p.text for p in pairs])
         first = loss if first is None else first
         last = loss
         run.step += 1
@@ -221,14 +222,19 @@ def _batch_indices(config: TrainConfig, train_idx: np.ndarray, step: int, steps_
     return batch[rank::world]
 
 
-def _train_step(run: _Run, images: np.ndarray, texts: list[str], batch: np.ndarray) -> float:
+def _train_step(run: _Run, images: np.ndarray, texts: list[str], batch: np.ndarray,
+                reports: list[str]) -> float:
     cfg = run.config
     rng = np.random.default_rng([cfg.seed, run.step, 11])
     pixels = torch.from_numpy(np.asarray(images[batch])).to(run.device)
     if cfg.augment:
         pixels = _augment(pixels, rng)
     x = model_input(pixels, run.model.visual.image_size[0])
-    batch_texts = [sample_sentences(texts[i], rng, cfg.sentence_sampling) for i in batch]
+    batch_texts = [sample_sentences(texts[i], rng, cfg.sentence_sampling, cfg.sentence_max)
+                   for i in batch]
+    if cfg.focus_terms and rng.random() < cfg.focus_probability:
+        term = cfg.focus_terms[int(rng.integers(len(cfg.focus_terms)))]
+        batch_texts = [focus_sentence(reports[i], term, rng) or t for i, t in zip(batch, batch_texts)]
     tokens = tokenize_reports(batch_texts, run.model.context_length).to(run.device)
     with torch.autocast(run.device.type, dtype=torch.float16, enabled=run.scaler is not None):
         loss = run.ddp(x, tokens)
@@ -260,6 +266,13 @@ class PairEncoder(torch.nn.Module):
         target = torch.arange(len(images), device=images.device)
         # CheXzero's loss: (CE(logits_per_image) + CE(logits_per_text)) / 2
         return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+def focus_sentence(report: str, term: str, rng: np.random.Generator) -> str | None:
+    """One sentence of the report that mentions `term` (a text curriculum: a batch whose texts
+    all speak of one finding can only be matched by seeing that finding), or None."""
+    found = [s for s in sentences(report.replace("\n", " ")) if term in s.lower()]
+    return found[int(rng.integers(len(found)))] if found else None
 
 
 def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
