@@ -24,10 +24,12 @@ from ml.metrics import (
     DEFAULT_CONFIDENCE,
     DEFAULT_RESAMPLES,
     METRIC_NAMES,
+    PROPORTIONS,
     Interval,
     auroc,
     confusion_at,
     interval,
+    proportion_interval,
     resample_counts,
     roc_points,
 )
@@ -203,7 +205,10 @@ def _operating(
     return {
         "threshold": float(threshold),
         "operating": {
-            n: interval(float(estimates[n]), resampled[n], confidence) for n in METRIC_NAMES
+            n: proportion_interval(n, counts, resampled[n], confidence)
+            if n in PROPORTIONS
+            else interval(float(estimates[n]), resampled[n], confidence)
+            for n in METRIC_NAMES
         },
         "confusion": {k: int(getattr(counts, k)) for k in ("tp", "fp", "tn", "fn")},
     }

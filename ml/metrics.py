@@ -21,6 +21,10 @@ order statistics of the m sorted resample values: lower = sorted[int(alpha/2 * m
 upper = sorted[int((1 - alpha/2) * m) - 1] (the 25th and 975th of 1000). Two deliberate departures, both no-ops on a normal test set:
 resamples where the metric is undefined (one class only) are dropped and counted rather than
 sorted as NaN, and index -1 (fewer than 40 resamples) is clamped to the first value.
+
+Proportions at 0 or 1 (a sensitivity of 45/45, say): every resample then gives the same value and
+the bootstrap interval collapses to a point, which claims certainty the data cannot give. For
+those, `proportion_interval` reports the Wilson score interval instead (45/45 -> [0.921, 1]).
 """
 
 from __future__ import annotations
@@ -192,6 +196,49 @@ def percentile_interval(
     lower = max(int(alpha / 2 * defined.size) - 1, 0)
     upper = max(int((1 - alpha / 2) * defined.size) - 1, 0)
     return float(defined[lower]), float(defined[upper])
+
+
+PROPORTIONS = {  # metric -> (numerator, denominator) as fields of a Confusion
+    "sensitivity": (("tp",), ("tp", "fn")),
+    "specificity": (("tn",), ("tn", "fp")),
+    "ppv": (("tp",), ("tp", "fp")),
+    "npv": (("tn",), ("tn", "fn")),
+}
+
+
+def wilson_interval(
+    successes: float, total: float, confidence: float = DEFAULT_CONFIDENCE
+) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion; NaN bounds when total is 0."""
+    if total <= 0:
+        return float("nan"), float("nan")
+    z = _normal_quantile(1 - (1 - confidence) / 2)
+    p = successes / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * np.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def _normal_quantile(q: float) -> float:
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf(q)
+
+
+def proportion_interval(
+    name: str, counts: Confusion, resampled: np.ndarray, confidence: float = DEFAULT_CONFIDENCE
+) -> Interval:
+    """`interval` for a confusion proportion, with the Wilson interval where the observed
+    proportion is 0 or 1 and the bootstrap has collapsed."""
+    numerator, denominator = (
+        float(sum(np.asarray(getattr(counts, f)) for f in fields)) for fields in PROPORTIONS[name]
+    )
+    estimate = numerator / denominator if denominator else float("nan")
+    bootstrap = interval(estimate, resampled, confidence)
+    if denominator and estimate in (0.0, 1.0):
+        lower, upper = wilson_interval(numerator, denominator, confidence)
+        return Interval(estimate, lower, upper, bootstrap.bootstrap_mean, bootstrap.defined_resamples)
+    return bootstrap
 
 
 def interval(

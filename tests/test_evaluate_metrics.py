@@ -16,8 +16,16 @@ from sklearn.metrics import (
 )
 from sklearn.utils import resample
 
-from ml.calibration import choose_threshold, parse_method
-from ml.metrics import auroc, confusion_at, interval, resample_counts, roc_points
+from ml.calibration import choose_threshold, out_of_bag_operating, parse_method
+from ml.metrics import (
+    auroc,
+    confusion_at,
+    interval,
+    proportion_interval,
+    resample_counts,
+    roc_points,
+    wilson_interval,
+)
 
 
 def known_arrays(
@@ -172,3 +180,43 @@ def test_ties_go_to_the_lowest_threshold() -> None:
 def test_bad_method_names_are_rejected(text: str) -> None:
     with pytest.raises(ValueError):
         parse_method(text)
+
+
+def test_wilson_interval_matches_worked_values() -> None:
+    # Worked by hand from the Wilson score formula with z = 1.95996.
+    assert wilson_interval(45, 45) == pytest.approx((0.92135, 1.0), abs=1e-4)
+    assert wilson_interval(0, 20) == pytest.approx((0.0, 0.16113), abs=1e-4)
+    assert wilson_interval(10, 20) == pytest.approx((0.29930, 0.70070), abs=1e-4)
+
+
+def test_a_perfect_sensitivity_does_not_get_a_zero_width_interval() -> None:
+    labels = np.array([1] * 45 + [0] * 55)
+    scores = np.where(labels == 1, 0.8, 0.2) + np.linspace(0, 0.01, 100)
+    counts = confusion_at(labels, scores, 0.5)
+    weights = np.vstack(list(resample_counts(100, 200, seed=0)))
+    resampled = confusion_at(labels, scores, 0.5, weights=weights).metrics()["sensitivity"]
+    collapsed = interval(1.0, resampled)
+    assert collapsed.lower == collapsed.upper == 1.0  # what plain bootstrap would claim
+    honest = proportion_interval("sensitivity", counts, resampled)
+    assert honest.estimate == 1.0
+    assert honest.lower == pytest.approx(0.92135, abs=1e-4) and honest.upper == 1.0
+
+
+def test_out_of_bag_interval_covers_the_sensitivity_new_studies_show() -> None:
+    rng = np.random.default_rng(7)
+
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = rng.random(n) < 0.3
+        return y, np.where(y, rng.normal(0.60, 0.05, n), rng.normal(0.47, 0.05, n))
+
+    y, s = draw(150)
+    method = parse_method("mcc")
+    chosen = choose_threshold(y, s, method)
+    honest = out_of_bag_operating(y, s, method, resamples=300)["sensitivity"]
+    y_new, s_new = draw(20000)
+    on_new_studies = recall_score(y_new, s_new >= chosen)
+    assert honest.lower <= on_new_studies <= honest.upper
+    # the fixed-threshold bootstrap on the calibration images is the optimistic one
+    weights = np.vstack(list(resample_counts(150, 300, seed=0)))
+    fixed = confusion_at(y, s, chosen, weights=weights).metrics()["sensitivity"]
+    assert honest.lower < interval(honest.estimate, fixed).lower

@@ -8,6 +8,7 @@ image once through the score cache under the data directory, and never touch the
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import inspect
 from collections import Counter
@@ -35,7 +36,7 @@ from dicom_node.cli.common import (
     user_errors,
 )
 from dicom_node.settings import Settings
-from ml.calibration import choose_threshold, parse_method
+from ml.calibration import choose_threshold, out_of_bag_operating, parse_method
 from ml.catalogue import MAX_PROBABILITY, MIN_PROBABILITY, Catalogue, load_catalogue
 from ml.evaluation import (
     EvaluationReport,
@@ -523,6 +524,9 @@ def calibrate(
                 resamples=resamples,
                 seed=seed,
             )
+            report = _with_out_of_bag_intervals(
+                report, scored, chosen_method, kept, resamples, seed
+            )
             advance(1)
         created, activated, changes = None, False, []
         if chosen_method.kind != "fixed":
@@ -540,6 +544,30 @@ def calibrate(
                 note,
             )
         _print_calibration(scored, report, base, thresholds, created, activated, changes, as_json)
+
+
+def _with_out_of_bag_intervals(
+    report: EvaluationReport,
+    scored: ScoredSet,
+    method: Any,
+    kept: Mapping[str, str],
+    resamples: int,
+    seed: int,
+) -> EvaluationReport:
+    """For thresholds chosen on these images, intervals of what new images will show
+    (`out_of_bag_operating`) instead of the optimistic fixed-threshold ones."""
+    if method.kind == "fixed":
+        return report
+    results = []
+    for j, result in enumerate(report.findings):
+        if result.operating and result.finding not in kept:
+            keep = ~np.isnan(scored.labels[:, j]) & ~np.isnan(scored.scores[:, j])
+            operating = out_of_bag_operating(
+                scored.labels[keep, j], scored.scores[keep, j], method, resamples, seed
+            )
+            result = dataclasses.replace(result, operating=operating)
+        results.append(result)
+    return dataclasses.replace(report, findings=tuple(results))
 
 
 def _choose(
@@ -629,7 +657,8 @@ def _print_calibration(
         return
     print_table(
         f"Calibration on {scored.labelled.csv_path.name}: {report.n_scored} images scored, "
-        f"{report.confidence:.0%} bootstrap intervals ({report.resamples} resamples, seed {report.seed})",
+        f"{report.confidence:.0%} out-of-bag bootstrap intervals, i.e. what new studies will show "
+        f"({report.resamples} resamples, seed {report.seed})",
         [
             "finding",
             "pos/neg",
