@@ -16,6 +16,7 @@ run: $(STAMP)
 	$(VENV)/bin/dicom-node serve
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -ra
 
 lint: $(STAMP)

@@ -8,8 +8,8 @@ Head counts are not visible in shapes: like OpenAI's own loader we take width //
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Mapping
 
 import torch
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
@@ -97,7 +97,7 @@ def build_model(arch: ClipArchitecture) -> CLIP:
     vision = CLIPVisionCfg(
         layers=arch.vision_layers,
         width=arch.vision_width,
-        head_width=HEAD_WIDTH if arch.vision_width >= HEAD_WIDTH else arch.vision_width,
+        head_width=min(HEAD_WIDTH, arch.vision_width),
         patch_size=arch.patch_size,
         image_size=arch.image_size,
     )

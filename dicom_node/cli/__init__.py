@@ -16,11 +16,13 @@ app = typer.Typer(
 
 def _register() -> None:
     # Imported here so that each module can `from dicom_node.cli import app`.
-    from dicom_node.cli import node_commands  # noqa: F401  serve, status, studies
-    from dicom_node.cli import predict_commands  # noqa: F401  predict
-    from dicom_node.cli import threshold_commands  # noqa: F401  thresholds, evaluate
-    from dicom_node.cli import report_commands  # noqa: F401  worker, outbound
-    from dicom_node.cli import train_commands  # noqa: F401  synth, train
+    from dicom_node.cli import (
+        node_commands,  # noqa: F401  serve, status, studies
+        predict_commands,  # noqa: F401  predict
+        report_commands,  # noqa: F401  worker, outbound
+        threshold_commands,  # noqa: F401  thresholds, evaluate
+        train_commands,  # noqa: F401  synth, train
+    )
 
 
 _register()
