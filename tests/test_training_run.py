@@ -95,6 +95,14 @@ def test_resume_without_a_saved_state_is_a_clear_error(data, tmp_path):
         train(_config(data, tmp_path / "empty", resume=True))
 
 
+def test_resume_with_other_options_names_them_and_keeps_the_saved_run(data, tmp_path):
+    train(_config(data, tmp_path / "run", steps=4, save_every=4))
+    saved_config = (tmp_path / "run" / "train-config.json").read_text()
+    with pytest.raises(ValueError, match=r"cannot resume.*optimizer='adamw' \(now 'sgd'\)"):
+        train(_config(data, tmp_path / "run", steps=8, optimizer="sgd", resume=True))
+    assert (tmp_path / "run" / "train-config.json").read_text() == saved_config
+
+
 def test_half_precision_export_loads_and_matches(data, tmp_path):
     result = train(_config(data, tmp_path / "half", steps=2, half_export=True))
     state = torch.load(result.checkpoint, weights_only=True)

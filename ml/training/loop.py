@@ -351,13 +351,42 @@ def _restore(run: _Run) -> None:
     path = run.config.out / "training-state.pt"
     if not path.is_file():
         raise FileNotFoundError(f"nothing to resume: {path} does not exist")
-    state = torch.load(path, map_location=run.device, weights_only=False)
+    state = torch.load(path, map_location=run.device, weights_only=True)
+    _check_same_run(state.get("config") or {}, run.config.as_json())
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     if run.scaler is not None and state.get("scaler"):
         run.scaler.load_state_dict(state["scaler"])
     run.step = int(state["step"])
+
+
+# Options that may change between a run and its resumption (steps/epochs: train for longer);
+# every other one defines the run.
+RESUMABLE_CHANGES = frozenset(
+    {"resume", "stop_at", "steps", "epochs", "init", "device", "threads", "validate_every",
+     "save_every", "out"}
+)
+
+
+def _check_same_run(saved: dict, requested: dict) -> None:
+    """Resuming with other options would silently train a different run (or fail deep inside
+    the optimizer): name what differs instead."""
+    differing = sorted(
+        key
+        for key in saved.keys() | requested.keys()
+        if key not in RESUMABLE_CHANGES and _jsonish(saved.get(key)) != _jsonish(requested.get(key))
+    )
+    if differing:
+        shown = ", ".join(f"{k}={saved.get(k)!r} (now {requested.get(k)!r})" for k in differing)
+        raise ValueError(
+            f"cannot resume: the saved run used other options: {shown}; pass the same options "
+            "or train into a new --out"
+        )
+
+
+def _jsonish(value: object) -> object:
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _atomic_save(obj: object, path: Path) -> None:
