@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,22 @@ def test_studies_cli_rejects_bad_input(node_factory) -> None:
     assert unknown.returncode == 2 and "no study" in unknown.stderr
     bad_state = run_cli("studies", "list", "--state", "LOST", "--config", str(node.config_path))
     assert bad_state.returncode == 2 and "unknown state 'LOST'" in bad_state.stderr
+
+
+def test_status_says_when_the_model_is_missing_and_studies_will_wait(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text(
+        toml_text(
+            {
+                "node": {"data_dir": str(tmp_path / "data")},
+                "model": {"checkpoints": [str(tmp_path / "absent.pt")]},
+            }
+        )
+    )
+    result = run_cli("status", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "NOT FOR CLINICAL USE" in result.stdout
+    assert f"MISSING {tmp_path / 'absent.pt'}: studies wait in QUEUED" in result.stdout
+    report = json.loads(run_cli("status", "--config", str(config), "--json").stdout)
+    assert report["model"]["ready"] is False
+    assert report["model"]["checkpoints"] == [{"path": str(tmp_path / "absent.pt"), "present": False}]

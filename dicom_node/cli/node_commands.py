@@ -69,7 +69,8 @@ def status(config: Path | None = ConfigOption, as_json: bool = JsonOption) -> No
         f"data     {report['data_dir']}\ndatabase {report['database']}\n"
         f"spool    {_mib(spool['used_bytes'])} MiB in {spool['files']} files; free "
         f"{_mib(spool['free_bytes'])} MiB (floor {_mib(spool['min_free_bytes'])} MiB)"
-        + ("  [red]BELOW FLOOR: stores are refused[/]" if spool["below_floor"] else ""),
+        + ("  [red]BELOW FLOOR: stores are refused[/]" if spool["below_floor"] else "")
+        + "\n" + _model_line(report["model"]),
         highlight=False,
         soft_wrap=True,
     )
@@ -199,6 +200,33 @@ def _status_report(settings: Settings) -> dict[str, Any]:
             "below_floor": free < floor,
         },
         "last_arrivals": [_jsonable(i) for i in recent],
+        "model": _model_report(settings),
+    }
+
+
+def _model_line(model: dict[str, Any]) -> str:
+    caveat = "" if model["clinical_use"] else " (NOT FOR CLINICAL USE)"
+    missing = [c["path"] for c in model["checkpoints"] if not c["present"]]
+    if not model["checkpoints"]:
+        state = "[red]no checkpoint configured: studies wait in QUEUED[/]"
+    elif missing:
+        state = f"[red]MISSING {', '.join(missing)}: studies wait in QUEUED[/]"
+    else:
+        state = f"{len(model['checkpoints'])} checkpoint(s) present"
+    return f"model    {model['name']}{caveat}: {state}"
+
+
+def _model_report(settings: Settings) -> dict[str, Any]:
+    """Whether the configured checkpoints are there: without them studies wait QUEUED."""
+    checkpoints = [
+        {"path": str(path), "present": path.is_file()}
+        for path in (settings.resolve(p) for p in settings.model.checkpoints)
+    ]
+    return {
+        "name": settings.model.name,
+        "clinical_use": settings.model.clinical_use,
+        "checkpoints": checkpoints,
+        "ready": bool(checkpoints) and all(c["present"] for c in checkpoints),
     }
 
 
