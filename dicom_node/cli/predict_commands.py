@@ -7,14 +7,12 @@ one is reported rather than passed over.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from dicom_node.cli import app
 from dicom_node.cli.common import (
@@ -22,9 +20,9 @@ from dicom_node.cli.common import (
     ConfigOption,
     JsonOption,
     console,
-    err_console,
     print_json,
     print_table,
+    progress_bar,
     settings_from,
     user_errors,
 )
@@ -77,10 +75,10 @@ def predict(
         files = collect_inputs(paths)
         model = _model(settings, checkpoint or [])
         catalogue = load_catalogue(findings or settings.resolve(settings.model.findings_file))
-        with _engine(settings, model, catalogue) as engine, _progress(
+        with _engine(settings, model, catalogue) as engine, progress_bar(
             "scoring", len(files), enabled=len(files) > 1
         ) as advance:
-            scores = engine.score_paths(files, conversion, on_result=lambda _: advance())
+            scores = engine.score_paths(files, conversion, on_result=lambda _: advance(1))
         if json_output:
             print_json([_as_json(s, engine, model, catalogue, conversion) for s in scores])
         else:
@@ -146,15 +144,6 @@ def _engine(settings: Settings, model: _Model, catalogue: Catalogue) -> ZeroShot
         prepare_mode=settings.model.prepare_mode,
         prepare_workers=settings.model.prepare_workers or None,
     )
-
-
-@contextmanager
-def _progress(description: str, total: int, enabled: bool) -> Iterator[Any]:
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeRemainingColumn())
-    with Progress(*columns, console=err_console, transient=True, disable=not enabled) as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda: progress.advance(task)
 
 
 def _as_json(

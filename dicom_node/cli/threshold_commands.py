@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from sqlalchemy.orm import Session
 
 from dicom_node.cli import app
@@ -29,9 +28,9 @@ from dicom_node.cli.common import (
     ConfigOption,
     JsonOption,
     console,
-    err_console,
     print_json,
     print_table,
+    progress_bar,
     settings_from,
     user_errors,
 )
@@ -385,7 +384,7 @@ def _score_labelled(
     conversion = ctx.settings.model.dicom_conversion
     key = model_key(shas, ctx.catalogue.version, conversion)
     cache = ScoreCache(ctx.settings.data_path / CACHE_FILE_NAME)
-    with _progress("scoring images", len(labelled.paths)) as advance:
+    with progress_bar("scoring images", len(labelled.paths)) as advance:
         results = score_paths_cached(
             labelled.paths,
             cache,
@@ -440,19 +439,6 @@ def _engine_scorer(ctx: Context, checkpoints: Sequence[Path], conversion: str) -
         batch_size=model.batch_size,
     )
     return lambda paths: engine.score_paths(list(paths), conversion)
-
-
-@contextmanager
-def _progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=err_console, transient=True) as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda n: progress.advance(task, n)
 
 
 def _policy(uncertain: str, blank: str) -> LabelPolicy:
@@ -515,7 +501,7 @@ def calibrate(
             base = profiles.active_profile(session)
         defaults = {f.label: f.default_threshold for f in ctx.catalogue.findings}
         thresholds, kept = _choose(scored, chosen_method, base, defaults)
-        with _progress("bootstrap", 1) as advance:
+        with progress_bar("bootstrap", 1) as advance:
             report = evaluate_scores(
                 scored.findings,
                 scored.labels,
@@ -742,7 +728,7 @@ def evaluate(
             used = profiles.get_profile(session, version)
         defaults = {f.label: f.default_threshold for f in ctx.catalogue.findings}
         thresholds = {f: used.thresholds.get(f, defaults[f]) for f in scored.findings}
-        with _progress("bootstrap", 1) as advance:
+        with progress_bar("bootstrap", 1) as advance:
             report = evaluate_scores(
                 scored.findings,
                 scored.labels,

@@ -24,6 +24,7 @@ from dicom_node.cli.common import (
     err_console,
     print_json,
     print_table,
+    progress_bar,
     user_errors,
 )
 
@@ -35,18 +36,6 @@ InitOption = typer.Option(None, "--init", help="Start from this checkpoint (Open
                           "dict) instead of from scratch.")
 LabelsOption = typer.Option(None, "--labels", help="CheXpert-layout labels for validation AUROC "
                             "(default: labels.csv beside the data).")
-
-
-@contextmanager
-def _bar(description: str, total: int, enabled: bool = True) -> Iterator[Callable[[int], None]]:
-    if not enabled:
-        yield lambda n: None
-        return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err_console, transient=True) as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda n: progress.advance(task, n)
 
 
 @app.command()
@@ -73,7 +62,7 @@ def synth(
             raise ValueError("--height must be between 64 and 4096")
         options = SynthOptions(out, studies, seed, image_format, compress, height,
                                max(1, workers), laterals)
-        with _bar("rendering studies", studies, not as_json) as advance:
+        with progress_bar("rendering studies", studies, not as_json) as advance:
             written = generate(options, advance)
     counts = {name: sum(1 for s in written if s.spec.state(name) == "present")
               for name in SYNTH_FINDINGS}
