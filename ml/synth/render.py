@@ -147,11 +147,11 @@ def _pneumothorax(image: np.ndarray, f: Frame, ptx: Sided, lung_density: float,
     hx, hy = f.cx + s * (f.medial + 0.02), f.apex + 0.45 * (f.base - f.apex)
     collapsed = _lung_mask(f, s, hx + (f.x - hx) / c, hy + (f.y - hy) / c)
     space = lungs[ptx.side] & ~collapsed
-    image[space] = lung_density * 0.3
-    image[collapsed] += 0.1 * (1 - c)
-    line_px = max(1, round(0.004 * f.height))
+    image[space] = lung_density * 0.15
+    image[collapsed] += 0.3 * (1 - c)  # the airless lung is denser
+    line_px = max(1, round(0.005 * f.height))
     edge = collapsed & ~binary_erosion(collapsed, iterations=line_px)
-    image[edge & lungs[ptx.side]] += 0.16
+    image[edge & lungs[ptx.side]] += 0.22
     return space
 
 
@@ -167,8 +167,8 @@ def _consolidation(image: np.ndarray, rng: np.random.Generator, f: Frame, cons: 
         keep = zone & (blob > (0.3 if patchy else -1.2))
         alpha = gaussian_filter(keep.astype(np.float32), 0.006 * f.height) * cons.extent
         fluffy = gaussian_filter(rng.standard_normal(f.x.shape).astype(np.float32), 0.008 * f.height)
-        alpha *= np.clip(0.8 + 0.2 * fluffy / (fluffy.std() + 1e-6), 0.4, 1.0)
-        target = soft * 0.95
+        alpha *= np.clip(0.92 + 0.08 * fluffy / (fluffy.std() + 1e-6), 0.6, 1.0)
+        target = soft * 1.2  # a lobar consolidation is about as white as the heart
         image += alpha * (target - image)
         if not patchy:
             _bronchograms(image, rng, f, s, keep, alpha)
@@ -258,7 +258,7 @@ def _bones(rng: np.random.Generator, f: Frame, gain: float) -> np.ndarray:
     ribs = stroke(shape, paths, 0.016)
     spine = (np.abs(f.x - f.cx) < 0.028) & (f.y < f.base + 0.2)
     bumps = 0.5 + 0.5 * np.cos(2 * np.pi * f.y / 0.045)
-    return gain * (0.07 * ribs + 0.08 * spine * bumps)
+    return gain * (0.05 * ribs + 0.08 * spine * bumps)
 
 
 def _devices(image: np.ndarray, rng: np.random.Generator, f: Frame, kinds: tuple[str, ...]) -> None:
@@ -267,12 +267,12 @@ def _devices(image: np.ndarray, rng: np.random.Generator, f: Frame, kinds: tuple
     cx, apex, base = f.cx, f.apex, f.base
     if "ett" in kinds:
         paths.append(np.array([[cx, -0.02], [cx + 0.003, apex + 0.05], [cx, apex + 0.12]]))
-    if "ng" in kinds:
-        paths.append(np.array([[cx + 0.01, -0.02], [cx + 0.02, 0.4], [cx + 0.04, base],
-                               [cx + 0.12, base + 0.08], [cx + 0.2, base + 0.1]]))
-    if "cvc" in kinds:
-        paths.append(np.array([[cx - 0.16, -0.02], [cx - 0.1, apex + 0.02], [cx - 0.035, apex + 0.1],
-                               [cx - 0.03, apex + 0.22]]))
+    if "ng" in kinds:  # along the oesophagus, left of the spine, into the stomach
+        paths.append(np.array([[cx + 0.01, -0.02], [cx + 0.05, 0.4], [cx + 0.08, base],
+                               [cx + 0.14, base + 0.08], [cx + 0.22, base + 0.1]]))
+    if "cvc" in kinds:  # right subclavian line: across the lung apex to the SVC
+        paths.append(np.array([[cx - f.halfwidth - 0.04, apex - 0.03], [cx - 0.2, apex + 0.04],
+                               [cx - 0.06, apex + 0.1], [cx - 0.035, apex + 0.22]]))
     if "pacemaker" in kinds:
         gx, gy = cx + 0.26, apex + 0.03
         box = (np.abs(f.x - gx) < 0.045) & (np.abs(f.y - gy) < 0.032)
@@ -287,7 +287,7 @@ def _devices(image: np.ndarray, rng: np.random.Generator, f: Frame, kinds: tuple
             paths.append(np.array([[ex, ey], [ex + rng.uniform(-0.2, 0.2), ey + 0.2],
                                    [ex + rng.uniform(-0.3, 0.3), 1.05]]))
     if paths:
-        lines = stroke(image.shape, [spline(p, 40) for p in paths], 0.011)
+        lines = stroke(image.shape, [spline(p, 40) for p in paths], 0.022)
         image += lines * (1.0 - image)
 
 
