@@ -20,7 +20,8 @@ from ml.training.config import TrainConfig
 from ml.training.data import build_cache, load_pairs
 from ml.training.images import model_input
 from ml.training.impression import extract_impression
-from ml.training.loop import PairEncoder, focus_sentence, train
+from ml.training import loop
+from ml.training.loop import PairEncoder, focus_sentence, mixed_precision_dtype, train
 from ml.training.text import tokenize_reports
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,6 +77,31 @@ def test_loss_falls_and_the_checkpoint_loads_through_the_engine(data, tmp_path):
     assert scores.shape == (1, len(engine.labels)) and np.isfinite(scores).all()
     events = [json.loads(line)["event"] for line in (tmp_path / "run" / "log.jsonl").open()]
     assert "train" in events and events[-1] == "done"
+
+
+def test_mixed_precision_is_float16_on_cuda_and_bfloat16_only_on_cpus_that_have_it(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert mixed_precision_dtype(True, cuda) == torch.float16
+    assert mixed_precision_dtype(False, cuda) is None
+    monkeypatch.setattr(loop, "cpu_has_native_bfloat16", lambda: True)
+    assert mixed_precision_dtype(True, cpu) == torch.bfloat16
+    assert mixed_precision_dtype(False, cpu) is None
+    monkeypatch.setattr(loop, "cpu_has_native_bfloat16", lambda: False)
+    assert mixed_precision_dtype(True, cpu) is None
+
+
+@pytest.mark.parametrize("amp, precision", [(True, "bfloat16"), (False, "float32")])
+def test_cpu_precision_is_logged_and_training_learns_in_it(data, tmp_path, monkeypatch, amp,
+                                                            precision):
+    monkeypatch.setattr(loop, "cpu_has_native_bfloat16", lambda: True)
+    result = train(_config(data, tmp_path / "run", steps=40, amp=amp))
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").open()]
+    assert log[0] == {"event": "start", "step": 0, "device": "cpu", "precision": precision}
+    state = torch.load(result.checkpoint, weights_only=True)
+    assert state["visual.conv1.weight"].dtype == torch.float32
+    initial = train(_config(data, tmp_path / "init", steps=1, lr=1e-12))
+    before = _train_loss(torch.load(initial.checkpoint, weights_only=True), data)
+    assert _train_loss(state, data) < before - 0.3
 
 
 def test_resume_continues_from_the_saved_step(data, tmp_path):

@@ -117,7 +117,7 @@ def train(
     labels: Path | None = LabelsOption,
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
     threads: int = typer.Option(0, "--threads", help="CPU threads; 0: torch's default."),
-    amp: bool = typer.Option(True, "--amp/--no-amp", help="Mixed precision on CUDA."),
+    amp: bool = typer.Option(True, "--amp/--no-amp", help="Mixed precision: float16 on CUDA, bfloat16 on CPUs with AVX512-BF16/AMX."),
     half: bool = typer.Option(False, "--half/--no-half", help="Store checkpoint.pt in float16."),
     resume: bool = typer.Option(False, "--resume", help="Continue from out/training-state.pt."),
     config: Path | None = ConfigOption,
