@@ -30,7 +30,7 @@ from ml.architecture import (
 
 log = logging.getLogger(__name__)
 
-EXPECTED = "a PyTorch state dict of a CLIP ViT in OpenAI layout (torch.save(model.state_dict()))"
+EXPECTED = "a PyTorch state dict of a CLIP (ViT or ResNet) in OpenAI layout (torch.save(model.state_dict()))"
 _NON_PARAMETER_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 StateDict = dict[str, torch.Tensor]
@@ -149,7 +149,7 @@ def _fit_architecture(state_dict: StateDict, path: Path) -> tuple[ClipArchitectu
         raise CheckpointFormatError(f"{path}: {exc}") from None
     except (KeyError, IndexError, ValueError) as exc:
         raise CheckpointFormatError(
-            f"{path}: tensor shapes do not describe a CLIP ViT ({type(exc).__name__}: {exc}); "
+            f"{path}: tensor shapes do not describe a CLIP ({type(exc).__name__}: {exc}); "
             f"expected {EXPECTED}"
         ) from None
     try:

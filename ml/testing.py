@@ -39,6 +39,14 @@ def released_dtype(key: str) -> torch.dtype:
     return torch.float32 if any(part in key for part in _FLOAT32_PARTS) else torch.float16
 
 
+# A modified-ResNet image tower (OpenAI's RN50 layout) at the smallest widths.
+TINY_RESNET = ClipArchitecture(
+    embed_dim=64, image_size=224, patch_size=32, vision_width=8, vision_layers=4,
+    text_width=64, text_layers=1, context_length=77, vocab_size=49408,
+    resnet_layers=(1, 1, 1, 1),
+)
+
+
 def random_model(architecture: ClipArchitecture = TINY, seed: int = 0) -> CLIP:
     """A randomly initialised float32 CLIP (open_clip's initialisation), deterministic per seed."""
     generator_state = torch.random.get_rng_state()
@@ -51,7 +59,10 @@ def random_model(architecture: ClipArchitecture = TINY, seed: int = 0) -> CLIP:
 
 def released_state_dict(model: CLIP) -> dict[str, torch.Tensor]:
     """The model's tensors under OpenAI key names, each in the dtype the released files use."""
-    return {k: v.to(released_dtype(k)) for k, v in openai_state_dict(model).items()}
+    return {
+        k: v.to(released_dtype(k)) if v.is_floating_point() else v  # BatchNorm counters stay ints
+        for k, v in openai_state_dict(model).items()
+    }
 
 
 def save_released_layout(model: CLIP, path: str | Path) -> Path:

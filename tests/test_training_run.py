@@ -16,17 +16,20 @@ from ml.catalogue import load_catalogue
 from ml.checkpoint import load_checkpoint
 from ml.engine import ZeroShotEngine
 from ml.synth.dataset import SynthOptions, generate
+from ml.training import loop
 from ml.training.config import TrainConfig
 from ml.training.data import build_cache, load_pairs
 from ml.training.images import model_input
 from ml.training.impression import extract_impression
-from ml.training import loop
 from ml.training.loop import PairEncoder, focus_sentence, mixed_precision_dtype, train
 from ml.training.text import tokenize_reports
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ClipArchitecture(embed_dim=32, image_size=64, patch_size=32, vision_width=64,
                         vision_layers=1, text_width=64, text_layers=1)
+TINY_RESNET = ClipArchitecture(embed_dim=32, image_size=64, patch_size=32, vision_width=8,
+                               vision_layers=4, text_width=64, text_layers=1,
+                               resnet_layers=(1, 1, 1, 1))
 
 pytestmark = pytest.mark.slow
 
@@ -77,6 +80,20 @@ def test_loss_falls_and_the_checkpoint_loads_through_the_engine(data, tmp_path):
     assert scores.shape == (1, len(engine.labels)) and np.isfinite(scores).all()
     events = [json.loads(line)["event"] for line in (tmp_path / "run" / "log.jsonl").open()]
     assert "train" in events and events[-1] == "done"
+
+
+def test_a_resnet_image_tower_trains_and_loads_through_the_engine(data, tmp_path):
+    result = train(_config(data, tmp_path / "rn", architecture=TINY_RESNET, steps=40))
+    state = torch.load(result.checkpoint, weights_only=True)
+    assert "visual.attnpool.c_proj.weight" in state and "visual.layer4.0.bn3.running_var" in state
+    initial = train(_config(data, tmp_path / "init", architecture=TINY_RESNET, steps=1, lr=1e-12))
+    before = _train_loss(torch.load(initial.checkpoint, weights_only=True), data)
+    assert _train_loss(state, data) < before - 0.3
+    loaded = load_checkpoint(result.checkpoint)
+    assert loaded.architecture == TINY_RESNET
+    catalogue = load_catalogue(ROOT / "config" / "findings.toml")
+    engine = ZeroShotEngine([result.checkpoint], catalogue, device="cpu", cpu_threads=1)
+    assert np.isfinite(engine.score_uint8([np.full((80, 70), 128, np.uint8)])).all()
 
 
 def test_mixed_precision_is_float16_on_cuda_and_bfloat16_only_on_cpus_that_have_it(monkeypatch):

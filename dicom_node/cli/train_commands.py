@@ -82,9 +82,10 @@ def train(
     data: Path = DataOption,
     out: Path = TrainOutOption,
     init: Path | None = InitOption,
-    arch: str = typer.Option("demo", "--arch", help="From scratch: 'demo' or key=value,... over "
-                             "embed_dim, image_size, patch_size, vision_width, vision_layers, "
-                             "text_width, text_layers (heads = width // 64)."),
+    arch: str = typer.Option("demo", "--arch", help="From scratch: 'demo' (small ResNet image "
+                             "tower), 'demo-vit', or key=value,... over embed_dim, image_size, "
+                             "patch_size, vision_width, vision_layers, text_width, text_layers, "
+                             "resnet_layers (e.g. 1-1-1-1; 0: ViT) (heads = width // 64)."),
     epochs: int = typer.Option(4, "--epochs"),
     steps: int | None = typer.Option(None, "--steps", help="Stop after this many batches "
                                         "(overrides --epochs)."),

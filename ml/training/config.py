@@ -14,13 +14,22 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "cosine")
 TEXT_SOURCES = ("impression", "column")
 
-# A small CLIP that fits 20 MB in half precision and trains on a CPU: the token embedding
-# (49408 x text width) dominates, so the text tower stays narrow and the image tower gets the
-# parameters (heads = width // 64, the OpenAI layout's rule).
+# A small CLIP that fits 20 MB in half precision and trains on a CPU. Its image tower is
+# OpenAI's modified ResNet (the RN50 family) at stem width 16, one block per stage (1.4 M
+# parameters): on the synthetic phantoms a supervised probe of it separated pneumothorax and
+# support devices (AUROC > 0.97) within 50 batches, where the 6-layer ViT/32 of
+# demo-synthetic-v1 was near 0.6 after 150, so the convolutional tower is what makes a
+# CPU-trained demo feasible. The token embedding (49408 x text width) dominates the size.
 DEMO_ARCHITECTURE = ClipArchitecture(
+    embed_dim=128, image_size=224, patch_size=32, vision_width=16, vision_layers=4,
+    text_width=128, text_layers=4, context_length=77, vocab_size=49408, resnet_layers=(1, 1, 1, 1),
+)
+# demo-synthetic-v1's shape (ViT/32, 6 layers of width 256; text width 64).
+DEMO_VIT_ARCHITECTURE = ClipArchitecture(
     embed_dim=128, image_size=224, patch_size=32, vision_width=256, vision_layers=6,
     text_width=64, text_layers=4, context_length=77, vocab_size=49408,
 )
+PRESETS = {"demo": DEMO_ARCHITECTURE, "demo-vit": DEMO_VIT_ARCHITECTURE}
 
 
 @dataclass
@@ -100,20 +109,33 @@ class TrainConfig:
 
 
 def architecture_from_text(text: str) -> ClipArchitecture:
-    """`key=value,...` over ClipArchitecture's fields, e.g. "vision_width=256,vision_layers=6";
-    unspecified fields keep the demo architecture's values; "demo" alone is the demo."""
+    """A preset name ("demo", "demo-vit"), or `key=value,...` over ClipArchitecture's fields
+    (e.g. "vision_width=256,vision_layers=6"; resnet_layers as 1-1-1-1, 0 for a ViT), the
+    other fields keeping the demo architecture's values."""
+    text = text.strip()
+    if text in PRESETS or not text:
+        return PRESETS[text or "demo"]
     values = asdict(DEMO_ARCHITECTURE)
-    if text.strip() and text.strip() != "demo":
-        for part in text.split(","):
-            key, _, value = part.partition("=")
-            key = key.strip().replace("-", "_")
-            if key not in values:
-                raise ValueError(f"unknown architecture field {key!r}; one of {', '.join(values)}")
-            try:
-                values[key] = int(value)
-            except ValueError:
-                raise ValueError(f"architecture field {key} needs an integer, got {value!r}") from None
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        key = key.strip().replace("-", "_")
+        if key not in values:
+            raise ValueError(f"unknown architecture field {key!r}; one of {', '.join(values)}")
+        values[key] = _architecture_value(key, value.strip())
     return ClipArchitecture(**values)
+
+
+def _architecture_value(key: str, value: str) -> int | tuple[int, ...]:
+    try:
+        if key == "resnet_layers":
+            stages = tuple(int(n) for n in value.split("-")) if value != "0" else ()
+            if stages and (len(stages) != 4 or min(stages) < 1):
+                raise ValueError
+            return stages
+        return int(value)
+    except ValueError:
+        wanted = "four block counts such as 1-1-1-1, or 0" if key == "resnet_layers" else "an integer"
+        raise ValueError(f"architecture field {key} needs {wanted}, got {value!r}") from None
 
 
 def dump(config: TrainConfig, path: Path) -> None:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ml.architecture import build_model, model_from_state_dict, openai_state_dict
+from ml.architecture import build_model, input_size, model_from_state_dict, openai_state_dict
 from ml.synth.spec import SYNTH_FINDINGS
 from ml.training.config import TrainConfig, dump
 from ml.training.data import build_cache, load_pairs
@@ -68,6 +68,9 @@ class _Run:
     scaler: torch.amp.GradScaler | None
     autocast_dtype: torch.dtype | None
     step: int = 0
+    train_images: np.ndarray | None = None  # for refresh_batchnorm
+    train_idx: np.ndarray | None = None
+    batchnorm_step: int = -1  # the step whose weights the BatchNorm statistics describe
 
 
 def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
@@ -81,6 +84,7 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
                          (lambda n: progress("images", n, len(pairs))) if progress else None)
     train_idx, val_idx = _split(len(pairs), config)
     run = _make_run(config, device, rank, world)
+    run.train_images, run.train_idx = images, train_idx
     if rank == 0:
         config.out.mkdir(parents=True, exist_ok=True)
         dump(config, config.out / "train-config.json")
@@ -248,7 +252,7 @@ def _train_step(run: _Run, images: np.ndarray, texts: list[str], batch: np.ndarr
     pixels = torch.from_numpy(np.asarray(images[batch])).to(run.device)
     if cfg.augment:
         pixels = _augment(pixels, rng)
-    x = model_input(pixels, run.model.visual.image_size[0])
+    x = model_input(pixels, input_size(run.model))
     batch_texts = [sample_sentences(texts[i], rng, cfg.sentence_sampling, cfg.sentence_max)
                    for i in batch]
     if cfg.focus_terms and rng.random() < cfg.focus_probability:
@@ -327,13 +331,42 @@ def _augment(pixels: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     return out.squeeze(1)
 
 
+BATCHNORM_REFRESH_BATCHES = 16
+
+
+def refresh_batchnorm(run: _Run) -> None:
+    """Recompute BatchNorm running statistics (a ResNet image tower's) as an exact average over
+    training batches under the current weights ("precise BN"), before validating or exporting.
+    The running averages kept during training trail the weights they were gathered under, and
+    inference uses them: a model exported with them scores worse than it trains."""
+    norms = [m for m in run.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms or run.batchnorm_step == run.step or run.train_images is None:
+        return
+    rng = np.random.default_rng([run.config.seed, run.step, 23])
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    size = min(run.config.batch_size, len(run.train_idx))
+    with torch.no_grad(), torch.autocast(run.device.type, dtype=run.autocast_dtype or torch.float32,
+                                         enabled=run.autocast_dtype is not None):
+        for _ in range(BATCHNORM_REFRESH_BATCHES):
+            batch = np.sort(rng.choice(run.train_idx, size=size, replace=False))
+            pixels = torch.from_numpy(np.asarray(run.train_images[batch])).to(run.device)
+            run.model.encode_image(model_input(pixels, input_size(run.model)))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    run.batchnorm_step = run.step
+
+
 @torch.no_grad()
 def _validate(run: _Run, images: np.ndarray, texts: list[str], val_idx: np.ndarray,
               val_labels: dict) -> dict:
     if len(val_idx) < 2:
         return {}
+    refresh_batchnorm(run)
     model = run.model.eval()
-    size = model.visual.image_size[0]
+    size = input_size(model)
     context = model.context_length
     losses = []
     for start in range(0, len(val_idx), 64):
@@ -355,6 +388,7 @@ def _validate(run: _Run, images: np.ndarray, texts: list[str], val_idx: np.ndarr
 
 
 def _save(run: _Run) -> None:
+    refresh_batchnorm(run)
     out = run.config.out
     out.mkdir(parents=True, exist_ok=True)
     state = openai_state_dict(run.model)
