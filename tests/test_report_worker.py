@@ -316,7 +316,7 @@ def test_pending_deliveries_survive_for_the_sender(node):
 
 def test_without_a_model_studies_wait_in_the_queue(node, caplog):
     def missing(_settings):
-        raise FileNotFoundError("models/demo-synthetic-v1.pt")
+        raise FileNotFoundError("models/demo-synthetic-v2.pt")
 
     worker = Worker(settings=node.settings, database=node.database, spool=node.spool,
                     outbox=node.outbox, clock=node.clock, model_loader=missing)
@@ -334,7 +334,7 @@ def test_without_a_model_studies_wait_in_the_queue(node, caplog):
                 time.sleep(0.05)
         finally:
             worker.stop()
-    assert any("demo-synthetic-v1.pt" in str(getattr(r, "dicom_node_fields", {}))
+    assert any("demo-synthetic-v2.pt" in str(getattr(r, "dicom_node_fields", {}))
                for r in caplog.records)
     assert node.study(study.study).state is StudyState.QUEUED
 

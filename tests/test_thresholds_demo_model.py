@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from dicom_node.cli import app
 from dicom_node.settings import REPO_ROOT
 
-DEMO_CHECKPOINT = REPO_ROOT / "models" / "demo-synthetic-v1.pt"
+DEMO_CHECKPOINT = REPO_ROOT / "models" / "demo-synthetic-v2.pt"
 SYNTH_FINDINGS = (
     "Cardiomegaly",
     "Pleural Effusion",
