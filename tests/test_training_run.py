@@ -114,6 +114,7 @@ def test_cpu_precision_is_logged_and_training_learns_in_it(data, tmp_path, monke
     result = train(_config(data, tmp_path / "run", steps=40, amp=amp))
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").open()]
     assert log[0] == {"event": "start", "step": 0, "device": "cpu", "precision": precision}
+    assert result.precision == precision and result.architecture == TINY.describe()
     state = torch.load(result.checkpoint, weights_only=True)
     assert state["visual.conv1.weight"].dtype == torch.float32
     initial = train(_config(data, tmp_path / "init", steps=1, lr=1e-12))
@@ -121,12 +122,14 @@ def test_cpu_precision_is_logged_and_training_learns_in_it(data, tmp_path, monke
     assert _train_loss(state, data) < before - 0.3
 
 
-def test_resume_continues_from_the_saved_step(data, tmp_path):
-    straight = train(_config(data, tmp_path / "straight", steps=16, save_every=8))
-    train(_config(data, tmp_path / "split", steps=8, save_every=8))
+@pytest.mark.parametrize("architecture", [TINY, TINY_RESNET], ids=["vit", "resnet"])
+def test_resume_continues_from_the_saved_step(data, tmp_path, architecture):
+    arch = {"architecture": architecture}
+    straight = train(_config(data, tmp_path / "straight", steps=16, save_every=8, **arch))
+    train(_config(data, tmp_path / "split", steps=8, save_every=8, **arch))
     state = torch.load(tmp_path / "split" / "training-state.pt", weights_only=False)
     assert state["step"] == 8
-    resumed = train(_config(data, tmp_path / "split", steps=16, save_every=8, resume=True))
+    resumed = train(_config(data, tmp_path / "split", steps=16, save_every=8, resume=True, **arch))
     assert resumed.steps == 16
     a = torch.load(straight.checkpoint, weights_only=True)
     b = torch.load(resumed.checkpoint, weights_only=True)

@@ -147,7 +147,8 @@ def train(
             raise FileNotFoundError(f"--init checkpoint not found: {init}")
         with _phases(not as_json) as progress:
             result = run_training(cfg, progress)
-    payload = {"checkpoint": str(result.checkpoint), "steps": result.steps,
+    payload = {"checkpoint": str(result.checkpoint), "architecture": result.architecture,
+               "precision": result.precision, "steps": result.steps,
                "first_loss": result.first_loss, "last_loss": result.last_loss,
                "seconds": round(result.seconds, 1), "text_sources": result.text_sources,
                **result.validation}

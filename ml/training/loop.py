@@ -25,7 +25,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ml.architecture import build_model, input_size, model_from_state_dict, openai_state_dict
+from ml.architecture import (
+    build_model,
+    infer_architecture,
+    input_size,
+    model_from_state_dict,
+    openai_state_dict,
+)
 from ml.synth.spec import SYNTH_FINDINGS
 from ml.training.config import TrainConfig, dump
 from ml.training.data import build_cache, load_pairs
@@ -53,6 +59,8 @@ class TrainResult:
     validation: dict = field(default_factory=dict)
     seconds: float = 0.0
     text_sources: dict = field(default_factory=dict)
+    architecture: str = ""
+    precision: str = "float32"
 
 
 @dataclass
@@ -89,7 +97,7 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
         config.out.mkdir(parents=True, exist_ok=True)
         dump(config, config.out / "train-config.json")
         _log(config.out, {"event": "start", "step": run.step, "device": str(device),
-                          "precision": str(run.autocast_dtype or torch.float32).removeprefix("torch.")})
+                          "precision": _precision(run)})
     labels_csv = config.labels_csv or _sibling_labels(config.data)
     val_labels = labels_for([pairs[i].image for i in val_idx], labels_csv) if labels_csv else {}
     steps_per_epoch = max(1, len(train_idx) // config.batch_size)
@@ -112,7 +120,12 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
         _save(run)
         _log(config.out, {"event": "done", "step": run.step, **validation})
     return TrainResult(config.out / "checkpoint.pt", run.step, first, last, validation,
-                       time.monotonic() - started, sources)
+                       time.monotonic() - started, sources,
+                       infer_architecture(run.model.state_dict()).describe(), _precision(run))
+
+
+def _precision(run: _Run) -> str:
+    return str(run.autocast_dtype or torch.float32).removeprefix("torch.")
 
 
 def _after_step(run: _Run, loss: float, total: int, images: np.ndarray, texts: list[str],
