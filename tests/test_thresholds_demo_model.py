@@ -11,17 +11,11 @@ import pytest
 from typer.testing import CliRunner
 
 from dicom_node.cli import app
-from dicom_node.settings import REPO_ROOT
+from dicom_node.settings import load_settings
+from ml.synth.spec import SYNTH_FINDINGS
 
-DEMO_CHECKPOINT = REPO_ROOT / "models" / "demo-synthetic-v2.pt"
-SYNTH_FINDINGS = (
-    "Cardiomegaly",
-    "Pleural Effusion",
-    "Pneumothorax",
-    "Consolidation",
-    "Lung Opacity",
-    "Support Devices",
-)
+_SHIPPED = load_settings(environ={})
+DEMO_CHECKPOINT = _SHIPPED.resolve(_SHIPPED.model.checkpoints[0])  # the node's default model
 # A finding counts as detected by the demo model when the calibration set's AUROC interval lies
 # above this; for a finding without signal the "best" threshold is arbitrary and says nothing.
 DETECTED_AUROC_LOWER = 0.7

@@ -10,13 +10,15 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from dicom_node.settings import load_settings
 from ml.catalogue import load_catalogue
 from ml.engine import ZeroShotEngine
 from ml.synth.dataset import SynthOptions, generate
 from ml.synth.spec import PRESENT, SYNTH_FINDINGS
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "models" / "demo-synthetic-v2.pt"
+_SHIPPED = load_settings(environ={})
+DEMO = _SHIPPED.resolve(_SHIPPED.model.checkpoints[0])  # the node's default model
 TARGET_AUROC = 0.85
 
 pytestmark = [
