@@ -64,6 +64,13 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
     console.print(table)
 
 
+def progress_display() -> Progress:
+    """rich's Progress with the CLI's columns, on stderr, gone when done; one task per bar."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    return Progress(*columns, console=err_console, transient=True)
+
+
 @contextmanager
 def progress_bar(
     description: str, total: int, enabled: bool = True
@@ -72,8 +79,6 @@ def progress_bar(
     if not enabled:
         yield lambda n: None
         return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err_console, transient=True) as progress:
+    with progress_display() as progress:
         task = progress.add_task(description, total=total)
         yield lambda n: progress.advance(task, n)

@@ -8,23 +8,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import typer
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from dicom_node.cli import app
 from dicom_node.cli.common import (
     ConfigOption,
     JsonOption,
-    err_console,
     print_json,
     print_table,
     progress_bar,
+    progress_display,
     user_errors,
 )
 
@@ -166,9 +158,7 @@ def _phases(enabled: bool) -> Iterator[Callable[[str, int, int], None] | None]:
     if not enabled:
         yield None
         return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err_console, transient=True) as progress:
+    with progress_display() as progress:
         tasks: dict[str, int] = {}
 
         def update(phase: str, done: int, total: int) -> None:
