@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# dcmtk by its path: pynetdicom installs same-named storescu/storescp/echoscu scripts in the venv.
+DCMTK_BIN = Path("/usr/bin")
 START_TIMEOUT_SECONDS = 60.0
 
 
@@ -79,7 +81,7 @@ def echoscu(
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
-            "echoscu",
+            str(DCMTK_BIN / "echoscu"),
             "-v",
             "-aet",
             calling_ae,
@@ -109,7 +111,7 @@ def storescu(
     """dcmtk storescu, verbose, all files over one association."""
     return subprocess.run(
         [
-            "storescu",
+            str(DCMTK_BIN / "storescu"),
             "-v",
             "-aet",
             calling_ae,
@@ -302,12 +304,12 @@ class StoreSCP:
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> StoreSCP:
-        if shutil.which("storescp") is None:
+        if not (DCMTK_BIN / "storescp").exists():
             raise RuntimeError("dcmtk storescp is not installed")
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [
-                "storescp",
+                str(DCMTK_BIN / "storescp"),
                 "-aet",
                 self.ae_title,
                 "-od",
