@@ -310,13 +310,21 @@ def decode_frame(
         raise
     except Exception as first:  # noqa: BLE001  plugins raise anything; retry with pydicom's choice
         if not plugin:
-            raise ImageReadError(f"cannot decode pixel data ({_first_line(first)})") from None
+            raise _undecodable(syntax, first) from None
         log.warning("preferred decoder failed", extra={"plugin": plugin, "syntax": syntax})
     try:
         pixels = pixel_array(source, **options)
     except Exception as exc:  # noqa: BLE001  any decoder failure means "cannot decode"
-        raise ImageReadError(f"cannot decode pixel data ({_first_line(exc)})") from None
+        raise _undecodable(syntax, exc) from None
     return fit_bits_stored(ds, pixels)
+
+
+def _undecodable(syntax: UID, exc: BaseException) -> ImageReadError:
+    """The decoder's own last line (pydicom lists each plugin's error below a heading)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    detail = lines[-1][:160] if lines else type(exc).__name__
+    kind = "compressed pixel data" if syntax.is_encapsulated else "pixel data"
+    return ImageReadError(f"the {kind} cannot be decoded ({syntax.name}): {detail}")
 
 
 def pixel_source(ds: Dataset, path: Path) -> Dataset | Path:
