@@ -35,7 +35,10 @@ indexing, which unlike np.take makes no 8-byte copy of the indexes). Beside its 
 a 2500x3000 16-bit image with pixel padding needs about 2 bytes a pixel for `voi` and 3.3 for
 `equalize` (8-bit image, padding mask, equalised copy), never a float copy; a test holds it
 under 4.
-Only the first frame of a multi-frame object is used.
+Only the first frame of a multi-frame object is used (the node's worker refuses multi-frame
+and colour images instead: `prepare_radiograph`). Decoded values keep only their Bits Stored
+bits (ml.pixel_data.fit_bits_stored); a copy is made only when some value has bits above High
+Bit, so the bound above holds for images that fit their header.
 """
 
 from __future__ import annotations
