@@ -76,6 +76,7 @@ class _Image:
     dataset: Dataset | None
     reason: str | None  # None: eligible and decoded
     pixels: np.ndarray | None = None
+    flags: tuple[str, ...] = ()  # e.g. view_position_missing, view_from_view_code_sequence
 
 
 def load_model(settings: Settings) -> LoadedModel:
@@ -246,20 +247,19 @@ class Worker:
         return self._report(claimed, model, images, eligible, scores, study_scores, seconds)
 
     def _read_images(self, claimed: worklist.ClaimedStudy) -> list[_Image]:
-        from ml.dicom_image import check_eligibility, dataset_to_uint8
+        """Each instance's header (large values left on disk) and, when it is to be scored, its
+        8-bit pixels; an image that cannot be scored gets the reason (ml.dicom_image)."""
+        from ml.dicom_image import DEFER_SIZE, prepare_radiograph
 
         conversion = self.settings.model.dicom_conversion
         images = []
         for instance in claimed.instances:
-            ds = pydicom.dcmread(self.spool.absolute(instance.spool_path))
-            verdict = check_eligibility(ds)
-            image = _Image(instance.sop_instance_uid, ds, verdict.reason)
-            if verdict.eligible:
-                try:
-                    image.pixels = dataset_to_uint8(ds, conversion)  # type: ignore[arg-type]
-                except ValueError as exc:  # ImageReadError: this image only, not the study
-                    image.reason = f"pixel data could not be decoded: {exc}"
-            images.append(image)
+            path = self.spool.absolute(instance.spool_path)
+            ds = pydicom.dcmread(path, defer_size=DEFER_SIZE)
+            read = prepare_radiograph(ds, path, conversion)  # type: ignore[arg-type]
+            images.append(
+                _Image(instance.sop_instance_uid, ds, read.reason, read.pixels, read.flags)
+            )
         return images
 
     def _score(
@@ -525,9 +525,12 @@ def _image_records(
         if id(image) in row:
             values = scores[row[id(image)]]
             scored = {label: round(float(p), 6) for label, p in zip(labels, values, strict=True)}
-            records.append(results.ImageRecord(image.sop_instance_uid, True, None, scored))
+            records.append(
+                results.ImageRecord(image.sop_instance_uid, True, None, scored, image.flags)
+            )
         else:
-            records.append(results.ImageRecord(image.sop_instance_uid, False, image.reason))
+            records.append(results.ImageRecord(
+                image.sop_instance_uid, False, image.reason, flags=image.flags))
     return tuple(records)
 
 

@@ -35,7 +35,10 @@ indexing, which unlike np.take makes no 8-byte copy of the indexes). Beside its 
 a 2500x3000 16-bit image with pixel padding needs about 2 bytes a pixel for `voi` and 3.3 for
 `equalize` (8-bit image, padding mask, equalised copy), never a float copy; a test holds it
 under 4.
-Only the first frame of a multi-frame object is used.
+Only the first frame of a multi-frame object is used (the node's worker refuses multi-frame
+and colour images instead: `prepare_radiograph`). Decoded values keep only their Bits Stored
+bits (ml.pixel_data.fit_bits_stored); a copy is made only when some value has bits above High
+Bit, so the bound above holds for images that fit their header.
 """
 
 from __future__ import annotations
@@ -64,10 +67,14 @@ from pydicom.uid import (
     RLELossless,
 )
 
+from ml.dicom_view import FRONTAL, LATERAL, infer_view
+from ml.pixel_data import ImageReadError, check_lengths, check_pixel_data, fit_bits_stored
+
 log = logging.getLogger(__name__)
 
 Conversion = Literal["equalize", "voi"]
 CONVERSIONS = ("equalize", "voi")
+DEFER_SIZE = 256 * 1024  # bytes: larger values stay on disk until used (or never read)
 MAX_PIXELS = 100_000_000  # a 10k x 10k radiograph; anything larger is refused, not swapped
 
 ELIGIBLE_MODALITIES = ("CR", "DX")
@@ -90,10 +97,6 @@ PREFERRED_DECODER: dict[str, str] = {
 }
 
 
-class ImageReadError(ValueError):
-    """The file cannot be read or decoded as an image; the message says why in one line."""
-
-
 @dataclass(frozen=True)
 class Eligibility:
     eligible: bool
@@ -113,6 +116,9 @@ def check_eligibility(ds: Dataset) -> Eligibility:
     view = _text(ds, "ViewPosition")
     if not view:
         flags.append("view_position_missing")
+        refused = _inferred_view(ds, flags)
+        if refused is not None:
+            return refused
     elif view in LATERAL_VIEWS:
         return Eligibility(False, f"lateral view (ViewPosition {view}); only PA/AP are scored", ())
     elif view not in FRONTAL_VIEWS:
@@ -125,6 +131,22 @@ def check_eligibility(ds: Dataset) -> Eligibility:
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
         flags.append("multi_frame_first_frame_used")
     return Eligibility(True, None, tuple(flags))
+
+
+def _inferred_view(ds: Dataset, flags: list[str]) -> Eligibility | None:
+    """ViewPosition is missing: the projection other attributes state (ml.dicom_view). A
+    frontal one adds its source to `flags`; any other refuses the image (returned)."""
+    evidence = infer_view(ds)
+    if evidence is None:
+        return None
+    flags.append(evidence.flag)
+    if evidence.kind == FRONTAL:
+        return None
+    if evidence.kind == LATERAL:
+        reason = f"lateral view ({evidence.said}); only PA/AP are scored"
+    else:
+        reason = f"{evidence.said} is not a frontal view (PA/AP)"
+    return Eligibility(False, reason, tuple(flags))
 
 
 def _text(ds: Dataset, keyword: str) -> str:
@@ -157,7 +179,7 @@ def read_dataset(path: str | Path) -> Dataset:
     path = Path(path)
     try:
         headerless = sniff_kind(path) is None
-        ds = pydicom.dcmread(path, defer_size="256 KB", force=headerless)
+        ds = pydicom.dcmread(path, defer_size=DEFER_SIZE, force=headerless)
     except FileNotFoundError:
         raise ImageReadError(f"{path}: file not found") from None
     except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as exc:
@@ -166,6 +188,10 @@ def read_dataset(path: str | Path) -> Dataset:
         raise ImageReadError(f"{path}: not a DICOM, PNG or JPEG file")
     if headerless:
         _infer_transfer_syntax(ds)
+    try:
+        check_lengths(ds, path.stat().st_size)
+    except ImageReadError as exc:
+        raise ImageReadError(f"{path}: {exc}") from None
     return ds
 
 
@@ -189,9 +215,44 @@ def read_image_uint8(path: str | Path, conversion: Conversion = "equalize") -> n
         return read_bitmap_uint8(path)
     ds = read_dataset(path)
     try:
+        check_pixel_data(ds, path.stat().st_size, single_frame_grey=False)
         return pixels_to_uint8(ds, decode_pixels(ds, pixel_source(ds, path)), conversion)
     except ImageReadError as exc:
         raise ImageReadError(f"{path}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Radiograph:
+    """One received instance made ready for the model: `pixels` (2-D uint8) when it is scored,
+    else `reason` (a sentence for an administrator); `flags` either way."""
+
+    pixels: np.ndarray | None
+    reason: str | None
+    flags: tuple[str, ...] = ()
+
+
+def prepare_radiograph(ds: Dataset, path: Path, conversion: Conversion) -> Radiograph:
+    """The node's reading of one spooled file `path`, whose header `ds` was read with
+    `defer_size=DEFER_SIZE`: lengths checked against the file, eligibility, then one greyscale
+    frame decoded to its Bits Stored bits and converted to 8 bits. Never raises for a bad image:
+    every problem becomes the `reason` (a multi-frame or colour image is not scored here, where
+    `predict` would use its first frame or its luma)."""
+    size = path.stat().st_size
+    try:
+        check_lengths(ds, size)
+    except ImageReadError as exc:
+        return Radiograph(None, str(exc))
+    verdict = check_eligibility(ds)
+    if not verdict.eligible:
+        return Radiograph(None, verdict.reason, verdict.flags)
+    flags = tuple(f for f in verdict.flags if f != "multi_frame_first_frame_used")
+    try:
+        check_pixel_data(ds, size, single_frame_grey=True)
+        pixels, decoded = decode_frame(ds, pixel_source(ds, path))
+        image = pixels_to_uint8(ds, pixels, conversion)
+    except ImageReadError as exc:
+        return Radiograph(None, str(exc), flags)
+    return Radiograph(image, None, flags + decoded)
 
 
 def read_bitmap_uint8(path: Path) -> np.ndarray:
@@ -222,10 +283,19 @@ def _first_line(exc: BaseException) -> str:
 
 
 def decode_pixels(ds: Dataset, source: Dataset | Path | None = None) -> np.ndarray:
-    """The first frame as decoded by pydicom, with the fastest installed decoder plugin.
+    """The first frame as decoded by pydicom, with the fastest installed decoder plugin, reduced
+    to Bits Stored (`decode_frame`; its flags dropped). Raises ImageReadError."""
+    return decode_frame(ds, source)[0]
+
+
+def decode_frame(
+    ds: Dataset, source: Dataset | Path | None = None
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """(pixels, flags): the first frame, (rows, columns) or (rows, columns, samples), with only
+    its Bits Stored bits (ml.pixel_data.fit_bits_stored, whatever the transfer syntax).
 
     `source` may be the file path: then only the pixel data is read from it (the dataset may
-    have been read with deferred pixel data).
+    have been read with deferred pixel data). Raises ImageReadError with a one-line reason.
     """
     source = ds if source is None else source
     rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
@@ -234,16 +304,30 @@ def decode_pixels(ds: Dataset, source: Dataset | Path | None = None) -> np.ndarr
     syntax = _transfer_syntax(ds)
     index = 0 if int(ds.get("NumberOfFrames", 1) or 1) > 1 else None
     plugin = _preferred_plugin(syntax)
+    # unused bits are cleared by fit_bits_stored for every syntax alike (pydicom would clear
+    # them only for some, hiding data wider than Bits Stored)
+    options = {"index": index, "correct_unused_bits": False}
     try:
-        return pixel_array(source, index=index, decoding_plugin=plugin)
+        return fit_bits_stored(ds, pixel_array(source, decoding_plugin=plugin, **options))
+    except ImageReadError:
+        raise
     except Exception as first:  # noqa: BLE001  plugins raise anything; retry with pydicom's choice
         if not plugin:
-            raise ImageReadError(f"cannot decode pixel data ({_first_line(first)})") from None
+            raise _undecodable(syntax, first) from None
         log.warning("preferred decoder failed", extra={"plugin": plugin, "syntax": syntax})
     try:
-        return pixel_array(source, index=index)
+        pixels = pixel_array(source, **options)
     except Exception as exc:  # noqa: BLE001  any decoder failure means "cannot decode"
-        raise ImageReadError(f"cannot decode pixel data ({_first_line(exc)})") from None
+        raise _undecodable(syntax, exc) from None
+    return fit_bits_stored(ds, pixels)
+
+
+def _undecodable(syntax: UID, exc: BaseException) -> ImageReadError:
+    """The decoder's own last line (pydicom lists each plugin's error below a heading)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    detail = lines[-1][:160] if lines else type(exc).__name__
+    kind = "compressed pixel data" if syntax.is_encapsulated else "pixel data"
+    return ImageReadError(f"the {kind} cannot be decoded ({syntax.name}): {detail}")
 
 
 def pixel_source(ds: Dataset, path: Path) -> Dataset | Path:

@@ -29,6 +29,7 @@ from ml.dicom_image import (
     Conversion,
     ImageReadError,
     check_eligibility,
+    check_pixel_data,
     decode_pixels,
     pixel_source,
     pixels_to_uint8,
@@ -65,6 +66,7 @@ def prepare_file(path: str | Path, conversion: Conversion = "equalize") -> Prepa
         eligibility = check_eligibility(ds)
         if not eligibility.eligible:
             return PreparedImage(str(path), None, eligibility.reason, eligibility.flags)
+        check_pixel_data(ds, path.stat().st_size, single_frame_grey=False)
         image = pixels_to_uint8(ds, decode_pixels(ds, pixel_source(ds, path)), conversion)
         return PreparedImage(str(path), to_canvas(image), None, eligibility.flags)
     except (ImageReadError, ImageShapeError) as exc:

@@ -214,6 +214,7 @@ class ImageScore(Base):
     eligible: Mapped[bool] = mapped_column(Boolean)
     reason: Mapped[str | None] = mapped_column(Text)  # why an image was not scored
     scores_json: Mapped[str | None] = mapped_column(Text)  # {"label": probability, ...}
+    flags_json: Mapped[str | None] = mapped_column(Text)  # ["view_position_missing", ...]
 
 
 class OutboundState(StrEnum):

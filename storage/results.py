@@ -35,6 +35,7 @@ class ImageRecord:
     eligible: bool
     reason: str | None = None  # why it was not scored
     scores: Mapping[str, float] | None = None
+    flags: tuple[str, ...] = ()  # how eligibility was decided, e.g. view_position_missing
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,7 @@ def add_result(session: Session, new: NewResult, now: datetime) -> int:
             result_id=row.id, sop_instance_uid=img.sop_instance_uid, eligible=img.eligible,
             reason=img.reason,
             scores_json=None if img.scores is None else json.dumps(dict(img.scores)),
+            flags_json=json.dumps(list(img.flags)) if img.flags else None,
         )
         for img in new.images
     )
@@ -175,6 +177,7 @@ def _view(row: Result) -> ResultView:
             ImageRecord(
                 sop_instance_uid=s.sop_instance_uid, eligible=s.eligible, reason=s.reason,
                 scores=None if s.scores_json is None else json.loads(s.scores_json),
+                flags=tuple(json.loads(s.flags_json)) if s.flags_json else (),
             )
             for s in row.image_scores
         ),

@@ -226,3 +226,64 @@ def write_study(
         )
         paths.append(write(ds, directory / f"{kind.lower()}-{i + 1:04d}.dcm"))
     return paths
+
+
+# --- odd but real inputs (issue 10): views without ViewPosition, bits above High Bit --------
+
+
+def view_code(value: str, meaning: str, scheme: str = "SCT") -> Dataset:
+    """One View Code Sequence item (CID 4010), e.g. view_code("399173006", "left lateral")."""
+    return _code(value, scheme, meaning)
+
+
+def without_view_position(ds: Dataset, *, view_code_item: Dataset | None = None) -> Dataset:
+    """`ds` with ViewPosition and Patient Orientation removed (and a View Code Sequence item
+    set when given): the view is then stated nowhere else unless the test adds it."""
+    for keyword in ("ViewPosition", "PatientOrientation"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    if view_code_item is not None:
+        ds.ViewCodeSequence = [view_code_item]
+    return ds
+
+
+def overlay_bars(pixels: np.ndarray, bits: tuple[int, ...] = (12, 13)) -> np.ndarray:
+    """`pixels` with graphics burnt into the given bit planes above Bits Stored: a band of rows
+    and a short thick line per plane (what embedded overlays of old modalities look like)."""
+    rows, columns = pixels.shape
+    marked = pixels.copy()
+    for i, bit in enumerate(bits):
+        top = rows // 6 + i * rows // 3
+        marked[top : top + max(rows // 12, 2), :] |= np.uint16(1 << bit)
+        marked[top + rows // 6 : top + rows // 6 + 3, columns // 8 : columns // 2] |= np.uint16(
+            1 << bit)
+    return marked
+
+
+def declare_embedded_overlays(ds: Dataset, bits: tuple[int, ...] = (12, 13)) -> None:
+    """Overlay Plane modules whose data is in the pixel data's high bits (retired in DICOM,
+    still sent by old modalities): group 60xx with Overlay Bits Allocated 16 and a position."""
+    for i, bit in enumerate(bits):
+        group = 0x6000 + 2 * i
+        ds.add_new((group, 0x0010), "US", ds.Rows)
+        ds.add_new((group, 0x0011), "US", ds.Columns)
+        ds.add_new((group, 0x0040), "CS", "G")
+        ds.add_new((group, 0x0050), "SS", [1, 1])
+        ds.add_new((group, 0x0100), "US", 16)
+        ds.add_new((group, 0x0102), "US", bit)
+
+
+def encode_j2k_lossless(ds: Dataset, pixels: np.ndarray, precision: int) -> Dataset:
+    """Replace the pixel data of an uncompressed MONOCHROME `ds` with `pixels` encoded as JPEG
+    2000 lossless with the codestream `precision` (which may exceed the header's Bits Stored,
+    as a modality that compresses whole 16-bit words does); the header is left as it is."""
+    import openjpeg
+
+    codestream = openjpeg.encode(
+        np.ascontiguousarray(pixels), bits_stored=precision, photometric_interpretation=2,
+        use_mct=False,
+    )
+    ds.PixelData = encapsulate([codestream])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = uids.JPEG2000Lossless
+    return ds
