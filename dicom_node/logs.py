@@ -2,14 +2,18 @@
 
 Use `log_event(logger, "instance_stored", sop_instance_uid=..., calling_ae=...)`. Fields carry
 UIDs, AE titles and peer addresses; never patient names or IDs. As a safety net the formatter
-drops any field whose name says it is a patient identifier.
+drops any field whose name says it is a patient identifier, and free text it did not write
+(third-party log records, Python warnings, exception messages) has its values redacted:
+pydicom and highdicom quote the values they complain about, e.g. a patient's name.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
+import warnings
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -18,6 +22,17 @@ from dicom_node.settings import LoggingSettings
 _FIELDS_ATTR = "dicom_node_fields"
 _EVENT_ATTR = "dicom_node_event"
 _PHI_MARKERS = ("patient", "birth", "accession", "physician", "operator", "institution")
+_OWN_LOGGERS = ("dicom_node", "storage", "ml")
+REDACTED = "<redacted>"
+_QUOTED = re.compile(r"""b?(['"`])(.*?)\1""")
+_UNQUOTED_VALUE = re.compile(r"[^\s'\"`]*\^[^\s'\"`]*|\b\d[\d.:-]{5,}\d\b")
+_TAG = re.compile(r"^\(?[0-9A-Fa-f]{4}, ?[0-9A-Fa-f]{4}\)?$")
+_VRS = frozenset((
+    "AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "OB", "OD", "OF",
+    "OL", "OV", "OW", "PN", "SH", "SL", "SQ", "SS", "ST", "SV", "TM", "UC", "UI", "UL", "UN",
+    "UR", "US", "UT", "UV",
+))
+_WORD = re.compile(r"\b[A-Z][A-Za-z0-9]{3,}\b")
 
 
 def log_event(
@@ -50,11 +65,69 @@ def _structured(record: logging.LogRecord) -> dict[str, Any]:
         if not any(marker in key.lower() for marker in _PHI_MARKERS):
             payload[key] = value
     message = record.getMessage()
+    if record.name.split(".", 1)[0] not in _OWN_LOGGERS:
+        message = redact(message)
     if message != payload["event"]:
         payload["message"] = message
     if record.exc_info:
-        payload["error"] = logging.Formatter().formatException(record.exc_info)
+        payload["error"] = _redact_traceback(logging.Formatter().formatException(record.exc_info))
     return payload
+
+
+def redact(text: str) -> str:
+    """`text` with the values in it replaced by <redacted>: every quoted substring that is not
+    clearly a DICOM keyword, VR or tag, and unquoted person names (with `^`) and runs of six or
+    more digits (dates, IDs). For free text the node did not write; names of attributes stay."""
+
+    def quoted(match: re.Match[str]) -> str:
+        inner = match.group(2)
+        if inner in _VRS or _TAG.match(inner) or _is_keyword(inner):
+            return match.group(0)
+        return f"{match.group(1)}{REDACTED}{match.group(1)}"
+
+    return _UNQUOTED_VALUE.sub(REDACTED, _QUOTED.sub(quoted, text))
+
+
+def _is_keyword(word: str) -> bool:
+    from pydicom.datadict import tag_for_keyword
+
+    return bool(word) and tag_for_keyword(word) is not None
+
+
+def _redact_traceback(text: str) -> str:
+    """Exception messages (the unindented lines) redacted; file names and code lines kept."""
+    return "\n".join(
+        line if line.startswith((" ", "Traceback")) else redact(line) for line in text.split("\n")
+    )
+
+
+def warning_fields(message: str, category: type[Warning], filename: str) -> dict[str, Any]:
+    """A Python warning as log fields: category, module, the attributes it names and its
+    redacted text."""
+    fields: dict[str, Any] = {"category": category.__name__, "module": _module_name(filename)}
+    attributes = sorted({w for w in _WORD.findall(message) if _is_keyword(w)})
+    if attributes:
+        fields["attributes"] = attributes
+    fields["text"] = redact(message)
+    return fields
+
+
+def _module_name(filename: str) -> str:
+    path = filename.replace("\\", "/")
+    for marker in ("/site-packages/", "/dist-packages/"):
+        if marker in path:
+            path = path.rsplit(marker, 1)[1]
+            break
+    else:
+        path = path.rsplit("/", 1)[-1]
+    return path.removesuffix(".py").replace("/", ".").removesuffix(".__init__")
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """`warnings.showwarning` replacement: one structured, redacted line instead of raw stderr."""
+    log_event(logging.getLogger("py.warnings"), "python_warning", level=logging.WARNING,
+              **warning_fields(str(message), category, filename))
 
 
 class JsonFormatter(logging.Formatter):
@@ -89,3 +162,5 @@ def configure_logging(settings: LoggingSettings, stream: TextIO | None = None) -
     logging.getLogger("pynetdicom").setLevel(logging.INFO if level == "DEBUG" else logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # Third-party warnings (pydicom, highdicom) quote header values; log them redacted as JSON.
+    warnings.showwarning = _show_warning

@@ -74,6 +74,7 @@ class WorkerSettings:
     enabled: bool = True  # run the inference worker inside `dicom-node serve`
     poll_interval_seconds: float = 5  # fallback when no "study queued" event wakes it
     study_aggregation: str = "mean"  # mean | max: per-image probabilities -> study level
+    report_skipped: bool = True  # a SKIPPED study gets a "not analysed: why" SR + summary image
 
 
 @dataclass(frozen=True)

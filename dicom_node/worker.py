@@ -8,9 +8,11 @@ are kept with the result. The active threshold profile is read once per study, s
 new one changes the next study's decisions without a restart.
 
 Failures never block the queue: a study whose processing raised goes back to QUEUED (with
-attempts + 1) or ends FAILED after `max_attempts`, or at once when retrying cannot help (its
-spool file is gone or is not DICOM). A study without any eligible image ends SKIPPED with the
-reasons.
+attempts + 1) or ends FAILED after `max_attempts`, or at once when retrying cannot help
+(`dicom_node.failures.is_permanent`: a build error, a spool file that is gone or is not DICOM).
+A study without any eligible image ends SKIPPED with the reasons and, with `[worker]
+report_skipped`, a "not analysed" SR and summary image for the same destinations; a later
+findings SR for the study names it as its predecessor.
 """
 
 from __future__ import annotations
@@ -29,12 +31,21 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom import Dataset
-from pydicom.errors import InvalidDicomError
+from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage
 
 from dicom_node.assembler import Assembler
+from dicom_node.failures import describe, is_permanent
 from dicom_node.logs import log_event
 from dicom_node.reporting.content import AlgorithmInfo, FindingOutcome
-from dicom_node.reporting.outbox import SR, SUMMARY, WrittenObject, write_sr, write_summary
+from dicom_node.reporting.evidence import tolerant_headers
+from dicom_node.reporting.outbox import (
+    SR,
+    SUMMARY,
+    WrittenObject,
+    write_not_analysed,
+    write_sr,
+    write_summary,
+)
 from dicom_node.reporting.sr import PreviousReport
 from dicom_node.reporting.uids import (
     SUMMARY_SERIES_NUMBER,
@@ -51,7 +62,6 @@ from storage.spool import Spool
 from storage.states import LeaseLost, StudyState
 
 LOG = logging.getLogger(__name__)
-PERMANENT_ERRORS = (FileNotFoundError, InvalidDicomError)
 MODEL_RETRY_SECONDS = 30
 
 
@@ -218,20 +228,22 @@ class Worker:
             return self._fail(claimed, exc)
 
     def _fail(self, claimed: worklist.ClaimedStudy, exc: Exception) -> WorkOutcome:
-        error = f"{type(exc).__name__}: {exc}"
+        """Record the failed attempt: FAILED at once when retrying cannot help, else QUEUED
+        again (or FAILED after max_attempts); the reason is the error, values redacted."""
+        error, permanent = describe(exc), is_permanent(exc)
         try:
             with self.database.sessions.begin() as session:
                 state = worklist.fail(
                     session, claimed.study_id, self.worker_id, error, self.clock(),
-                    self.settings.worklist.max_attempts,
-                    permanent=isinstance(exc, PERMANENT_ERRORS),
+                    self.settings.worklist.max_attempts, permanent=permanent,
                 )
         except LeaseLost:  # the lease expired meanwhile; whoever holds the study now decides
             log_event(LOG, "lease_lost", level=logging.WARNING, error=error,
                       study_instance_uid=claimed.study_instance_uid)
             return WorkOutcome(claimed.study_instance_uid, None, reason=error)
         log_event(LOG, "study_failed", level=logging.ERROR, exc_info=exc,
-                  study_instance_uid=claimed.study_instance_uid, state=state.value, error=error)
+                  study_instance_uid=claimed.study_instance_uid, state=state.value, error=error,
+                  permanent=permanent)
         return WorkOutcome(claimed.study_instance_uid, state, reason=error)
 
     def _process(self, claimed: worklist.ClaimedStudy, model: LoadedModel) -> WorkOutcome:
@@ -239,7 +251,7 @@ class Worker:
         images = self._read_images(claimed)
         eligible = [image for image in images if image.reason is None]
         if not eligible:
-            return self._skip(claimed, _skip_reason(images))
+            return self._skip(claimed, model, images)
         read = time.perf_counter()
         scores = self._score(claimed, model, eligible)
         seconds = {"read": read - started, "score": time.perf_counter() - read}
@@ -275,12 +287,71 @@ class Worker:
                                      self.settings.worklist.lease_seconds, self.clock())
         return np.concatenate(chunks, axis=0)
 
-    def _skip(self, claimed: worklist.ClaimedStudy, reason: str) -> WorkOutcome:
+    def _skip(
+        self, claimed: worklist.ClaimedStudy, model: LoadedModel, images: Sequence[_Image]
+    ) -> WorkOutcome:
+        """No eligible image: SKIPPED with the reasons, and with `report_skipped` a "not
+        analysed" SR and summary image queued for the destinations (one commit)."""
+        reason = _skip_reason(images)
+        evidence = [image.dataset for image in images if image.dataset is not None]
+        if not self.settings.worker.report_skipped or not evidence:
+            with self.database.sessions.begin() as session:
+                state = worklist.skip(session, claimed.study_id, self.worker_id, reason,
+                                      self.clock())
+            log_event(LOG, "study_skipped", study_instance_uid=claimed.study_instance_uid,
+                      state=state.value, reason=reason)
+            return WorkOutcome(claimed.study_instance_uid, state, reason=reason)
+        algorithm = self._algorithm(model, "")
         with self.database.sessions.begin() as session:
-            state = worklist.skip(session, claimed.study_id, self.worker_id, reason, self.clock())
+            previous = results.latest_result(session, claimed.study_id)
+        if previous is not None and _same_not_analysed(previous, images, algorithm, reason):
+            stored = _stored_objects(self.outbox, previous)
+            return self._finish_skipped(claimed, previous.id, stored, reason, previous.version,
+                                        self.clock())
+        key = ResultKey.of(
+            study_instance_uid=claimed.study_instance_uid, model_name=algorithm.name,
+            checkpoint_sha256s=algorithm.checkpoint_sha256s,
+            catalogue_version=algorithm.catalogue_version, profile="",
+            source_sop_instance_uids=[image.sop_instance_uid for image in images],
+            supersedes=previous.sr_sop_instance_uid if previous else "", not_analysed=reason,
+        )
+        version = 1 if previous is None else previous.version + 1
+        uids = report_uids(key, version=version, labels=[])
+        now = self.clock()
+        written = write_not_analysed(
+            self.outbox, evidence=tolerant_headers(evidence), reasons=[reason],
+            algorithm=algorithm, uids=uids, node_uid=self.node_uid,
+            previous=_previous_reports(previous), when=now,
+        )
+        new = self._new_result(claimed, key, version, previous, algorithm, None, uids, [],
+                               _image_records(images, [], np.empty((0, 0)), []))
+        return self._finish_skipped(claimed, new, written, reason, version, now)
+
+    def _finish_skipped(
+        self,
+        claimed: worklist.ClaimedStudy,
+        result: int | results.NewResult,
+        objects: Sequence[WrittenObject],
+        reason: str,
+        version: int,
+        now: datetime,
+    ) -> WorkOutcome:
+        """In one commit: record `result` (or take the id of a stored one whose inputs did not
+        change), queue its not-analysed objects and finish the study SKIPPED."""
+        with self.database.sessions.begin() as session:
+            if isinstance(result, int):
+                result_id = result
+            else:
+                result_id = results.add_result(session, result, now)
+            queued = outbound.enqueue(session, result_id, self._deliveries(objects), now)
+            state = worklist.skip(session, claimed.study_id, self.worker_id, reason, now)
+        if queued:
+            self.on_result()
+        sr = next(obj.sop_instance_uid for obj in objects if obj.kind == SR)
         log_event(LOG, "study_skipped", study_instance_uid=claimed.study_instance_uid,
-                  state=state.value, reason=reason)
-        return WorkOutcome(claimed.study_instance_uid, state, reason=reason)
+                  state=state.value, reason=reason, version=version, sr_sop_instance_uid=sr,
+                  deliveries=queued)
+        return WorkOutcome(claimed.study_instance_uid, state, result_id, version, reason)
 
     def _report(
         self,
@@ -309,8 +380,10 @@ class Worker:
         ]
         algorithm = self._algorithm(model, profile.label)
         key = self._key(claimed, algorithm, eligible, previous)
-        evidence = [image.dataset for image in eligible if image.dataset]
-        if previous is not None and key.same_inputs(self._previous_key(previous)):
+        # One tolerant copy (and one log line per image with values it emptied) for both objects.
+        evidence = tolerant_headers([image.dataset for image in eligible if image.dataset])
+        if (previous is not None and previous.analysed
+                and key.same_inputs(self._previous_key(previous))):
             return self._redeliver(claimed, previous, evidence, algorithm, catalogue)
         version = 1 if previous is None else previous.version + 1
         uids = report_uids(key, version=version, labels=labels)
@@ -396,17 +469,7 @@ class Worker:
         finish with that result; destinations added since then get it queued, and a summary
         image that a crash kept from being written is rendered now from the stored findings."""
         self._restore_summary(previous, evidence, algorithm, catalogue)
-        objects = [
-            WrittenObject(SR, previous.study_instance_uid, previous.sr_series_instance_uid,
-                          previous.sr_sop_instance_uid, "1.2.840.10008.5.1.4.1.1.88.33",
-                          self.outbox.relative_path(previous.study_instance_uid,
-                                                    previous.sr_sop_instance_uid)),
-            WrittenObject(SUMMARY, previous.study_instance_uid,
-                          previous.summary_series_instance_uid, previous.summary_sop_instance_uid,
-                          "1.2.840.10008.5.1.4.1.1.7",
-                          self.outbox.relative_path(previous.study_instance_uid,
-                                                    previous.summary_sop_instance_uid)),
-        ]
+        objects = _stored_objects(self.outbox, previous)
         state, queued = self._finish(claimed, previous.id, objects)
         log_event(LOG, "study_unchanged", study_instance_uid=claimed.study_instance_uid,
                   state=state.value, version=previous.version, deliveries=queued)
@@ -493,6 +556,36 @@ def _wants(destination: DestinationSettings, kind: str) -> bool:
     return destination.send_sr if kind == SR else destination.send_summary
 
 
+def _stored_objects(outbox: Spool, previous: results.ResultView) -> list[WrittenObject]:
+    """The SR and summary image of a stored result, as written to the outbox."""
+    return [
+        WrittenObject(SR, previous.study_instance_uid, previous.sr_series_instance_uid,
+                      previous.sr_sop_instance_uid, ComprehensiveSRStorage,
+                      outbox.relative_path(previous.study_instance_uid,
+                                           previous.sr_sop_instance_uid)),
+        WrittenObject(SUMMARY, previous.study_instance_uid,
+                      previous.summary_series_instance_uid, previous.summary_sop_instance_uid,
+                      SecondaryCaptureImageStorage,
+                      outbox.relative_path(previous.study_instance_uid,
+                                           previous.summary_sop_instance_uid)),
+    ]
+
+
+def _same_not_analysed(
+    previous: results.ResultView, images: Sequence[_Image], algorithm: AlgorithmInfo, reason: str
+) -> bool:
+    """`previous` is a not-analysed result for these very instances, model and reason: making
+    another would only repeat it."""
+    return (
+        not previous.analysed
+        and previous.model_name == algorithm.name
+        and previous.checkpoint_sha256s == algorithm.checkpoint_sha256s
+        and sorted(i.sop_instance_uid for i in previous.images)
+        == sorted(image.sop_instance_uid for image in images)
+        and _reason_text([i.reason for i in previous.images]) == reason
+    )
+
+
 def _previous_reports(previous: results.ResultView | None) -> list[PreviousReport]:
     if previous is None:
         return []
@@ -506,11 +599,16 @@ def _previous_reports(previous: results.ResultView | None) -> list[PreviousRepor
 
 
 def _skip_reason(images: Sequence[_Image]) -> str:
-    if not images:
+    return _reason_text([image.reason for image in images])
+
+
+def _reason_text(reasons: Sequence[str | None]) -> str:
+    """Why a study was skipped, from the reason each of its images was not scored."""
+    if not reasons:
         return "no instances"
-    counts = Counter(image.reason for image in images)
+    counts = Counter(reasons)
     parts = [f"{reason} (x{n})" if n > 1 else str(reason) for reason, n in counts.items()]
-    return f"no eligible image among {len(images)}: " + "; ".join(parts)
+    return f"no eligible image among {len(reasons)}: " + "; ".join(parts)
 
 
 def _image_records(

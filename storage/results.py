@@ -3,7 +3,8 @@ later (model identity, the thresholds used, study-level findings, per-image scor
 
 A study's results are numbered 1, 2, ...; each new one supersedes the previous (a late instance
 reopened the study, or it was processed again). A result is identified by `result_key`, a hash
-of its inputs, so the same inputs never make a second result.
+of its inputs, so the same inputs never make a second result. A result without findings is the
+"not analysed" report of a skipped study; its images carry the reasons.
 
 Like the work list, functions take the caller's Session and never commit.
 """
@@ -81,6 +82,11 @@ class ResultView:
     summary_sop_instance_uid: str
     findings: tuple[FindingRecord, ...]
     images: tuple[ImageRecord, ...]
+
+    @property
+    def analysed(self) -> bool:
+        """False for a "not analysed" result (a skipped study's report): it has no findings."""
+        return bool(self.findings)
 
 
 def add_result(session: Session, new: NewResult, now: datetime) -> int:

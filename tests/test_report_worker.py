@@ -168,6 +168,11 @@ def test_sr_in_the_outbox_holds_the_stored_result(node):
 
 
 def test_study_without_frontal_image_is_skipped_with_reason(node):
+    from dataclasses import replace  # the "not analysed" report: tests/test_report_skipped.py
+
+    node.worker.settings = replace(
+        node.settings, worker=replace(node.settings.worker, report_skipped=False)
+    )
     study = StudyUids()
     node.receive(make_radiograph(view="LL", study=study))
     outcome = node.process()

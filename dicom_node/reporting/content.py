@@ -77,6 +77,11 @@ def check_findings(findings: Sequence[FindingOutcome]) -> None:
                 raise ValueError(f"findings[{f.label}].{name}: must be within 0..1, got {value}")
 
 
+def not_analysed_text(reasons: Sequence[str]) -> str:
+    """The statement a skipped study's SR and summary image carry: "Not analysed: <reasons>"."""
+    return "Not analysed: " + "; ".join(reasons)
+
+
 def check_algorithm(algorithm: AlgorithmInfo) -> None:
     if not algorithm.name:
         raise ValueError("algorithm.name: must not be empty")

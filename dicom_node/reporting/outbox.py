@@ -11,8 +11,12 @@ from dataclasses import dataclass
 from pydicom import Dataset
 
 from dicom_node.reporting.content import AlgorithmInfo, FindingOutcome
-from dicom_node.reporting.sr import PreviousReport, build_findings_sr
-from dicom_node.reporting.summary import build_summary_sc
+from dicom_node.reporting.sr import (
+    PreviousReport,
+    build_findings_sr,
+    build_not_analysed_sr,
+)
+from dicom_node.reporting.summary import build_not_analysed_sc, build_summary_sc
 from dicom_node.reporting.uids import InstanceUids, ReportUids
 from storage.spool import Spool
 
@@ -84,6 +88,27 @@ def write_summary(
         content_datetime=when,
     )
     return _write(outbox, SUMMARY, summary)
+
+
+def write_not_analysed(
+    outbox: Spool,
+    *,
+    evidence: Sequence[Dataset],
+    reasons: Sequence[str],
+    algorithm: AlgorithmInfo,
+    uids: ReportUids,
+    node_uid: str,
+    previous: Sequence[PreviousReport],
+    when: datetime.datetime,
+) -> list[WrittenObject]:
+    """Build and write the "not analysed" SR and summary image of a skipped study (durable on
+    return); the same inputs write the same bytes."""
+    sr = build_not_analysed_sr(evidence=evidence, reasons=reasons, algorithm=algorithm,
+                               uids=uids.sr, node_uid=node_uid, previous=previous,
+                               content_datetime=when)
+    summary = build_not_analysed_sc(evidence=evidence, reasons=reasons, algorithm=algorithm,
+                                    uids=uids.summary, content_datetime=when)
+    return [_write(outbox, SR, sr), _write(outbox, SUMMARY, summary)]
 
 
 def _write(outbox: Spool, kind: str, ds: Dataset) -> WrittenObject:

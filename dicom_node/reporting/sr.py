@@ -8,7 +8,6 @@ the finding, and every source image. Patient and study come only from the eviden
 
 from __future__ import annotations
 
-import copy
 import datetime
 import logging
 from collections.abc import Sequence
@@ -30,23 +29,21 @@ from dicom_node.reporting.content import (
     FindingOutcome,
     check_algorithm,
     check_findings,
+    not_analysed_text,
 )
+from dicom_node.reporting.evidence import tolerant_headers
 from dicom_node.reporting.uids import InstanceUids
 
 LOG = logging.getLogger(__name__)
 
 DECISION_THRESHOLD = Code("DECTHR", PRIVATE_SCHEME, "Decision threshold")
 COMMENT = Code("121106", "DCM", "Comment")
+NOT_ANALYSED = Code("NOTANL", PRIVATE_SCHEME, "Not analysed")
+ENGLISH = hd.sr.CodedConcept("en-US", "RFC5646", "English (United States)")  # as TID 1500's
 XR_CHEST_SINGLE_VIEW = Code("36554-4", "LN", "XR Chest Single view")
 XR_CHEST_TWO_VIEWS = Code("36643-5", "LN", "XR Chest 2 Views")
-CHARACTER_SET = "ISO_IR 192"
-PIXEL_DATA = 0x7FE00010  # UTF-8: the caveat text is not Latin-1
+CHARACTER_SET = "ISO_IR 192"  # UTF-8: the caveat text is not Latin-1
 
-# evidence[0] must carry these (possibly empty) for highdicom to copy patient and study.
-_PATIENT_STUDY_KEYWORDS = (
-    "PatientID", "PatientName", "PatientBirthDate", "PatientSex",
-    "AccessionNumber", "StudyID", "StudyDate", "StudyTime",
-)
 
 
 @dataclass(frozen=True)
@@ -98,10 +95,64 @@ def build_findings_sr(
         title=codes.DCM.ImagingMeasurementReport,
         referenced_images=_library_images(headers) or None,
     )
-    when = content_datetime or datetime.datetime.now(datetime.UTC)
     root = report[0]
     if not algorithm.clinical_use:
         _insert_caveat(root, algorithm.caveat)
+    return _document(headers, root, algorithm, uids, previous, content_datetime)
+
+
+def build_not_analysed_sr(
+    *,
+    evidence: Sequence[Dataset],
+    reasons: Sequence[str],
+    algorithm: AlgorithmInfo,
+    uids: InstanceUids,
+    node_uid: str,
+    previous: Sequence[PreviousReport] = (),
+    content_datetime: datetime.datetime | None = None,
+) -> Dataset:
+    """The SR of a study the node did not analyse: a Comprehensive SR in the findings' series
+    whose root container (titled like the findings report, but claiming no template) holds
+    the device observer, the procedure, the caveat and one TEXT item "Not analysed: <reasons>".
+    `evidence`: headers of the study's images; `reasons`: sentences saying why. Raises
+    ValueError without evidence or reasons."""
+    headers = _check_evidence(evidence)
+    if not reasons:
+        raise ValueError("reasons: at least one reason is needed")
+    check_algorithm(algorithm)
+    root = hd.sr.ContainerContentItem(name=codes.DCM.ImagingMeasurementReport)
+    items: list[hd.sr.ContentItem] = [
+        *hd.sr.LanguageOfContentItemAndDescendants(language=ENGLISH),
+        *_observation_context(node_uid, algorithm),
+        *(
+            hd.sr.CodeContentItem(name=codes.DCM.ProcedureReported, value=code,
+                                  relationship_type=hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD)
+            for code in _procedures(headers)
+        ),
+    ]
+    if not algorithm.clinical_use:
+        items.append(_text(COMMENT, algorithm.caveat))
+    items.append(_text(NOT_ANALYSED, not_analysed_text(reasons)))
+    root.ContentSequence = items
+    return _document(headers, root, algorithm, uids, previous, content_datetime)
+
+
+def _text(name: Code, value: str) -> hd.sr.TextContentItem:
+    return hd.sr.TextContentItem(
+        name=name, value=value, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+
+
+def _document(
+    headers: Sequence[Dataset],
+    root: Dataset,
+    algorithm: AlgorithmInfo,
+    uids: InstanceUids,
+    previous: Sequence[PreviousReport],
+    content_datetime: datetime.datetime | None,
+) -> Dataset:
+    """Wrap `root` in the Comprehensive SR document both kinds of result use."""
+    when = content_datetime or datetime.datetime.now(datetime.UTC)
     sr = hd.sr.ComprehensiveSR(
         evidence=headers,
         content=_without_children(root),
@@ -163,22 +214,7 @@ def _check_evidence(evidence: Sequence[Dataset]) -> list[Dataset]:
     studies = {ds.get("StudyInstanceUID") for ds in evidence}
     if len(studies) != 1 or None in studies:
         raise ValueError(f"evidence: all images must share one StudyInstanceUID, got {studies}")
-    headers = [_header(ds) for ds in evidence]
-    for keyword in _PATIENT_STUDY_KEYWORDS:
-        if keyword not in headers[0]:
-            setattr(headers[0], keyword, "")
-    return headers
-
-
-def _header(ds: Dataset) -> Dataset:
-    """A copy of everything but the pixel data (which can be large and is not needed)."""
-    header = Dataset()
-    for element in ds:
-        if element.tag != PIXEL_DATA:
-            header.add(copy.deepcopy(element))
-    if hasattr(ds, "file_meta"):
-        header.file_meta = copy.deepcopy(ds.file_meta)
-    return header
+    return tolerant_headers(evidence)
 
 
 def _series_description(algorithm: AlgorithmInfo) -> str:
@@ -210,19 +246,27 @@ def _procedures(headers: Sequence[Dataset]) -> list[Code]:
 
 def _library_images(headers: Sequence[Dataset]) -> list[Dataset]:
     """Images for the Image Library. Its projection-radiography descriptors need a two-valued
-    PatientOrientation and ImagerPixelSpacing; an image without them is still referenced by
-    every measurement group, it is only left out of the library (never given made-up values)."""
+    PatientOrientation and ImagerPixelSpacing; an image without them (or whose values the
+    tolerant copy emptied) is still referenced by every measurement group, it is only left out
+    of the library (never given made-up values)."""
     usable = []
     for ds in headers:
-        orientation = ds.get("PatientOrientation") or []
         modality = ds.get("Modality", "")
         projection = modality in ("CR", "DX", "IO", "MG", "PX", "RF", "RG", "XA")
-        if projection and (len(orientation) != 2 or "ImagerPixelSpacing" not in ds):
+        if projection and (_count(ds, "PatientOrientation") != 2
+                           or _count(ds, "ImagerPixelSpacing") != 2):
             log_event(LOG, "image_library_skipped", sop_instance_uid=ds.SOPInstanceUID,
-                      reason="no two-valued PatientOrientation or no ImagerPixelSpacing")
+                      reason="no two-valued PatientOrientation or ImagerPixelSpacing")
             continue
         usable.append(ds)
     return usable
+
+
+def _count(ds: Dataset, keyword: str) -> int:
+    """How many values `keyword` has in `ds` (0 when absent or empty)."""
+    if keyword not in ds or ds[keyword].is_empty:
+        return 0
+    return ds[keyword].VM
 
 
 def _algorithm_id(finding: FindingOutcome, algorithm: AlgorithmInfo) -> hd.sr.AlgorithmIdentification:
@@ -273,11 +317,7 @@ def _measurement_group(
 def _insert_caveat(root: Dataset, caveat: str) -> None:
     """The not-for-clinical-use statement as a root-level TEXT comment (TID 1500 is extensible),
     placed before the Image Library and measurements so a plain SR rendering shows it first."""
-    item = hd.sr.TextContentItem(
-        name=COMMENT,
-        value=caveat,
-        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-    )
+    item = _text(COMMENT, caveat)
     content = root.ContentSequence
     position = next(
         (i for i, it in enumerate(content) if it.RelationshipType == "CONTAINS"), len(content)

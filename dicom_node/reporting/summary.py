@@ -23,7 +23,9 @@ from dicom_node.reporting.content import (
     FindingOutcome,
     check_algorithm,
     check_findings,
+    not_analysed_text,
 )
+from dicom_node.reporting.evidence import tolerant_headers
 from dicom_node.reporting.uids import InstanceUids
 
 WIDTH = 1600
@@ -37,8 +39,6 @@ _PATIENT_STUDY_KEYWORDS = (
     "StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
     "AccessionNumber", "StudyDescription",
 )
-_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
-          "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber")
 
 
 @dataclass(frozen=True)
@@ -134,14 +134,73 @@ def build_summary_sc(
     content_datetime: datetime.datetime | None = None,
 ) -> Dataset:
     """A Secondary Capture Image Storage instance showing the findings table."""
+    pixels = render_summary(findings, algorithm)
+    return _secondary_capture(evidence, pixels, algorithm, uids, content_datetime,
+                              "Table of AI findings rendered from the findings SR")
+
+
+def build_not_analysed_sc(
+    *,
+    evidence: Sequence[Dataset],
+    reasons: Sequence[str],
+    algorithm: AlgorithmInfo,
+    uids: InstanceUids,
+    content_datetime: datetime.datetime | None = None,
+) -> Dataset:
+    """A Secondary Capture saying the study was not analysed and why (`reasons`: sentences)."""
+    pixels = render_not_analysed(reasons, algorithm)
+    ds = _secondary_capture(evidence, pixels, algorithm, uids, content_datetime,
+                            "Statement that the study was not analysed, from the AI result SR")
+    # The statement as text too, for viewers and scripts that read the header.
+    statement = not_analysed_text(reasons)
+    caveat = ds.get("ImageComments")
+    ds.ImageComments = f"{caveat}. {statement}" if caveat else statement
+    return ds
+
+
+def render_not_analysed(reasons: Sequence[str], algorithm: AlgorithmInfo) -> np.ndarray:
+    """'Not analysed' and the reasons as a 2-D uint8 array (white on black). Raises ValueError
+    without a reason."""
+    if not reasons:
+        raise ValueError("reasons: at least one reason is needed")
+    check_algorithm(algorithm)
+    fonts = _fonts()
+    caveat_lines = [] if algorithm.clinical_use else _wrap(algorithm.caveat, fonts.caveat)
+    lines = [line for reason in reasons for line in _wrap(reason, fonts.body)]
+    note = f"Model {algorithm.name} ({algorithm.version})"
+    height = MARGIN * 2 + 130 + 70 * len(caveat_lines) + 110 + 50 * len(lines) + 75
+    image = Image.new("L", (WIDTH, height), 0)
+    draw = ImageDraw.Draw(image)
+    y = MARGIN
+    draw.text((MARGIN, y), "AI FINDINGS: NOT ANALYSED", font=fonts.title, fill=255)
+    y += 90
+    for line in caveat_lines:
+        draw.rectangle((MARGIN - 10, y - 6, WIDTH - MARGIN + 10, y + 64), fill=255)
+        draw.text((MARGIN, y), line, font=fonts.caveat, fill=0)
+        y += 70
+    y += 40
+    draw.text((MARGIN, y), "The AI model did not analyse this study. Why:", font=fonts.bold,
+              fill=255)
+    y += 70
+    for line in lines:
+        draw.text((MARGIN, y), line, font=fonts.body, fill=230)
+        y += 50
+    draw.text((MARGIN, y + 30), note, font=fonts.small, fill=200)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def _secondary_capture(evidence: Sequence[Dataset], pixels: np.ndarray, algorithm: AlgorithmInfo,
+                       uids: InstanceUids, content_datetime: datetime.datetime | None,
+                       derivation: str) -> Dataset:
     if not evidence:
         raise ValueError("evidence: at least one source image is needed")
-    pixels = render_summary(findings, algorithm)
+    headers = tolerant_headers(evidence)
     when = content_datetime or datetime.datetime.now(datetime.UTC)
     ds = Dataset()
-    _copy_patient_and_study(ds, evidence[0])
+    _copy_patient_and_study(ds, headers[0])
     _add_series_and_equipment(ds, uids, algorithm, when)
-    _add_image(ds, pixels, evidence, algorithm)
+    _add_image(ds, pixels, headers, algorithm)
+    ds.DerivationDescription = derivation
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     ds.file_meta.MediaStorageSOPInstanceUID = uids.sop_instance_uid
@@ -150,12 +209,11 @@ def build_summary_sc(
 
 
 def _copy_patient_and_study(ds: Dataset, source: Dataset) -> None:
+    """From a tolerant header (every Type 2 keyword present, values valid or empty)."""
     ds.SpecificCharacterSet = CHARACTER_SET
     for keyword in _PATIENT_STUDY_KEYWORDS:
         if keyword in source:
             setattr(ds, keyword, source.data_element(keyword).value)
-        elif keyword in _TYPE2:
-            setattr(ds, keyword, "")
 
 
 def _add_series_and_equipment(ds: Dataset, uids: InstanceUids, algorithm: AlgorithmInfo,
@@ -189,7 +247,6 @@ def _add_image(ds: Dataset, pixels: np.ndarray, evidence: Sequence[Dataset],
     ds.LossyImageCompression = "00"
     if not algorithm.clinical_use:
         ds.ImageComments = algorithm.caveat
-    ds.DerivationDescription = "Table of AI findings rendered from the findings SR"
     ds.SourceImageSequence = [_reference(src) for src in evidence]
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"

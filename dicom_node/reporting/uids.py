@@ -42,6 +42,9 @@ class ResultKey:
     `supersedes` is the SOP Instance UID of the SR this result replaces ("" for a study's first):
     going back to an earlier threshold profile then still makes a new SR that names the one it
     replaces, instead of colliding with the first SR made with that profile.
+
+    `not_analysed` is the reason for a study the node did not analyse ("" for findings); its
+    source instances are all the study's instances.
     """
 
     study_instance_uid: str
@@ -52,6 +55,7 @@ class ResultKey:
     profile: str
     source_sop_instance_uids: tuple[str, ...]
     supersedes: str = ""
+    not_analysed: str = ""
 
     @classmethod
     def of(
@@ -65,6 +69,7 @@ class ResultKey:
         catalogue_version: str = "",
         aggregation: str = "",
         supersedes: str = "",
+        not_analysed: str = "",
     ) -> ResultKey:
         if not source_sop_instance_uids:
             raise ValueError("source_sop_instance_uids: a result needs at least one input image")
@@ -77,6 +82,7 @@ class ResultKey:
             profile=profile,
             source_sop_instance_uids=tuple(sorted(set(source_sop_instance_uids))),
             supersedes=supersedes,
+            not_analysed=not_analysed,
         )
 
     def same_inputs(self, other: ResultKey) -> bool:
@@ -85,19 +91,19 @@ class ResultKey:
 
     def digest(self) -> str:
         """SHA-256 of the canonical JSON form of the key (stored with the result)."""
-        canonical = json.dumps(
-            [
-                self.study_instance_uid,
-                self.model_name,
-                list(self.checkpoint_sha256s),
-                self.catalogue_version,
-                self.aggregation,
-                self.profile,
-                list(self.source_sop_instance_uids),
-                self.supersedes,
-            ],
-            separators=(",", ":"),
-        )
+        parts = [
+            self.study_instance_uid,
+            self.model_name,
+            list(self.checkpoint_sha256s),
+            self.catalogue_version,
+            self.aggregation,
+            self.profile,
+            list(self.source_sop_instance_uids),
+            self.supersedes,
+        ]
+        if self.not_analysed:  # only here: findings keys (and their UIDs) stay as they were
+            parts.append(["not-analysed", self.not_analysed])
+        canonical = json.dumps(parts, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
