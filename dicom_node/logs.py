@@ -160,7 +160,9 @@ def configure_logging(settings: LoggingSettings, stream: TextIO | None = None) -
     # pynetdicom's own INFO lines duplicate ours and are unstructured, and its DEBUG dumps can
     # show data set contents: warnings only, INFO when the node itself runs at DEBUG.
     logging.getLogger("pynetdicom").setLevel(logging.INFO if level == "DEBUG" else logging.WARNING)
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    # Libraries whose INFO lines narrate each call (highdicom: a dozen per SR built) say
+    # nothing an admin acts on: their warnings and errors still come through.
+    for library in ("apscheduler", "alembic", "highdicom"):
+        logging.getLogger(library).setLevel(logging.WARNING)
     # Third-party warnings (pydicom, highdicom) quote header values; log them redacted as JSON.
     warnings.showwarning = _show_warning

@@ -215,7 +215,7 @@ def read_image_uint8(path: str | Path, conversion: Conversion = "equalize") -> n
         return read_bitmap_uint8(path)
     ds = read_dataset(path)
     try:
-        check_pixel_data(ds, path.stat().st_size, single_frame_grey=False)
+        check_pixel_data(ds, path.stat().st_size, single_frame_grey=False, path=path)
         return pixels_to_uint8(ds, decode_pixels(ds, pixel_source(ds, path)), conversion)
     except ImageReadError as exc:
         raise ImageReadError(f"{path}: {exc}") from None
@@ -247,7 +247,7 @@ def prepare_radiograph(ds: Dataset, path: Path, conversion: Conversion) -> Radio
         return Radiograph(None, verdict.reason, verdict.flags)
     flags = tuple(f for f in verdict.flags if f != "multi_frame_first_frame_used")
     try:
-        check_pixel_data(ds, size, single_frame_grey=True)
+        check_pixel_data(ds, size, single_frame_grey=True, path=path)
         pixels, decoded = decode_frame(ds, pixel_source(ds, path))
         image = pixels_to_uint8(ds, pixels, conversion)
     except ImageReadError as exc:

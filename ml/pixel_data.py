@@ -26,8 +26,10 @@ Every refusal raises `ImageReadError` with a sentence an administrator can act o
 
 from __future__ import annotations
 
+import io
 import struct
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 from pydicom.dataelem import RawDataElement
@@ -68,11 +70,15 @@ def check_lengths(ds: Dataset, file_size: int | None) -> None:
             )
 
 
-def check_pixel_data(ds: Dataset, file_size: int | None, *, single_frame_grey: bool) -> None:
+def check_pixel_data(
+    ds: Dataset, file_size: int | None, *, single_frame_grey: bool, path: Path | None = None
+) -> None:
     """Raise ImageReadError unless the Image Pixel attributes and the Pixel Data agree.
 
-    `file_size` in bytes (None: the dataset is not from a file); `single_frame_grey` also
-    refuses multi-frame and colour images (a CR/DX radiograph is one greyscale frame).
+    `file_size` in bytes (None: the dataset is not from a file); `path`: the file `ds` was read
+    from with deferred values, where compressed Pixel Data left on disk is walked item by item
+    (headers only, bounded memory); `single_frame_grey` also refuses multi-frame and colour
+    images (a CR/DX radiograph is one greyscale frame).
     """
     if "PixelData" not in ds:
         raise ImageReadError("the file has no Pixel Data (it is not an image)")
@@ -93,7 +99,7 @@ def check_pixel_data(ds: Dataset, file_size: int | None, *, single_frame_grey: b
     if element is None or element.length == 0:
         raise ImageReadError("Pixel Data is empty")
     if element.length == _UNDEFINED or _is_encapsulated(ds):
-        _check_fragments(_value(element))
+        _check_encapsulated(element, path)
         return
     needed = (rows * columns * frames * samples * bits_allocated + 7) // 8
     held = _bytes_held(element, file_size)
@@ -157,11 +163,17 @@ def _is_encapsulated(ds: Dataset) -> bool:
     return bool(syntax) and bool(getattr(syntax, "is_encapsulated", False))
 
 
-def _value(element: Any) -> bytes:
-    if isinstance(element, RawDataElement) and element.value is None:
-        raise ImageReadError("Pixel Data is compressed but was not read")  # never deferred
-    value = element.value
-    return value if isinstance(value, bytes | bytearray) else b""
+def _check_encapsulated(element: Any, path: Path | None) -> None:
+    """The fragments of compressed Pixel Data, read or (deferred) walked in the file."""
+    if not (isinstance(element, RawDataElement) and element.value is None):
+        value = element.value
+        _check_fragments(io.BytesIO(value if isinstance(value, bytes | bytearray) else b""))
+        return
+    if path is None or element.value_tell is None:
+        return  # nothing to walk here; the decoder reports a corrupt codestream in words
+    with open(path, "rb") as f:
+        f.seek(element.value_tell)
+        _check_fragments(f)
 
 
 def _bytes_held(element: Any, file_size: int | None) -> int:
@@ -175,24 +187,27 @@ def _bytes_held(element: Any, file_size: int | None) -> int:
     return len(value) if isinstance(value, bytes | bytearray) else 0
 
 
-def _check_fragments(value: bytes) -> None:
-    """Walk the items of encapsulated Pixel Data: each must fit, and one must hold data."""
-    offset, items, data = 0, 0, 0
-    while offset + 8 <= len(value):
-        group, element, length = struct.unpack_from("<HHL", value, offset)
+def _check_fragments(items: BinaryIO) -> None:
+    """Walk the items of encapsulated Pixel Data from the current position of `items` (only
+    their 8-byte headers are read): each must fit, and one must hold data."""
+    start = items.tell()
+    end = items.seek(0, io.SEEK_END)
+    offset, count, data = items.seek(start), 0, 0
+    while offset + 8 <= end:
+        group, element, length = struct.unpack("<HHL", items.read(8))
         offset += 8
         if (group, element) == _SEQUENCE_END:
             break
         if (group, element) != _ITEM:
             raise ImageReadError("Pixel Data is corrupt: its compressed fragments are not items")
-        if length > len(value) - offset:
+        if length > end - offset:
             raise ImageReadError(
                 f"the file is truncated: a compressed fragment of Pixel Data claims {length} "
-                f"bytes but only {len(value) - offset} remain"
+                f"bytes but only {end - offset} remain"
             )
-        data += length if items else 0  # the first item is the Basic Offset Table
-        items += 1
-        offset += length
+        data += length if count else 0  # the first item is the Basic Offset Table
+        count += 1
+        offset = items.seek(offset + length)
     if data == 0:
         raise ImageReadError("Pixel Data is empty (no compressed frame)")
 
