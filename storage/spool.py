@@ -5,9 +5,11 @@ after they pass the path-safe UID check: at most 64 characters, only digits and 
 component (so no leading, trailing or doubled dot). That character set and length are what keep
 a path inside the spool. PS3.5 9.1 also forbids leading zeros in a component, but real devices
 send date-stamped UIDs such as `1.2.3.2026.011.029.7.01` and dcmtk and Orthanc accept them, so
-that rule is deliberately not enforced: such a UID is stored and referenced unchanged. A write is: temporary file in the target directory, fsync, os.replace, fsync of the
-directory. A reader therefore sees either no file or the complete one, and a file that was
-acknowledged survives a crash.
+that rule is deliberately not enforced: such a UID is stored and referenced unchanged.
+
+A write is: temporary file in the target directory, fsync, os.replace, fsync of the directory.
+A reader therefore sees either no file or the complete one, and a file that was acknowledged
+survives a crash.
 """
 
 from __future__ import annotations
