@@ -3,7 +3,12 @@
 The C-STORE handler is thin: check, persist, record, answer. It writes the peer's encoded bytes
 to the spool without decoding pixels (only the header up to the Series Instance UID is parsed),
 records the instance in the work list, and only then answers Success. Collaborators are bound
-through pynetdicom's 3-tuple handler binding; nothing here is global.
+through pynetdicom's 3-tuple handler binding.
+
+Other storage SOP classes (a PACS forwarding a whole study) are, with `other_sop_classes =
+"ignore"`, acknowledged without keeping their bulk data: one `ignored_instance` row each and
+one summary log line per association. A Deflated data set is inflated only as far as its header
+and counted (not kept) up to `max_inflated_mb`, so a small upload cannot exhaust memory.
 """
 
 from __future__ import annotations
@@ -12,17 +17,22 @@ import logging
 import threading
 import time
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from io import BytesIO
 from typing import Any
 
 from pydicom import uid as uids
+from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.tag import BaseTag, Tag
-from pynetdicom import AE, evt
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom._validators import validate_ae
+from pynetdicom.dul import _PDU_TYPES
+from pynetdicom.pdu import A_ASSOCIATE_RQ
 from pynetdicom.sop_class import (
     ComputedRadiographyImageStorage,
     DigitalXRayImageStorageForPresentation,
@@ -36,7 +46,8 @@ from dicom_node.logs import log_event
 from dicom_node.settings import NodeSettings
 from storage import worklist
 from storage.db import Database
-from storage.spool import Spool, checked_uid
+from storage.ignored import IgnoredRecord, record_ignored
+from storage.spool import Spool, SpoolEntry, checked_uid
 
 LOG = logging.getLogger(__name__)
 
@@ -59,9 +70,21 @@ TRANSFER_SYNTAXES: tuple[str, ...] = (
     uids.JPEG2000,
     uids.RLELossless,
 )
+# Objects the node does not analyse are only filed (header read, bulk data dropped), so any
+# transfer syntax pydicom knows is fine for them.
+OTHER_TRANSFER_SYNTAXES: tuple[str, ...] = tuple(
+    dict.fromkeys([*TRANSFER_SYNTAXES, *uids.AllTransferSyntaxes])
+)
 _LAST_HEADER_TAG = Tag(0x0020, 0x000E)  # Series Instance UID: everything we record comes before
 _REJECT_PERMANENT, _SOURCE_SERVICE_USER, _CALLING_AE_NOT_RECOGNISED = 0x01, 0x01, 0x03
-_NO_REASON_GIVEN = 0x01
+_CALLED_AE_NOT_RECOGNISED, _NO_REASON_GIVEN = 0x07, 0x01
+_P_DATA_TF = b"\x04"
+_INFLATE_CHUNK = 1 << 20
+_HEADER_FIRST_READ = 64 << 10
+_HEADER_MAX_BYTES = 64 << 20  # a header (everything before Pixel Data's groups) is far smaller
+# What an A-ASSOCIATE-RQ AE title field becomes when nothing usable is left after stripping the
+# space/NUL padding. Stripped titles never start with a space, so no real title can equal it.
+UNUSABLE_AE_TITLE = " <unusable>"
 
 
 def utc_now() -> datetime:
@@ -82,8 +105,14 @@ class AccessPolicy:
             peer_hosts=frozenset(node.allowed_peer_hosts),
         )
 
-    def refusal(self, calling_ae_title: str, peer_host: str) -> str | None:
+    def refusal(
+        self, calling_ae_title: str, peer_host: str, called_ae_title: str = ""
+    ) -> str | None:
         """Why this caller is refused, or None when it may associate."""
+        if calling_ae_title == UNUSABLE_AE_TITLE:
+            return "calling AE title is blank or not a valid AE title"
+        if called_ae_title == UNUSABLE_AE_TITLE:
+            return "called AE title is blank or not a valid AE title"
         if self.calling_ae_titles and calling_ae_title.strip() not in self.calling_ae_titles:
             return "calling AE title not in allowed_calling_ae_titles"
         if self.peer_hosts and peer_host not in self.peer_hosts:
@@ -110,18 +139,22 @@ class Intake:
         min_free_disk_mb: int,
         clock: Callable[[], datetime] = utc_now,
         on_stored: Callable[[str, datetime], None] = lambda study_uid, at: None,
+        max_inflated_mb: int = 256,
     ) -> None:
         self.database = database
         self.spool = spool
         self.min_free_bytes = min_free_disk_mb * 1024 * 1024
+        self.max_inflated_bytes = max_inflated_mb * 1024 * 1024
         self.clock = clock
         self.on_stored = on_stored  # (study UID, arrival time) after the row is committed
+        self.journal = AssociationJournal()
         self._idle = threading.Condition()
         self._in_flight = 0
         self._closing = False
 
-    def store(self, event: evt.Event) -> int:
-        """The EVT_C_STORE handler body: the status to answer."""
+    def store(self, event: evt.Event) -> int | Dataset:
+        """The EVT_C_STORE handler body: the status to answer (a Dataset with Status and an
+        Error Comment saying why, for a failure)."""
         if not self._enter():
             log_event(LOG, "store_refused_shutting_down", level=logging.WARNING, **_who(event))
             return status.OUT_OF_RESOURCES
@@ -142,7 +175,10 @@ class Intake:
                 **_who(event),
                 sop_instance_uid=_safe_uid(event.request.AffectedSOPInstanceUID),
             )
-            return answer
+            response = Dataset()
+            response.Status = answer
+            response.ErrorComment = status.error_comment(exc, answer)
+            return response
         finally:
             self._leave()
 
@@ -151,8 +187,14 @@ class Intake:
         sop_uid = checked_uid("SOPInstanceUID", event.request.AffectedSOPInstanceUID)
         stream: BytesIO = event.request.DataSet
         size = stream.seek(0, 2)
-        self._check_free_space(size)
-        header = _read_header(stream, event.context.transfer_syntax, sop_class, sop_uid)
+        analysed = sop_class in STORAGE_SOP_CLASSES
+        if analysed:
+            self._check_free_space(size)
+        header = _read_header(
+            stream, event.context.transfer_syntax, sop_class, sop_uid, self.max_inflated_bytes
+        )
+        if not analysed:
+            return self._ignore(event, header, sop_class, sop_uid)
         if self._already_stored(sop_uid, header.study_instance_uid):
             log_event(
                 LOG,
@@ -167,8 +209,7 @@ class Intake:
             event, header, sop_class, sop_uid, entry.relative_path, entry.size_bytes
         )
         arrived = self.clock()
-        with self.database.sessions.begin() as session:
-            outcome = worklist.record_instance(session, record, arrived)
+        outcome = self._record(entry, record, arrived)
         self.on_stored(header.study_instance_uid, arrived)
         log_event(
             LOG,
@@ -183,6 +224,43 @@ class Intake:
             duration_ms=round((time.perf_counter() - started) * 1000, 1),
             **_who(event),
         )
+        return status.SUCCESS
+
+    def _record(
+        self, entry: SpoolEntry, record: worklist.InstanceRecord, arrived: datetime
+    ) -> worklist.RecordOutcome:
+        """Commit the instance row; when that fails, the spool file just written goes too."""
+        try:
+            with self.database.sessions.begin() as session:
+                return worklist.record_instance(session, record, arrived)
+        except Exception:
+            self._discard_unrecorded(entry, record.sop_instance_uid)
+            raise
+
+    def _discard_unrecorded(self, entry: SpoolEntry, sop_uid: str) -> None:
+        """Remove `entry` unless a concurrent store of the same instance recorded it (then the
+        file is that row's). If even that check fails the file is kept: an orphan file costs
+        disk, a missing one would lose an acknowledged instance."""
+        try:
+            with self.database.read_only() as session:
+                if worklist.find_instance(session, sop_uid) is not None:
+                    return
+        except Exception:  # noqa: BLE001  the store is failing anyway; its error is reported
+            return
+        entry.path.unlink(missing_ok=True)
+        log_event(LOG, "spool_file_discarded", level=logging.WARNING, sop_instance_uid=sop_uid)
+
+    def _ignore(self, event: evt.Event, header: Header, sop_class: str, sop_uid: str) -> int:
+        """File a storage object the node does not analyse: a row, no file, no study."""
+        record = IgnoredRecord(
+            sop_instance_uid=sop_uid,
+            study_instance_uid=header.study_instance_uid,
+            sop_class_uid=sop_class,
+            calling_ae_title=_calling_ae(event)[:16] or None,
+        )
+        with self.database.sessions.begin() as session:
+            record_ignored(session, record, self.clock())
+        self.journal.ignored(event.assoc, sop_class)
         return status.SUCCESS
 
     def _check_free_space(self, incoming_bytes: int) -> None:
@@ -223,31 +301,126 @@ class Intake:
             return self._idle.wait_for(lambda: self._in_flight == 0, timeout=timeout)
 
 
-def _read_header(stream: BytesIO, transfer_syntax: str, sop_class: str, sop_uid: str) -> Header:
-    """Parse the data set up to the Series Instance UID (no pixel data) and check its UIDs."""
+def _read_header(
+    stream: BytesIO, transfer_syntax: str, sop_class: str, sop_uid: str, max_inflated: int
+) -> Header:
+    """Parse the data set up to the Series Instance UID (no pixel data) and check its UIDs.
+
+    A Deflated data set is inflated only as far as the header, then counted to its end without
+    being kept; beyond `max_inflated` bytes OutOfResources is raised. Unparseable input raises
+    UnreadableDataset, UIDs that differ from the request DatasetMismatch, bad UIDs InvalidUID.
+    """
     syntax = uids.UID(transfer_syntax)
-    source = stream
     if syntax == uids.DeflatedExplicitVRLittleEndian:
-        source = BytesIO(zlib.decompress(stream.getvalue(), -zlib.MAX_WBITS))
-    source.seek(0)
+        values = _read_deflated_header(stream.getvalue(), max_inflated)
+    else:
+        stream.seek(0)
+        values = _parse_header(stream, syntax, complete=True)
+    if values is None:  # cannot happen with complete=True; keeps the type checker honest
+        raise status.UnreadableDataset("data set header could not be parsed")
+    return _checked_header(values, sop_class, sop_uid)
+
+
+_HEADER_KEYWORDS = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "Modality",
+    "BodyPartExamined",
+    "ViewPosition",
+)
+
+
+def _parse_header(source: BytesIO, syntax: uids.UID, complete: bool) -> dict[str, Any] | None:
+    """The header values of the data set in `source`. When `source` may be only a prefix of the
+    data set (`complete` False), None means "read more": the header did not end inside it."""
+    passed = []
+
+    def past_header(tag: BaseTag, _vr: str | None, _length: int) -> bool:
+        if tag > _LAST_HEADER_TAG:
+            passed.append(tag)
+            return True
+        return False
+
     try:
         ds = read_dataset(
-            source, syntax.is_implicit_VR, syntax.is_little_endian, stop_when=_past_header
+            source, syntax.is_implicit_VR, syntax.is_little_endian, stop_when=past_header
         )
-        values = {
-            k: ds.get(k)
-            for k in (
-                "SOPClassUID",
-                "SOPInstanceUID",
-                "StudyInstanceUID",
-                "SeriesInstanceUID",
-                "Modality",
-                "BodyPartExamined",
-                "ViewPosition",
-            )
-        }
+        values = {k: ds.get(k) for k in _HEADER_KEYWORDS}
     except Exception as exc:
+        if not complete:
+            return None
         raise status.UnreadableDataset(f"data set header could not be parsed: {exc}") from exc
+    if not complete and not passed:
+        return None
+    return values
+
+
+def _read_deflated_header(compressed: bytes, max_inflated: int) -> dict[str, Any]:
+    """Header values of a Deflated Explicit VR Little Endian data set, inflating a growing
+    prefix (64 KiB, x4 each time) until the header ends inside it, then the rest uncounted."""
+    inflater = _BoundedInflater(compressed, max_inflated)
+    wanted = _HEADER_FIRST_READ
+    while True:
+        inflater.extend_prefix(wanted)
+        values = _parse_header(
+            BytesIO(inflater.prefix), uids.DeflatedExplicitVRLittleEndian, inflater.finished
+        )
+        if values is not None:
+            break
+        if wanted >= _HEADER_MAX_BYTES:
+            raise status.UnreadableDataset(
+                f"data set header does not end within {_HEADER_MAX_BYTES // 2**20} MiB"
+            )
+        wanted *= 4
+    inflater.drain()
+    return values
+
+
+class _BoundedInflater:
+    """Raw DEFLATE (PS3.5 A.5) inflated on demand: a kept prefix, then a counted remainder.
+
+    Memory is the prefix plus one 1 MiB chunk, whatever the stream claims to inflate to.
+    """
+
+    def __init__(self, compressed: bytes, limit: int) -> None:
+        self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        self._input: bytes | None = compressed
+        self.limit = limit
+        self.prefix = bytearray()
+        self.total = 0
+        self.finished = False
+
+    def _next(self) -> bytes:
+        data = self._input if self._input is not None else self._inflater.unconsumed_tail
+        self._input = None
+        try:
+            chunk = self._inflater.decompress(data, _INFLATE_CHUNK)
+        except zlib.error as exc:
+            raise status.UnreadableDataset(
+                f"Deflated data set could not be inflated: {exc}"
+            ) from exc
+        self.total += len(chunk)
+        if self.total > self.limit:
+            raise status.DataSetTooLarge(
+                f"Deflated data set inflates beyond max_inflated_mb "
+                f"({self.limit // 2**20} MiB); not stored"
+            )
+        self.finished = not chunk
+        return chunk
+
+    def extend_prefix(self, size: int) -> None:
+        while len(self.prefix) < size and not self.finished:
+            self.prefix += self._next()
+
+    def drain(self) -> None:
+        """Inflate the rest without keeping it, only to enforce the limit."""
+        while not self.finished:
+            self._next()
+
+
+def _checked_header(values: dict[str, Any], sop_class: str, sop_uid: str) -> Header:
     if checked_uid("SOPInstanceUID (data set)", values["SOPInstanceUID"]) != sop_uid:
         raise status.DatasetMismatch("SOP Instance UID in the data set differs from the request")
     if checked_uid("SOPClassUID (data set)", values["SOPClassUID"]) != sop_class:
@@ -259,10 +432,6 @@ def _read_header(stream: BytesIO, transfer_syntax: str, sop_class: str, sop_uid:
         body_part_examined=_short_text(values["BodyPartExamined"]),
         view_position=_short_text(values["ViewPosition"]),
     )
-
-
-def _past_header(tag: BaseTag, _vr: str | None, _length: int) -> bool:
-    return tag > _LAST_HEADER_TAG
 
 
 def _short_text(value: Any) -> str | None:
@@ -299,12 +468,77 @@ def _instance_record(
     )
 
 
+def _calling_ae(event: evt.Event) -> str:
+    return str(event.assoc.requestor.ae_title or "").strip()
+
+
 def _who(event: evt.Event) -> dict[str, Any]:
     requestor = event.assoc.requestor
-    return {
-        "calling_ae": requestor.ae_title.strip(),
-        "peer": f"{requestor.address}:{requestor.port}",
-    }
+    return {"calling_ae": _calling_ae(event), "peer": f"{requestor.address}:{requestor.port}"}
+
+
+# --- per-association journal ----------------------------------------------------------------
+
+
+@dataclass
+class _AssociationState:
+    pending_bytes: int = 0  # P-DATA bytes of a DIMSE message not yet complete
+    ignored: Counter[str] = field(default_factory=Counter)  # SOP Class UID -> objects
+
+
+class AssociationJournal:
+    """What happened on each association, logged once when its connection closes: one
+    `ignored_instances` line with counts per SOP class, and one `store_interrupted` line when
+    the peer went away in the middle of a message. Thread-safe (handlers run per association)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._states: dict[Any, _AssociationState] = {}
+
+    def _state(self, assoc: Any) -> _AssociationState:
+        with self._lock:
+            return self._states.setdefault(assoc, _AssociationState())
+
+    def data_received(self, event: evt.Event) -> None:
+        """EVT_DATA_RECV: one whole PDU, before it is decoded."""
+        if event.data[:1] == _P_DATA_TF:
+            self._state(event.assoc).pending_bytes += len(event.data)
+
+    def message_received(self, event: evt.Event) -> None:
+        """EVT_DIMSE_RECV: a DIMSE message (command and data set) is complete."""
+        self._state(event.assoc).pending_bytes = 0
+
+    def ignored(self, assoc: Any, sop_class: str) -> None:
+        self._state(assoc).ignored[sop_class] += 1
+
+    def connection_closed(self, event: evt.Event) -> None:
+        """EVT_CONN_CLOSE: log the summaries and forget the association."""
+        with self._lock:
+            state = self._states.pop(event.assoc, None)
+        if state is None:
+            return
+        if state.ignored:
+            log_event(
+                LOG,
+                "ignored_instances",
+                message="storage objects acknowledged but not analysed (no file kept)",
+                count=sum(state.ignored.values()),
+                sop_classes={uid: _sop_class_count(uid, n) for uid, n in state.ignored.items()},
+                **_who(event),
+            )
+        if state.pending_bytes:
+            log_event(
+                LOG,
+                "store_interrupted",
+                level=logging.WARNING,
+                message="peer closed the connection in the middle of a message; nothing stored",
+                bytes_received=state.pending_bytes,
+                **_who(event),
+            )
+
+
+def _sop_class_count(sop_class: str, count: int) -> dict[str, Any]:
+    return {"name": uids.UID(sop_class).name, "count": count}
 
 
 def _safe_uid(value: Any) -> str:
@@ -316,7 +550,7 @@ def _safe_uid(value: Any) -> str:
 # --- handlers (bound with their collaborators) ---------------------------------------------
 
 
-def handle_store(event: evt.Event, intake: Intake) -> int:
+def handle_store(event: evt.Event, intake: Intake) -> int | Dataset:
     return intake.store(event)
 
 
@@ -328,19 +562,25 @@ def handle_echo(event: evt.Event) -> int:
 def handle_requested(event: evt.Event, policy: AccessPolicy) -> None:
     """Reject an unknown caller before any negotiation, saying who was refused."""
     requestor = event.assoc.requestor
-    calling_ae = requestor.primitive.calling_ae_title if requestor.primitive else ""
-    reason = policy.refusal(calling_ae, str(requestor.address))
+    primitive = requestor.primitive
+    calling_ae = primitive.calling_ae_title if primitive else ""
+    called_ae = primitive.called_ae_title if primitive else ""
+    reason = policy.refusal(calling_ae, str(requestor.address), called_ae)
     if reason is None:
         return
     log_event(
         LOG,
         "association_rejected",
         level=logging.WARNING,
-        calling_ae=calling_ae.strip(),
+        calling_ae="" if calling_ae == UNUSABLE_AE_TITLE else calling_ae.strip(),
         peer=f"{requestor.address}:{requestor.port}",
         reason=reason,
     )
-    diagnostic = _CALLING_AE_NOT_RECOGNISED if "AE title" in reason else _NO_REASON_GIVEN
+    diagnostic = _NO_REASON_GIVEN
+    if reason.startswith("called AE"):
+        diagnostic = _CALLED_AE_NOT_RECOGNISED
+    elif "AE title" in reason:
+        diagnostic = _CALLING_AE_NOT_RECOGNISED
     event.assoc.acse.send_reject(_REJECT_PERMANENT, _SOURCE_SERVICE_USER, diagnostic)
     event.assoc.kill()
 
@@ -374,12 +614,17 @@ class Listener:
         return int(self._server.server_address[1])
 
     def start(self) -> None:
+        journal = self.intake.journal
         handlers: list[Any] = [
             (evt.EVT_C_STORE, handle_store, [self.intake]),
             (evt.EVT_C_ECHO, handle_echo),
             (evt.EVT_REQUESTED, handle_requested, [self.policy]),
             (evt.EVT_ESTABLISHED, handle_established),
+            (evt.EVT_DATA_RECV, journal.data_received),
+            (evt.EVT_DIMSE_RECV, journal.message_received),
+            (evt.EVT_CONN_CLOSE, journal.connection_closed),
         ]
+        quiet_peer_network_errors()
         self._server = self.ae.start_server(
             (self.node.host, self.node.port), block=False, evt_handlers=handlers
         )
@@ -390,6 +635,7 @@ class Listener:
             host=self.node.host,
             port=self.port,
             max_pdu_bytes=self.node.max_pdu_bytes,
+            other_sop_classes=self.node.other_sop_classes,
         )
 
     def stop(self) -> None:
@@ -410,6 +656,9 @@ class Listener:
 
 
 def build_ae(node: NodeSettings) -> AE:
+    """The node's AE: CR/DX (and Verification) always; with `other_sop_classes = "ignore"`
+    every other storage SOP class pynetdicom knows, with any transfer syntax pydicom knows."""
+    _accept_padded_ae_titles()
     ae = AE(ae_title=node.ae_title)
     ae.maximum_pdu_size = node.max_pdu_bytes
     ae.network_timeout = node.network_timeout_seconds
@@ -417,5 +666,87 @@ def build_ae(node: NodeSettings) -> AE:
     ae.dimse_timeout = node.network_timeout_seconds
     for sop_class in STORAGE_SOP_CLASSES:
         ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
+    if node.other_sop_classes == "ignore":
+        for context in AllStoragePresentationContexts:
+            if context.abstract_syntax not in STORAGE_SOP_CLASSES:
+                ae.add_supported_context(context.abstract_syntax, list(OTHER_TRANSFER_SYNTAXES))
     ae.add_supported_context(Verification)
     return ae
+
+
+# --- tolerance towards real peers -----------------------------------------------------------
+
+
+def _ae_title_from_pdu(value: str | bytes | None) -> str:
+    """An AE title field as dcmtk reads it: space and NUL padding stripped (either end).
+
+    A field with nothing usable left (blank, control characters, non-ASCII) becomes
+    UNUSABLE_AE_TITLE, so that the association reaches EVT_REQUESTED and is rejected there with
+    an A-ASSOCIATE-RJ and one log line, instead of failing inside pynetdicom's PDU decoder.
+    """
+    if not isinstance(value, bytes):
+        return str(value)
+    text = value.decode("ascii", errors="replace").strip(" \x00")
+    if not text or not validate_ae(text)[0]:
+        return UNUSABLE_AE_TITLE
+    return text
+
+
+class _PaddingTolerantAssociateRQ(A_ASSOCIATE_RQ):
+    """pynetdicom's A-ASSOCIATE-RQ PDU, but the AE title fields go through _ae_title_from_pdu.
+
+    pynetdicom strips only spaces and then refuses NUL as a control character: the PDU fails to
+    decode and the peer is aborted, although dcmtk (and the peers built on it) pad with NUL.
+    """
+
+    @property
+    def called_ae_title(self) -> str:
+        return self._called_aet
+
+    @called_ae_title.setter
+    def called_ae_title(self, value: str | bytes | None) -> None:
+        self._called_aet = _ae_title_from_pdu(value)
+
+    @property
+    def calling_ae_title(self) -> str:
+        return self._calling_aet
+
+    @calling_ae_title.setter
+    def calling_ae_title(self, value: str | bytes | None) -> None:
+        self._calling_aet = _ae_title_from_pdu(value)
+
+    def decode(self, bytestream: bytes) -> None:
+        super().decode(bytestream)
+        # Decoded: from here on it is pynetdicom's own PDU (its handlers dispatch on the type).
+        self.__class__ = A_ASSOCIATE_RQ
+
+
+def _accept_padded_ae_titles() -> None:
+    """Decode received A-ASSOCIATE-RQ PDUs with _PaddingTolerantAssociateRQ. pynetdicom picks
+    the PDU class from its `dul._PDU_TYPES` table (no public hook); idempotent."""
+    _PDU_TYPES[b"\x01"] = (_PaddingTolerantAssociateRQ, "Evt6")
+
+
+_PEER_NETWORK_NOISE = (
+    "Connection closed before the entire PDU was received",
+    "The received PDU is shorter than expected",
+    "Non-conformant '",  # a UID with leading zeros: accepted on purpose (storage.spool)
+)
+
+
+class _PeerNetworkNoise(logging.Filter):
+    """Drops pynetdicom's unstructured lines (and tracebacks) for what the node reports itself:
+    a peer that went away mid-PDU (`store_interrupted`) and UIDs it accepts on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], OSError):
+            return False
+        return not str(record.msg).startswith(_PEER_NETWORK_NOISE)
+
+
+def quiet_peer_network_errors() -> None:
+    """Install _PeerNetworkNoise on the pynetdicom loggers that emit those lines; idempotent."""
+    for name in ("pynetdicom.dul", "pynetdicom.utils", "pynetdicom.transport"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _PeerNetworkNoise) for f in logger.filters):
+            logger.addFilter(_PeerNetworkNoise())

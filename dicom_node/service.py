@@ -81,6 +81,7 @@ class Service:
             settings.node.min_free_disk_mb,
             clock,
             on_stored=self._schedule_quiet_check,
+            max_inflated_mb=settings.node.max_inflated_mb,
         )
         self.listener = Listener(
             settings.node, self.intake, AccessPolicy.from_settings(settings.node)

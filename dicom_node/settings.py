@@ -39,6 +39,8 @@ class NodeSettings:
     allowed_calling_ae_titles: list[str] = field(default_factory=list)
     allowed_peer_hosts: list[str] = field(default_factory=list)
     network_timeout_seconds: float = 60
+    other_sop_classes: str = "ignore"  # ignore | refuse: storage SOP classes other than CR/DX
+    max_inflated_mb: int = 256  # a Deflated data set that inflates beyond this is refused
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,10 @@ _CHECKS: dict[tuple[str, str], typing.Callable[[Any], str | None]] = {
     if v == 0 or 4096 <= v <= 2**32 - 1
     else "must be 0 (unlimited) or 4096..4294967295",
     ("node", "network_timeout_seconds"): lambda v: None if v > 0 else "must be > 0",
+    ("node", "other_sop_classes"): lambda v: None
+    if v in ("ignore", "refuse")
+    else "must be ignore or refuse",
+    ("node", "max_inflated_mb"): lambda v: None if v >= 1 else "must be >= 1",
     ("worklist", "stable_seconds"): lambda v: None if v >= 0 else "must be >= 0",
     ("worklist", "assembly_interval_seconds"): lambda v: None if v > 0 else "must be > 0",
     ("worklist", "lease_seconds"): lambda v: None if v > 0 else "must be > 0",

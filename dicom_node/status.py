@@ -3,11 +3,14 @@ from intake failures to the status a peer receives. Handlers never write raw hex
 
 from __future__ import annotations
 
+import errno
+import sqlite3
+
 from storage.spool import InvalidUID
 
 SUCCESS = 0x0000
 # Failures (PS3.4 Table B.2-1 and PS3.7 C.4.2)
-OUT_OF_RESOURCES = 0xA700  # refused: out of resources (e.g. free disk below the floor)
+OUT_OF_RESOURCES = 0xA700  # refused: out of resources (disk floor, disk full, inflate cap)
 DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND_UIDS = 0xC210  # a UID needed to file the instance is missing or invalid
 CANNOT_UNDERSTAND_DATASET = 0xC212  # the data set could not be parsed
@@ -35,6 +38,10 @@ class OutOfResources(IntakeRefused):
     status = OUT_OF_RESOURCES
 
 
+class DataSetTooLarge(OutOfResources):
+    """A Deflated data set inflates beyond `[node] max_inflated_mb`."""
+
+
 class DatasetMismatch(IntakeRefused):
     status = DATASET_DOES_NOT_MATCH_SOP_CLASS
 
@@ -47,13 +54,56 @@ class UnsupportedSOPClass(IntakeRefused):
     status = SOP_CLASS_NOT_SUPPORTED
 
 
+_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+_SQLITE_FULL = 13  # sqlite3.SQLITE_FULL: "database or disk is full"
+_POSTGRES_DISK_FULL = "53100"  # SQLSTATE disk_full (psycopg's errors.DiskFull)
+
+
 def status_for(exc: BaseException) -> int:
     """The status to answer when storing failed with `exc`."""
     if isinstance(exc, IntakeRefused):
         return exc.status
     if isinstance(exc, InvalidUID):
         return CANNOT_UNDERSTAND_UIDS
+    if is_disk_full(exc):
+        return OUT_OF_RESOURCES
     return PROCESSING_FAILURE
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True when `exc`, or an error it wraps (SQLAlchemy's `.orig`, `__cause__`), says the disk
+    or database is full: ENOSPC/EDQUOT from a write, SQLITE_FULL, PostgreSQL SQLSTATE 53100."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _DISK_FULL_ERRNOS:
+            return True
+        if isinstance(current, sqlite3.Error) and _sqlite_full(current):
+            return True
+        codes = (getattr(current, "sqlstate", None), getattr(current, "pgcode", None))
+        if _POSTGRES_DISK_FULL in codes:
+            return True
+        wrapped = getattr(current, "orig", None)
+        current = wrapped if isinstance(wrapped, BaseException) else current.__cause__
+    return False
+
+
+def _sqlite_full(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF == _SQLITE_FULL
+    return "database or disk is full" in str(exc)
+
+
+def error_comment(exc: BaseException, answer: int) -> str:
+    """An Error Comment (0000,0902; LO: <= 64 characters, no backslash) for a failure answer:
+    the refusal's reason, or a generic phrase when the failure was unexpected."""
+    text = "processing failure" if answer == PROCESSING_FAILURE else str(exc)
+    if answer == OUT_OF_RESOURCES and not isinstance(exc, IntakeRefused):
+        text = "disk or database full"
+    printable = "".join(c if c.isascii() and c.isprintable() and c != "\\" else "?" for c in text)
+    return printable[:64]
 
 
 def describe(status: int) -> str:

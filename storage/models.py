@@ -247,3 +247,21 @@ class Outbound(Base):
         UniqueConstraint("sop_instance_uid", "destination"),
         Index("ix_outbound_due", "state", "destination", "next_attempt_at"),
     )
+
+
+# --- Ignored instances (intake; migration 0004_ignored_instances) ---------------------------
+# A storage object the node does not analyse (CT, SR, KO, PR, SC... forwarded with a chest
+# study) when `[node] other_sop_classes = "ignore"`: acknowledged with Success, its bulk data
+# not kept. The row is the record that it arrived ("ignored, SOP class X"); it does not create
+# or reopen a study, so it never produces work or a report.
+
+
+class IgnoredInstance(Base):
+    __tablename__ = "ignored_instance"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH), unique=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH), index=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
+    calling_ae_title: Mapped[str | None] = mapped_column(String(16))
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime)

@@ -1,11 +1,15 @@
 """The file spool: every accepted instance as the peer's original bytes, written atomically.
 
 Layout: `<spool>/<StudyInstanceUID>/<SOPInstanceUID>.dcm`. File names are derived from UIDs only
-after they pass the DICOM UI grammar (PS3.5 9.1: at most 64 characters, components of digits
-separated by dots, no leading zero in a component other than "0"), so no path can escape the
-spool. A write is: temporary file in the target directory, fsync, os.replace, fsync of the
-directory. A reader therefore sees either no file or the complete one, and a file that was
-acknowledged survives a crash.
+after they pass the path-safe UID check: at most 64 characters, only digits and dots, no empty
+component (so no leading, trailing or doubled dot). That character set and length are what keep
+a path inside the spool. PS3.5 9.1 also forbids leading zeros in a component, but real devices
+send date-stamped UIDs such as `1.2.3.2026.011.029.7.01` and dcmtk and Orthanc accept them, so
+that rule is deliberately not enforced: such a UID is stored and referenced unchanged.
+
+A write is: temporary file in the target directory, fsync, os.replace, fsync of the directory.
+A reader therefore sees either no file or the complete one, and a file that was acknowledged
+survives a crash.
 """
 
 from __future__ import annotations
@@ -18,13 +22,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-_UID_RE = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+_UID_RE = re.compile(r"[0-9]+(\.[0-9]+)*")  # ASCII digits only (no \d: it matches other scripts)
 MAX_UID_LENGTH = 64
 _WRITE_CHUNK = 1 << 20  # large single writes are markedly slower to the page cache here
 
 
 class InvalidUID(ValueError):
-    """A UID is missing or does not follow the DICOM UI grammar."""
+    """A UID is missing, longer than 64 characters, or not digits separated by single dots."""
 
     def __init__(self, name: str, value: object) -> None:
         shown = repr(value)[:80]
@@ -33,6 +37,8 @@ class InvalidUID(ValueError):
 
 
 def is_valid_uid(value: object) -> bool:
+    """True when `value` is a str UID that is safe as a file name (see the module docstring);
+    leading zeros in a component are accepted."""
     return (
         isinstance(value, str)
         and 0 < len(value) <= MAX_UID_LENGTH

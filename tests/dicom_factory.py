@@ -286,4 +286,36 @@ def encode_j2k_lossless(ds: Dataset, pixels: np.ndarray, precision: int) -> Data
     ds.PixelData = encapsulate([codestream])
     ds["PixelData"].VR = "OB"
     ds.file_meta.TransferSyntaxUID = uids.JPEG2000Lossless
+
+
+# --- other storage objects a PACS forwards with a study (intake helper) ------------------------
+
+OTHER_SOP_CLASSES = {
+    "CT": uids.CTImageStorage,
+    "SR": uids.ComprehensiveSRStorage,
+    "KO": uids.KeyObjectSelectionDocumentStorage,
+    "PR": uids.GrayscaleSoftcopyPresentationStateStorage,
+    "SC": uids.SecondaryCaptureImageStorage,
+}
+
+
+def make_other_object(kind: str, study: StudyUids, seed: int = 0) -> Dataset:
+    """A small object of SOP class OTHER_SOP_CLASSES[kind] in `study` (its own series): the
+    header a PACS would forward, with a 32x32 image for CT and SC. Not a complete IOD."""
+    if kind == "CT":
+        return make_radiograph(kind="CT", study=study, rows=32, columns=32, seed=seed)
+    ds = Dataset()
+    _patient_and_study(ds, study)
+    ds.SOPClassUID = OTHER_SOP_CLASSES[kind]
+    ds.SOPInstanceUID = generate_uid(TEST_UID_ROOT)
+    ds.SeriesInstanceUID = generate_uid(TEST_UID_ROOT)
+    ds.Modality = {"SR": "SR", "KO": "KO", "PR": "PR", "SC": "OT"}[kind]
+    ds.SeriesNumber = 90 + seed
+    ds.InstanceNumber = 1
+    if kind == "SC":
+        _image_pixels(ds, chest_like_pixels(32, 32, 8, seed), 8, "MONOCHROME2")
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = uids.ExplicitVRLittleEndian
     return ds

@@ -18,7 +18,9 @@ STUDY = "1.2.826.0.1.3680043.8.498.7"
         ("0.0", True),
         ("1." + "2" * 62, True),  # 64 characters
         ("1." + "2" * 63, False),  # 65 characters
-        ("1.02.3", False),  # leading zero in a component
+        ("1.02.3", True),  # leading zero in a component: real devices send these
+        ("1.2.826.0.1.3680043.8.498.2026.011.029.7.01", True),
+        ("00.1", True),
         ("1..2", False),
         (".1.2", False),
         ("1.2.", False),

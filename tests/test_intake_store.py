@@ -69,15 +69,6 @@ def test_store_keeps_the_transfer_syntax(
     assert spooled.pixel_array.shape == ds.pixel_array.shape  # decodable as sent
 
 
-def test_other_sop_classes_are_refused_at_negotiation(
-    shared_node: NodeProcess, tmp_path: Path
-) -> None:
-    ct = write(make_radiograph(kind="CT"), tmp_path / "ct.dcm")
-    result = storescu(shared_node.port, [ct])
-    assert "No presentation context" in result.stderr + result.stdout
-    assert store_responses(result.stderr + result.stdout) == []
-
-
 def test_dataset_without_study_uid_fails_and_node_keeps_serving(
     shared_node: NodeProcess, tmp_path: Path
 ) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from pydicom.uid import UID
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -26,6 +27,7 @@ from dicom_node.logs import configure_logging
 from dicom_node.settings import Settings
 from storage import worklist
 from storage.db import Database, open_database
+from storage.ignored import ignored_counts
 from storage.spool import Spool
 from storage.states import StudyState
 
@@ -137,14 +139,21 @@ def studies_show(
         database = _open(settings_from(config))
         with database.read_only() as session:
             detail = worklist.study_detail(session, uid.strip())
+            ignored = ignored_counts(session, uid.strip())
         database.dispose()
         if detail is None:
-            raise CliError(f"no study with Study Instance UID {uid!r} in the work list")
+            also = f" ({sum(ignored.values())} ignored instances of it)" if ignored else ""
+            raise CliError(f"no study with Study Instance UID {uid!r} in the work list{also}")
     study, instances = detail
     if as_json:
-        print_json(_jsonable(study) | {"instances": [_jsonable(i) for i in instances]})
+        print_json(
+            _jsonable(study)
+            | {"instances": [_jsonable(i) for i in instances], "ignored_instances": ignored}
+        )
         return
-    print_table("Study", ["field", "value"], [[k, v] for k, v in _jsonable(study).items()])
+    rows = [[k, v] for k, v in _jsonable(study).items()]
+    rows += [[f"ignored {UID(k).name}", n] for k, n in ignored.items()]
+    print_table("Study", ["field", "value"], rows)
     print_table(
         "Instances",
         [
@@ -180,6 +189,7 @@ def _status_report(settings: Settings) -> dict[str, Any]:
     with database.read_only() as session:
         counts = worklist.state_counts(session)
         recent = worklist.recent_instances(session, limit=5)
+        ignored = sum(ignored_counts(session).values())
     database.dispose()
     spool = Spool(settings.spool_path)
     used, files = _spool_usage(spool)
@@ -191,6 +201,7 @@ def _status_report(settings: Settings) -> dict[str, Any]:
         "data_dir": str(settings.data_path),
         "database": _safe_url(settings),
         "states": {state.value: count for state, count in counts.items()},
+        "ignored_instances": ignored,  # other SOP classes acknowledged, not kept
         "spool": {
             "path": str(spool.root),
             "used_bytes": used,

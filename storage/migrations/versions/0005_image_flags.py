@@ -2,7 +2,7 @@
 how an image's eligibility was decided, kept with the result.
 
 Revision ID: 0005_image_flags
-Revises: 0003_results_outbound
+Revises: 0004_ignored_instances
 Create Date: 2024-01-05
 """
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0005_image_flags"
-down_revision = "0003_results_outbound"
+down_revision = "0004_ignored_instances"
 branch_labels = None
 depends_on = None
 
