@@ -13,15 +13,16 @@ from dicom_node.reporting.outbox import write_report
 from dicom_node.reporting.uids import ResultKey, derived_uid, report_uids
 from dicom_node.sender import Sender
 from dicom_node.settings import DestinationSettings, OutboundSettings
-from storage import outbound, results
-from storage.models import OutboundState
+from storage import destinations, outbound, results
+from storage.models import DestinationStatus, OutboundState
 from storage.spool import Spool
 from storage.worklist import InstanceRecord, record_instance
 from tests.peers import StoreSCP, free_port
 from tests.report_samples import WHEN, algorithm, dx_image, findings
 
 POLICY = OutboundSettings(max_attempts=2, initial_retry_delay_seconds=30,
-                          max_retry_delay_seconds=60, poll_interval_seconds=0.2)
+                          max_retry_delay_seconds=60, poll_interval_seconds=0.2,
+                          probe_initial_delay_seconds=30, probe_max_delay_seconds=60)
 
 
 class Clock:
@@ -111,23 +112,31 @@ def test_sr_and_summary_arrive_once_and_are_marked_sent(database, outbox, stores
     assert {d.state for d in _states(database).values()} == {OutboundState.SENT}
 
 
-def test_down_destination_backs_off_then_dies_with_its_error(database, outbox):
+def test_down_destination_is_probed_and_its_objects_never_die(database, outbox):
     _queue_result(database, outbox, ["down"])
     clock = Clock()
-    sender = _sender(database, outbox, [_destination("down", free_port())], clock)
+    port = free_port()
+    sender = _sender(database, outbox, [_destination("down", port)], clock)
 
     assert sender.send_due("down") == 2
     first = _states(database)[("down", "sr")]
     assert (first.state, first.attempts) == (OutboundState.PENDING, 1)
-    assert "association with STORESCP@127.0.0.1" in first.last_error
-    assert first.next_attempt_at == clock.now + timedelta(seconds=30)
-    assert sender.send_due("down") == 0  # not due yet
+    assert first.last_error == f"connection refused by STORESCP@127.0.0.1:{port} " \
+                               "(nothing listening on that port)"
+    assert _destination_state(database, "down").state is DestinationStatus.DOWN
+    assert sender.send_due("down") == 0  # the probe is not due yet
 
-    clock.now += timedelta(seconds=31)
-    assert sender.send_due("down") == 2
-    dead = _states(database)[("down", "sr")]
-    assert (dead.state, dead.attempts) == (OutboundState.DEAD, 2)
-    assert "association" in dead.last_error
+    for _ in range(20):  # far beyond any max_attempts: an outage never makes an object DEAD
+        clock.now += timedelta(seconds=61)
+        assert sender.send_due("down") == 0  # a failed C-ECHO probe, no C-STORE
+    still = _states(database)[("down", "sr")]
+    assert (still.state, still.attempts) == (OutboundState.PENDING, 1)
+    assert _destination_state(database, "down").failures == 21
+
+
+def _destination_state(database, name):
+    with database.read_only() as session:
+        return destinations.get(session, name)
 
 
 def test_retry_after_the_peer_comes_up_delivers_exactly_once(database, outbox, tmp_path):
@@ -135,20 +144,18 @@ def test_retry_after_the_peer_comes_up_delivers_exactly_once(database, outbox, t
     written = _queue_result(database, outbox, ["late"])
     clock = Clock()
     sender = _sender(database, outbox, [_destination("late", port)], clock)
-    sender.send_due("late")
-    clock.now += timedelta(seconds=31)
-    sender.send_due("late")  # DEAD now
+    sender.send_due("late")  # DOWN now
+    clock.now += timedelta(seconds=3600)
 
     peer = StoreSCP(tmp_path / "late", port=port).start()
     try:
-        with database.sessions.begin() as session:
-            assert len(outbound.retry(session, clock.now, all_dead=True)) == 2
+        assert sender.send_due("late") == 1  # the probe succeeds: UP, everything due
+        assert _destination_state(database, "late").state is DestinationStatus.UP
         assert sender.send_due("late") == 2
-        with database.sessions.begin() as session:
-            assert outbound.retry(session, clock.now, all_dead=True) == []
         assert sender.send_due("late") == 0
         assert sorted(_received(peer)) == sorted(o.sop_instance_uid for o in written)
         assert len(list(peer.output_dir.iterdir())) == 2
+        assert {d.last_error for d in _states(database).values()} == {None}
     finally:
         peer.stop()
 
