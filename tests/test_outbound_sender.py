@@ -7,30 +7,18 @@ from datetime import UTC, datetime, timedelta
 
 import pydicom
 import pytest
-from pydicom.uid import generate_uid
 
-from dicom_node.reporting.outbox import write_report
-from dicom_node.reporting.uids import ResultKey, derived_uid, report_uids
 from dicom_node.sender import Sender
 from dicom_node.settings import DestinationSettings, OutboundSettings
-from storage import destinations, outbound, results
+from storage import destinations, outbound
 from storage.models import DestinationStatus, OutboundState
 from storage.spool import Spool
-from storage.worklist import InstanceRecord, record_instance
+from tests.outbound_samples import Clock, queue_result
 from tests.peers import StoreSCP, free_port
-from tests.report_samples import WHEN, algorithm, dx_image, findings
 
 POLICY = OutboundSettings(max_attempts=2, initial_retry_delay_seconds=30,
                           max_retry_delay_seconds=60, poll_interval_seconds=0.2,
                           probe_initial_delay_seconds=30, probe_max_delay_seconds=60)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2024, 6, 1, 8, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture
@@ -41,37 +29,7 @@ def outbox(tmp_path):
 
 
 def _queue_result(database, outbox, destination_names):
-    """A built SR and summary in the outbox, queued for each named destination."""
-    study = generate_uid()
-    evidence = [dx_image(study)]
-    algo = algorithm()
-    key = ResultKey.of(study_instance_uid=study, model_name=algo.name,
-                       checkpoint_sha256s=algo.checkpoint_sha256s, profile="v1",
-                       source_sop_instance_uids=[evidence[0].SOPInstanceUID])
-    uids = report_uids(key, version=1, labels=[f.label for f in findings()])
-    written = write_report(outbox, evidence=evidence, findings=findings(), algorithm=algo,
-                           uids=uids, node_uid=derived_uid("n"), previous=[], when=WHEN)
-    with database.sessions.begin() as session:
-        study_id = record_instance(session, InstanceRecord(
-            evidence[0].SOPInstanceUID, evidence[0].SeriesInstanceUID, study,
-            evidence[0].SOPClassUID, "1.2.840.10008.1.2.1", "DX", "CHEST", "PA",
-            f"{study}/x.dcm", 1, "MOD"), WHEN).study_id
-        result_id = results.add_result(session, results.NewResult(
-            study_id=study_id, study_instance_uid=study, result_key=key.digest(), version=1,
-            supersedes_id=None, worker_id="w", model_name=algo.name,
-            checkpoint_sha256s=algo.checkpoint_sha256s, catalogue_version="c",
-            clinical_use=False, profile_version=1, aggregation="mean",
-            sr_series_instance_uid=uids.sr.series_instance_uid,
-            sr_sop_instance_uid=uids.sr.sop_instance_uid,
-            summary_series_instance_uid=uids.summary.series_instance_uid,
-            summary_sop_instance_uid=uids.summary.sop_instance_uid, findings=(), images=()),
-            WHEN)
-        outbound.enqueue(session, result_id, [
-            outbound.NewDelivery(name, obj.kind, study, obj.sop_instance_uid, obj.sop_class_uid,
-                                 obj.relative_path)
-            for name in destination_names for obj in written
-        ], WHEN)
-    return written
+    return queue_result(database, outbox, destination_names)
 
 
 def _destination(name, port, ae="STORESCP"):

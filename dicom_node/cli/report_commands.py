@@ -1,5 +1,5 @@
 """`dicom-node worker` (inference and delivery without the listener) and
-`dicom-node outbound list|retry` (the delivery queue)."""
+`dicom-node outbound list|retry|resend` (the delivery queue)."""
 
 from __future__ import annotations
 
@@ -32,6 +32,8 @@ app.add_typer(outbound_app, name="outbound")
 
 
 IdsArgument = typer.Argument(None, help="Delivery ids (see `outbound list`).")
+DestinationOption = typer.Option(
+    None, "--destination", help="Only this destination (repeatable); default: all.")
 
 
 def _now() -> datetime:
@@ -167,6 +169,33 @@ def outbound_retry(
         print_json({"retried": retried})
         return
     print_table("Queued again", ["id"], [[i] for i in retried])
+
+
+@outbound_app.command("resend")
+def outbound_resend(
+    study_uid: str = typer.Argument(..., help="Study Instance UID."),
+    destination: list[str] | None = DestinationOption,
+    config: Path | None = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Queue a study's current SR and summary again, even to a destination that acknowledged
+    them (a destination added later, a PACS that lost them, a second PACS)."""
+    from dicom_node import destinations
+
+    with user_errors():
+        settings = settings_from(config)
+        database = _open(settings)
+        try:
+            queued = destinations.resend(settings, database, study_uid, _now(),
+                                         destination or ())
+        except outbound.OutboundError as exc:
+            raise CliError(str(exc)) from None
+        finally:
+            database.dispose()
+    if as_json:
+        print_json({"queued": queued})
+        return
+    print_table(f"Queued again for study {study_uid}", ["id"], [[i] for i in queued])
 
 
 def _open(settings: Settings) -> Database:
