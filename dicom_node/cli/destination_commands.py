@@ -18,7 +18,7 @@ from dicom_node.cli.common import (
     settings_from,
     user_errors,
 )
-from dicom_node.cli.report_commands import _open, _time
+from dicom_node.cli.report_commands import _open, _time, print_notes
 from dicom_node.outcomes import Verdict
 
 destinations_app = typer.Typer(help="Destinations (PACS) and their state.",
@@ -44,11 +44,11 @@ def destinations_list(config: Path | None = ConfigOption, as_json: bool = JsonOp
     now = datetime.now(UTC)
     print_table(
         "Destinations",
-        ["name", "state", "since", "last success", "pending", "dead", "oldest pending",
-         "last error"],
-        [[r.name, r.state, _ago(r.since, now), _ago(r.last_success_at, now), r.pending, r.dead,
-          _ago(r.oldest_pending_at, now), r.last_error or ""] for r in rows],
+        ["name", "state", "since", "last success", "pending", "dead", "oldest pending"],
+        [[r.name, r.state, _ago(r.since, now), _ago(r.last_success_at, now),
+          r.pending, r.dead, _ago(r.oldest_pending_at, now)] for r in rows],
     )
+    print_notes("Why not up", [(r.name, r.last_error) for r in rows if r.last_error], "")
 
 
 @destinations_app.command("echo")
@@ -73,11 +73,11 @@ def destinations_echo(
 
 
 def _ago(value: datetime | None, now: datetime) -> str:
-    """'3 s ago', '5 min ago', '2 h ago', '4 d ago'; '' for None."""
+    """'3s ago', '5m ago', '2h ago', '4d ago'; '' for None."""
     if value is None:
         return ""
     seconds = max((now - value).total_seconds(), 0)
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
-            return f"{seconds / size:.0f} {unit} ago"
-    return f"{seconds:.0f} s ago"
+            return f"{seconds // size:.0f}{unit} ago"
+    return f"{seconds:.0f}s ago"

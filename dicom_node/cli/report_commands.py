@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import signal
 import threading
-from datetime import UTC, datetime
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import typer
+from rich.table import Table
 
 from dicom_node.cli import app
 from dicom_node.cli.common import (
     CliError,
     ConfigOption,
     JsonOption,
+    console,
     print_json,
     print_table,
     settings_from,
@@ -132,17 +135,39 @@ def outbound_list(
     if as_json:
         print_json([_jsonable(d) for d in rows])
         return
-    print_table(
-        "Outbound" + (f" {wanted.value}" if wanted else ""),
-        ["id", "destination", "kind", "state", "attempts", "next attempt", "SOP Instance UID",
-         "last error"],
-        [
-            [d.id, d.destination, d.kind, d.state.value, d.attempts,
-             _time(d.next_attempt_at) if d.state is OutboundState.PENDING else "",
-             d.sop_instance_uid, d.last_error or ""]
-            for d in rows
-        ],
-    )
+    table = Table(title="Outbound" + (f" {wanted.value}" if wanted else ""),
+                  title_justify="left")
+    for column in ("id", "destination", "kind", "state", "tries", "next attempt"):
+        table.add_column(column)
+    table.add_column("SOP Instance UID", overflow="fold")
+    now = _now()
+    for d in rows:
+        due = _short_time(d.next_attempt_at, now) if d.state is OutboundState.PENDING else ""
+        table.add_row(str(d.id), d.destination, d.kind, d.state.value, str(d.attempts), due,
+                      d.sop_instance_uid)
+    console.print(table)
+    print_notes("Last errors", [(d.id, d.last_error) for d in reversed(rows) if d.last_error],
+                "id")
+
+
+def print_notes(title: str, notes: Sequence[tuple[Any, str]], label: str) -> None:
+    """Long texts below a table, one line each, with the keys that share a text collapsed
+    ("ids 1, 2: connection refused ..."): a table at 80 columns has no room for them."""
+    shared: dict[str, list[str]] = {}
+    for key, text in notes:
+        shared.setdefault(text, []).append(str(key))
+    if not shared:
+        return
+    console.print(f"{title}:", highlight=False, markup=False)
+    for text, keys in shared.items():
+        keys_text = f"{label}{'s' if len(keys) > 1 else ''} " if label else ""
+        console.print(f"  {keys_text}{', '.join(keys)}: {text}", highlight=False,
+                      markup=False)
+
+
+def _short_time(value: datetime, now: datetime) -> str:
+    """HH:MM:SS within a day of `now`, else the date."""
+    return f"{value:%H:%M:%S}" if abs(value - now) < timedelta(days=1) else f"{value:%Y-%m-%d}"
 
 
 @outbound_app.command("retry")
