@@ -433,7 +433,8 @@ class Sender:
     def _destination_succeeded(self, session: Session, destination: DestinationSettings,
                                how: str) -> None:
         now = self.clock()
-        if destination_states.record_success(session, destination.name, now):
+        if destination_states.record_success(session, destination.name, now,
+                                             delivered=how == "C-STORE"):
             made_due = outbound.make_due(session, destination.name, now)
             log_event(LOG, "destination_up", destination=destination.name,
                       called_ae=destination.ae_title, by=how, pending_made_due=made_due)

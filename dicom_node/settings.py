@@ -83,7 +83,7 @@ class OutboundSettings:
     max_retry_delay_seconds: float = 300
     backoff_multiplier: float = 2
     probe_initial_delay_seconds: float = 2  # per destination, C-ECHO while down or refusing
-    probe_max_delay_seconds: float = 15
+    probe_max_delay_seconds: float = 10
     poll_interval_seconds: float = 5  # also picks up `dicom-node outbound retry|resend`
     send_lease_seconds: float = 300  # a claimed delivery is retried after this if a sender died
 

@@ -43,14 +43,18 @@ def list_states(session: Session) -> dict[str, DestinationView]:
     return {row.name: _view(row) for row in session.scalars(select(DestinationState))}
 
 
-def record_success(session: Session, name: str, now: datetime) -> bool:
-    """A delivery or probe succeeded: UP, failures reset. Returns True when the destination was
-    not up before (the caller then makes its pending objects due)."""
+def record_success(session: Session, name: str, now: datetime, *, delivered: bool) -> bool:
+    """A delivery or probe succeeded: UP. Only a delivery resets the failure count: a PACS that
+    answers C-ECHO but refuses storage (out of resources) keeps its probe backoff growing.
+    Returns True when the destination was not up before (the caller then makes its pending
+    objects due)."""
     _ensure(session, name, now)
     row = session.get(DestinationState, name, populate_existing=True)
     came_back = row is not None and row.state is not DestinationStatus.UP
-    values: dict[str, Any] = {"state": DestinationStatus.UP, "failures": 0,
-                              "next_probe_at": None, "last_success_at": now}
+    values: dict[str, Any] = {"state": DestinationStatus.UP, "next_probe_at": None,
+                              "last_success_at": now}
+    if delivered:
+        values["failures"] = 0
     if came_back:
         values["since"] = now
     session.execute(update(DestinationState).where(DestinationState.name == name)

@@ -368,3 +368,29 @@ def test_resend_queues_the_current_result_again_even_after_it_was_sent(tmp_path,
 def _rows_by(database):
     with database.read_only() as session:
         return {(d.destination, d.kind): d for d in outbound.list_deliveries(session)}
+
+
+def test_out_of_resources_makes_the_destination_refusing_until_space_returns(database, outbox):
+    full = {"disk": True}
+    pacs = StandInPACS(answer=lambda _uid, _n: 0xA700 if full["disk"] else 0x0000).start()
+    clock = Clock()
+    try:
+        queue_result(database, outbox, ["pacs"])
+        sender = _sender(database, outbox, destination("pacs", pacs.port), clock)
+        assert sender.send_due("pacs") == 1  # the batch stops at the first refusal
+        state = _state(database, "pacs")
+        assert (state.state, state.last_error) == (
+            DestinationStatus.REFUSING, "C-STORE answered Refused: Out of Resources (0xA700)")
+        clock.now += timedelta(seconds=30)
+        assert sender.send_due("pacs") == 1  # C-ECHO answers: up again, try the oldest
+        assert sender.send_due("pacs") == 1  # still full
+        assert _state(database, "pacs").failures == 2  # the probe did not reset the backoff
+        full["disk"] = False
+        clock.now += timedelta(seconds=60)
+        while sender.send_due("pacs"):
+            pass
+    finally:
+        pacs.stop()
+    rows = _rows(database)
+    assert {r.state for r in rows.values()} == {OutboundState.SENT}
+    assert rows["sr"].attempts == 3 and rows["summary"].attempts == 1
