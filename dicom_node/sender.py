@@ -2,19 +2,29 @@
 
 One thread per destination, so a destination that is down (or slow to time out) delays only its
 own deliveries, never intake, inference or another destination. A thread wakes when the worker
-queues a result (`wake()`), when the earliest retry falls due, or every `poll_interval_seconds`
-(which also picks up `dicom-node outbound retry` from another process).
+queues a result (`wake()`), when the earliest retry or probe falls due, or every
+`poll_interval_seconds` (which also picks up `dicom-node outbound retry|resend` from another
+process).
 
-Between failed attempts the wait grows exponentially (`RetryPolicy`); after `max_attempts`, or
-at once for a refusal that retrying cannot fix, the delivery is DEAD with its error kept.
+Outbound follows the destination, not each object (see dicom_node.outcomes for the verdicts):
+- up: due objects go oldest first, several in one association; each outcome is committed as
+  its C-STORE response arrives, so a kill -9 mid-batch never re-sends what the PACS acknowledged.
+- down or refusing (kept in the work list, storage.destinations): nothing is sent; the node
+  probes with C-ECHO on a backoff of its own. The first success, probe or delivery, makes every
+  pending object for the destination due at once. An outage never makes an object DEAD.
+- An object the PACS fails for a reason that can pass (0x0110) waits out its own backoff; one
+  that retrying cannot fix is DEAD at once, with its reason in words.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,29 +33,37 @@ import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.association import Association
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from sqlalchemy.orm import Session
 
 from dicom_node.logs import log_event
+from dicom_node.outcomes import (
+    Answered,
+    Event,
+    Lost,
+    NoContext,
+    Outcome,
+    Rejected,
+    Unreachable,
+    Unreadable,
+    Verdict,
+    classify,
+)
 from dicom_node.settings import DestinationSettings, OutboundSettings
+from storage import destinations as destination_states
 from storage import outbound
 from storage.db import Database
+from storage.models import DestinationStatus
 from storage.outbound import Delivery
 
 LOG = logging.getLogger(__name__)
-OUT_OF_RESOURCES_RANGE = range(0xA700, 0xA800)  # the peer may recover: retry
-SUCCESS_OR_WARNING = {0x0000, 0x0001, 0x0107, 0x0116, 0xB000, 0xB006, 0xB007}
-
-
-class DeliveryError(Exception):
-    """A failed delivery; `permanent` when retrying the same object cannot succeed."""
-
-    def __init__(self, message: str, *, permanent: bool = False) -> None:
-        super().__init__(message)
-        self.permanent = permanent
+BATCH_SIZE = 32
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff: initial, initial*multiplier, ... capped at max_delay_seconds."""
+    """Backoff: initial, initial*multiplier, ... capped at max_delay_seconds. Objects use it
+    after a failure answer; destinations use it (with the probe delays) while down."""
 
     max_attempts: int
     initial_delay_seconds: float
@@ -61,46 +79,143 @@ class RetryPolicy:
             multiplier=settings.backoff_multiplier,
         )
 
-    def decide(self, attempts: int, error: DeliveryError) -> float | None:
-        """Seconds to wait before the next attempt, after `attempts` failed ones (this one
-        included); None: give up (DEAD)."""
-        if error.permanent or attempts >= self.max_attempts:
-            return None
-        delay = self.initial_delay_seconds * self.multiplier ** max(attempts - 1, 0)
+    def delay(self, failures: int) -> float:
+        """Seconds to wait after `failures` consecutive failures (>= 1)."""
+        delay = self.initial_delay_seconds * self.multiplier ** max(failures - 1, 0)
         return min(delay, self.max_delay_seconds)
+
+    def decide(self, attempts: int, verdict: Verdict) -> float | None:
+        """Seconds until an object is tried again after `attempts` failed ones (this one
+        included); None: DEAD. Only RETRY_LIMITED answers count towards max_attempts; an
+        object-level RETRY is never DEAD and a DEAD verdict is DEAD at once."""
+        if verdict is Verdict.DEAD:
+            return None
+        if verdict is Verdict.RETRY_LIMITED and attempts >= self.max_attempts:
+            return None
+        return self.delay(attempts)
 
 
 StoreFunction = Callable[
-    [DestinationSettings, str, Sequence[tuple[int, Path]]], dict[int, DeliveryError | None]
+    [DestinationSettings, str, Sequence[tuple[int, Path]]], Iterator[tuple[int, Outcome]]
 ]
+EchoFunction = Callable[[DestinationSettings, str], Outcome]
 
 
-def store_files(
-    destination: DestinationSettings, calling_ae: str, files: Sequence[tuple[int, Path]]
-) -> dict[int, DeliveryError | None]:
-    """C-STORE each file to `destination` in one association; per key, None (stored) or the
-    error. An association that cannot be made fails every file with the same error."""
-    datasets = {key: pydicom.dcmread(path) for key, path in files}
+def _address(destination: DestinationSettings) -> str:
+    return f"{destination.ae_title}@{destination.host}:{destination.port}"
+
+
+def _associate(
+    destination: DestinationSettings, calling_ae: str, sop_classes: Sequence[str]
+) -> Association:
     ae = AE(ae_title=calling_ae)
     ae.connection_timeout = destination.connect_timeout_seconds
     ae.acse_timeout = destination.connect_timeout_seconds
     ae.network_timeout = destination.network_timeout_seconds
     ae.dimse_timeout = destination.dimse_timeout_seconds
-    for sop_class in sorted({ds.SOPClassUID for ds in datasets.values()}):
+    for sop_class in sorted(set(sop_classes)):
         ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    return ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+
+
+def _not_established(assoc: Association, destination: DestinationSettings) -> Event | None:
+    """Why an association was not established; None when every presentation context was
+    refused (the caller names the SOP class per object)."""
+    address = _address(destination)
+    primitive = assoc.acceptor.primitive
+    if assoc.is_rejected and primitive is not None:
+        return Rejected(address, int(primitive.result or 0), int(primitive.result_source or 0),
+                        int(primitive.diagnostic or 0))
+    if assoc.rejected_contexts and not assoc.accepted_contexts:
+        return None
+    return Unreachable(address, _diagnose_connect(destination),
+                       destination.connect_timeout_seconds)
+
+
+def _diagnose_connect(destination: DestinationSettings) -> str:
+    """pynetdicom logs, but does not return, why a connection failed: try once more to say it
+    in words ("refused", "timeout", "aborted" when a connection is possible, or the OS's)."""
+    try:
+        with socket.create_connection((destination.host, destination.port),
+                                      timeout=destination.connect_timeout_seconds):
+            return "aborted"
+    except ConnectionRefusedError:
+        return "refused"
+    except TimeoutError:
+        return "timeout"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+
+
+def store_files(
+    destination: DestinationSettings, calling_ae: str, files: Sequence[tuple[int, Path]]
+) -> Iterator[tuple[int, Outcome]]:
+    """C-STORE each file to `destination` in one association, in the given order, yielding
+    (key, Outcome) as each response arrives. An association that cannot be made yields the
+    same destination outcome for every key; after a destination outcome mid-batch it stops
+    (the rest were not attempted). Closing the generator releases the association."""
+    datasets: list[tuple[int, pydicom.Dataset]] = []
+    for key, path in files:
+        try:
+            datasets.append((key, pydicom.dcmread(path)))
+        except (OSError, ValueError) as exc:
+            yield key, classify(Unreadable(str(path), str(exc)))
+    if not datasets:
+        return
+    assoc = _associate(destination, calling_ae, [ds.SOPClassUID for _, ds in datasets])
     if not assoc.is_established:
-        why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "failed"
-        error = DeliveryError(
-            f"association with {destination.ae_title}@{destination.host}:{destination.port} {why}"
-        )
-        return dict.fromkeys(datasets, error)
+        event = _not_established(assoc, destination)
+        for key, ds in datasets:
+            yield key, classify(event or NoContext(_address(destination), ds.SOPClassUID))
+        return
     _no_delay(assoc)
     try:
-        return {key: _store_one(assoc, ds) for key, ds in datasets.items()}
+        for key, ds in datasets:
+            outcome = classify(_store_one(assoc, ds, _address(destination)))
+            yield key, outcome
+            if outcome.verdict.about_destination:
+                return
     finally:
         if assoc.is_established:
             assoc.release()
+
+
+def _store_one(assoc: Association, ds: pydicom.Dataset, address: str) -> Event:
+    try:
+        status = assoc.send_c_store(ds)
+    except ValueError:  # no accepted presentation context for this SOP class
+        return NoContext(address, ds.SOPClassUID)
+    except RuntimeError:  # the association ended under us
+        return Lost(address)
+    if not status or "Status" not in status:
+        return Lost(address)
+    return Answered(int(status.Status), str(status.get("ErrorComment", "")))
+
+
+def echo_destination(destination: DestinationSettings, calling_ae: str) -> Outcome:
+    """C-ECHO `destination` with the configured AE titles and timeouts; OK (reachable, with
+    the round trip in words), DOWN or REFUSING."""
+    start = time.perf_counter()
+    assoc = _associate(destination, calling_ae, [Verification])
+    if not assoc.is_established:
+        event = _not_established(assoc, destination)
+        if event is None:
+            return Outcome(Verdict.OK, f"{_address(destination)} is reachable but does not "
+                                       "accept Verification (C-ECHO)")
+        return classify(event)
+    try:
+        status = assoc.send_c_echo()
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    seconds = time.perf_counter() - start
+    if status and "Status" in status and int(status.Status) == 0:
+        return Outcome(Verdict.OK, f"{_address(destination)} answered C-ECHO with Success "
+                                   f"in {seconds:.3f} s")
+    if status and "Status" in status:
+        return Outcome(Verdict.OK, f"{_address(destination)} is reachable; C-ECHO answered "
+                                   f"0x{int(status.Status):04X}")
+    return classify(Lost(_address(destination)))
 
 
 def _no_delay(assoc: Association) -> None:
@@ -117,21 +232,32 @@ def _no_delay(assoc: Association) -> None:
         log_event(LOG, "tcp_nodelay_failed", level=logging.DEBUG)
 
 
-def _store_one(assoc: Association, ds: pydicom.Dataset) -> DeliveryError | None:
+def sender_id() -> str:
+    """This process as a claim holder: "host:pid" (the same form as worker ids)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def gone_holders(holders: Sequence[str], host: str, own_pid: int) -> list[str]:
+    """Of `holders` ("host:pid"), those on `host` whose process no longer runs, plus this
+    process's own id (a new process holds nothing yet; in a container the pid repeats)."""
+    gone = []
+    for holder in holders:
+        holder_host, _, pid = holder.rpartition(":")
+        if holder_host != host or not pid.isdigit():
+            continue
+        if int(pid) == own_pid or not _running(int(pid)):
+            gone.append(holder)
+    return gone
+
+
+def _running(pid: int) -> bool:
     try:
-        status = assoc.send_c_store(ds)
-    except ValueError as exc:  # no accepted presentation context for this SOP class
-        return DeliveryError(f"peer does not accept {ds.SOPClassUID}: {exc}", permanent=True)
-    if not status or "Status" not in status:
-        return DeliveryError("no C-STORE response (timeout or aborted association)")
-    code = int(status.Status)
-    if code in SUCCESS_OR_WARNING:
-        return None
-    comment = status.get("ErrorComment", "")
-    return DeliveryError(
-        f"C-STORE status 0x{code:04X} {comment}".strip(),
-        permanent=code not in OUT_OF_RESOURCES_RANGE,
-    )
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class Sender:
@@ -149,6 +275,7 @@ class Sender:
         settings: OutboundSettings,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         store: StoreFunction = store_files,
+        echo: EchoFunction = echo_destination,
     ) -> None:
         self.database = database
         self.outbox_root = Path(outbox_root)
@@ -156,13 +283,19 @@ class Sender:
         self.calling_ae = calling_ae
         self.settings = settings
         self.policy = RetryPolicy.from_settings(settings)
+        self.probe_policy = RetryPolicy(
+            0, settings.probe_initial_delay_seconds, settings.probe_max_delay_seconds,
+            settings.backoff_multiplier)
         self.clock = clock
         self.store = store
+        self.echo = echo
+        self.id = sender_id()
         self._wake = {name: threading.Event() for name in self.destinations}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
+        self.release_gone_claims()
         self._stop.clear()
         for name in self.destinations:
             thread = threading.Thread(target=self._run, args=(name,), name=f"sender-{name}",
@@ -183,6 +316,17 @@ class Sender:
         for event in self._wake.values():
             event.set()
 
+    def release_gone_claims(self) -> int:
+        """Rows claimed by a sender of this host that no longer runs go back at once (a kill
+        -9 left them claimed for `send_lease_seconds`). Returns how many."""
+        host = socket.gethostname()
+        with self.database.sessions.begin() as session:
+            gone = gone_holders(outbound.claim_holders(session), host, os.getpid())
+            released = outbound.release_claims(session, gone)
+        if released:
+            log_event(LOG, "send_claims_released", deliveries=released, holders=gone)
+        return released
+
     def _run(self, name: str) -> None:
         event = self._wake[name]
         while not self._stop.is_set():
@@ -199,52 +343,115 @@ class Sender:
 
     def _seconds_until_due(self, name: str) -> float:
         with self.database.read_only() as session:
+            state = destination_states.get(session, name)
             due = outbound.next_due_at(session, name)
+        if state is not None and state.state is not DestinationStatus.UP:
+            due = state.next_probe_at
         poll = self.settings.poll_interval_seconds
         if due is None:
             return poll
         return min(poll, max((due - self.clock()).total_seconds(), 0.05))
 
     def send_due(self, name: str) -> int:
-        """One pass for one destination: claim what is due, send it, record the outcome.
-        Returns the number of deliveries attempted."""
-        destination = self.destinations[name]
+        """One pass for one destination: probe it if it is down or refusing and its probe is
+        due, else claim what is due (oldest first), send it and commit each outcome as it
+        arrives. Returns how many deliveries were attempted (a successful probe counts 1, so a
+        caller looping until 0 goes on to send)."""
+        with self.database.read_only() as session:
+            state = destination_states.get(session, name)
+        if state is not None and state.state is not DestinationStatus.UP:
+            if state.next_probe_at is not None and state.next_probe_at > self.clock():
+                return 0
+            return self.probe(name)
         with self.database.sessions.begin() as session:
-            claimed = outbound.claim_due(
-                session, name, self.clock(), self.settings.send_lease_seconds
-            )
+            claimed = outbound.claim_due(session, name, self.clock(),
+                                         self.settings.send_lease_seconds, BATCH_SIZE, self.id)
         if not claimed:
             return 0
+        return self._send(self.destinations[name], claimed)
+
+    def _send(self, destination: DestinationSettings, claimed: Sequence[Delivery]) -> int:
+        by_id = {d.id: d for d in claimed}
+        attempted: list[int] = []
+        about_destination: Outcome | None = None
         files = [(d.id, self.outbox_root / d.file_path) for d in claimed]
         try:
-            outcomes = self.store(destination, self.calling_ae, files)
-        except Exception as exc:  # noqa: BLE001  unreadable file, socket error, ...
-            outcomes = dict.fromkeys((d.id for d in claimed), DeliveryError(repr(exc)))
-        self._record(destination, claimed, outcomes)
-        return len(claimed)
+            with closing(self.store(destination, self.calling_ae, files)) as outcomes:
+                for key, outcome in outcomes:
+                    attempted.append(key)
+                    self._record(destination, by_id[key], outcome)
+                    if outcome.verdict.about_destination:
+                        about_destination = about_destination or outcome
+        except Exception as exc:  # noqa: BLE001  a socket or library error must not kill us
+            about_destination = Outcome(Verdict.DOWN, f"sending to {_address(destination)} "
+                                                      f"failed: {type(exc).__name__}: {exc}")
+            log_event(LOG, "send_failed", level=logging.ERROR, destination=destination.name,
+                      exc_info=True)
+        with self.database.sessions.begin() as session:
+            outbound.release(session, [i for i in by_id if i not in attempted])
+        if about_destination is not None:
+            self._destination_failed(destination, about_destination)
+        return len(attempted)
 
-    def _record(
-        self,
-        destination: DestinationSettings,
-        claimed: Sequence[Delivery],
-        outcomes: dict[int, DeliveryError | None],
-    ) -> None:
+    def probe(self, name: str) -> int:
+        """C-ECHO a destination that is down or refusing; on success it is up and every
+        pending object for it is due now. Returns 1 on success, else 0."""
+        destination = self.destinations[name]
+        outcome = self.echo(destination, self.calling_ae)
+        if outcome.verdict.about_destination:
+            self._destination_failed(destination, outcome)
+            return 0
+        with self.database.sessions.begin() as session:
+            self._destination_succeeded(session, destination, "C-ECHO")
+        return 1
+
+    def _record(self, destination: DestinationSettings, delivery: Delivery,
+                outcome: Outcome) -> None:
+        fields = {
+            "destination": destination.name, "called_ae": destination.ae_title,
+            "kind": delivery.kind, "sop_instance_uid": delivery.sop_instance_uid,
+            "study_instance_uid": delivery.study_instance_uid,
+        }
+        now = self.clock()
+        if outcome.verdict is Verdict.OK:
+            with self.database.sessions.begin() as session:
+                outbound.mark_sent(session, delivery.id, now)
+                self._destination_succeeded(session, destination, "C-STORE")
+            log_event(LOG, "delivery_sent", detail=outcome.message, **fields)
+            return
+        attempts = delivery.attempts + 1
+        delay = 0.0 if outcome.verdict.about_destination else self.policy.decide(
+            attempts, outcome.verdict)
+        retry_at = None if delay is None else now + timedelta(seconds=delay)
+        with self.database.sessions.begin() as session:
+            state = outbound.mark_failed(session, delivery.id, outcome.message, retry_at, now)
+        log_event(LOG, "delivery_failed", level=logging.WARNING, state=str(state),
+                  verdict=str(outcome.verdict), attempts=attempts,
+                  retry_in_seconds=None if outcome.verdict.about_destination else delay,
+                  error=outcome.message, **fields)
+
+    def _destination_succeeded(self, session: Session, destination: DestinationSettings,
+                               how: str) -> None:
+        now = self.clock()
+        if destination_states.record_success(session, destination.name, now,
+                                             delivered=how == "C-STORE"):
+            made_due = outbound.make_due(session, destination.name, now)
+            log_event(LOG, "destination_up", destination=destination.name,
+                      called_ae=destination.ae_title, by=how, pending_made_due=made_due)
+
+    def _destination_failed(self, destination: DestinationSettings, outcome: Outcome) -> None:
+        status = (DestinationStatus.DOWN if outcome.verdict is Verdict.DOWN
+                  else DestinationStatus.REFUSING)
         now = self.clock()
         with self.database.sessions.begin() as session:
-            for delivery in claimed:
-                error = outcomes.get(delivery.id, DeliveryError("not attempted"))
-                fields = {
-                    "destination": destination.name, "called_ae": destination.ae_title,
-                    "kind": delivery.kind, "sop_instance_uid": delivery.sop_instance_uid,
-                    "study_instance_uid": delivery.study_instance_uid,
-                }
-                if error is None:
-                    outbound.mark_sent(session, delivery.id, now)
-                    log_event(LOG, "delivery_sent", **fields)
-                    continue
-                attempts = delivery.attempts + 1
-                delay = self.policy.decide(attempts, error)
-                retry_at = None if delay is None else now + timedelta(seconds=delay)
-                state = outbound.mark_failed(session, delivery.id, str(error), retry_at, now)
-                log_event(LOG, "delivery_failed", level=logging.WARNING, state=str(state),
-                          attempts=attempts, retry_in_seconds=delay, error=str(error), **fields)
+            before = destination_states.get(session, destination.name)
+            after = destination_states.record_failure(
+                session, destination.name, status, outcome.message, now,
+                lambda failures: timedelta(seconds=self.probe_policy.delay(failures)))
+        changed = before is None or before.state is not status
+        log_event(LOG, f"destination_{status.value.lower()}" if changed else "probe_failed",
+                  level=logging.WARNING, destination=destination.name,
+                  called_ae=destination.ae_title, error=outcome.message,
+                  failures=after.failures,
+                  next_probe_in_seconds=round((after.next_probe_at - now).total_seconds(), 3)
+                  if after.next_probe_at else None)

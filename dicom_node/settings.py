@@ -81,11 +81,13 @@ class WorkerSettings:
 
 @dataclass(frozen=True)
 class OutboundSettings:
-    max_attempts: int = 10
-    initial_retry_delay_seconds: float = 10
-    max_retry_delay_seconds: float = 1800
+    max_attempts: int = 5  # only for failure statuses of no standard meaning; never an outage
+    initial_retry_delay_seconds: float = 10  # per object, after the PACS failed that object
+    max_retry_delay_seconds: float = 300
     backoff_multiplier: float = 2
-    poll_interval_seconds: float = 5  # also picks up `dicom-node outbound retry`
+    probe_initial_delay_seconds: float = 2  # per destination, C-ECHO while down or refusing
+    probe_max_delay_seconds: float = 10
+    poll_interval_seconds: float = 5  # also picks up `dicom-node outbound retry|resend`
     send_lease_seconds: float = 300  # a claimed delivery is retried after this if a sender died
 
 
@@ -172,6 +174,10 @@ _CHECKS: dict[tuple[str, str], typing.Callable[[Any], str | None]] = {
     ("outbound", "max_attempts"): lambda v: None if v >= 1 else "must be >= 1",
     ("outbound", "backoff_multiplier"): lambda v: None if v >= 1 else "must be >= 1",
     ("outbound", "initial_retry_delay_seconds"): lambda v: None if v >= 0 else "must be >= 0",
+    ("outbound", "probe_initial_delay_seconds"): lambda v: None if v > 0 else "must be > 0",
+    ("outbound", "probe_max_delay_seconds"): lambda v: None if v > 0 else "must be > 0",
+    ("outbound", "poll_interval_seconds"): lambda v: None if v > 0 else "must be > 0",
+    ("outbound", "send_lease_seconds"): lambda v: None if v > 0 else "must be > 0",
     ("destinations[]", "name"): lambda v: None
     if v and v.replace("-", "").replace("_", "").isalnum() and len(v) <= 64
     else "must be 1..64 letters, digits, - or _",

@@ -220,7 +220,7 @@ class ImageScore(Base):
 class OutboundState(StrEnum):
     PENDING = "PENDING"  #: to be sent at next_attempt_at (or being sent, see storage.outbound)
     SENT = "SENT"  #: the destination acknowledged it; never sent again
-    DEAD = "DEAD"  #: gave up after max_attempts or a permanent refusal; see last_error
+    DEAD = "DEAD"  #: a refusal that retrying cannot fix (never an outage); see last_error
 
 
 class Outbound(Base):
@@ -242,6 +242,9 @@ class Outbound(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # A sender's claim (migration 0007): "host:pid" of the sender and until when it holds the row
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    claimed_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
     __table_args__ = (
         UniqueConstraint("sop_instance_uid", "destination"),
@@ -265,3 +268,30 @@ class IgnoredInstance(Base):
     sop_class_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
     calling_ae_title: Mapped[str | None] = mapped_column(String(16))
     received_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+# --- Destination state (outbound helper; migration 0007_destination_state) -------------------
+# One row per destination name: whether it is up, down (unreachable) or refusing (it answers
+# but refuses associations or storage), since when, the last error in words and when to probe
+# it next. A destination without a row has never failed: up.
+
+
+class DestinationStatus(StrEnum):
+    UP = "UP"  #: deliveries go as they fall due
+    DOWN = "DOWN"  #: unreachable (refused, timed out, aborted); probed by C-ECHO on a backoff
+    REFUSING = "REFUSING"  #: reachable but rejects associations or is out of resources
+
+
+class DestinationState(Base):
+    __tablename__ = "destination_state"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[DestinationStatus] = mapped_column(
+        Enum(DestinationStatus, name="destination_status", native_enum=False, length=16)
+    )
+    since: Mapped[datetime] = mapped_column(UtcDateTime)
+    failures: Mapped[int] = mapped_column(Integer, default=0)  # consecutive, for the backoff
+    next_probe_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    last_success_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_error_at: Mapped[datetime | None] = mapped_column(UtcDateTime)

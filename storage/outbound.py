@@ -1,26 +1,30 @@
 """The outbound queue: one row per object (SR, summary image) and destination.
 
-PENDING -> SENT | DEAD. A sender claims due rows by pushing their `next_attempt_at` forward by a
-lease (a guarded UPDATE, so two senders never take the same row); a sender that dies mid-send
-leaves the row due again once the lease passes. SENT is final: a row the destination
+PENDING -> SENT | DEAD. A sender claims due rows, oldest first, by writing its id ("host:pid")
+and a lease end into `claimed_by`/`claimed_until` (a guarded UPDATE, so two senders never take the
+same row); each outcome is committed as its C-STORE response arrives, which also drops the claim.
+A sender that dies mid-send leaves its unanswered rows claimed until the lease passes, or until a
+start-up on the same host finds the claiming process gone (`release_claims`). `next_attempt_at`
+is the row's own retry time only, so a destination coming back can make every pending row due at
+once (`make_due`) without touching claims. SENT is final for the sender: a row the destination
 acknowledged is never claimed again, and (sop_instance_uid, destination) is unique, so an object
-is never queued twice for one destination.
+is never queued twice for one destination; only `resend`, an explicit admin act, queues it again.
 
 Functions take the caller's Session and a timezone-aware `now`; they never commit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, fields
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import and_, case, func, insert, or_, select, type_coerce, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from storage.models import Outbound, OutboundState
+from storage.models import Outbound, OutboundState, Result, UtcDateTime
 
 
 class OutboundError(ValueError):
@@ -53,6 +57,8 @@ class Delivery:
     last_error: str | None
     created_at: datetime
     sent_at: datetime | None
+    claimed_by: str | None = None
+    claimed_until: datetime | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -82,18 +88,30 @@ def enqueue(
     return added
 
 
+def _unclaimed(now: datetime) -> Any:
+    return or_(Outbound.claimed_until.is_(None), Outbound.claimed_until <= now)
+
+
 def claim_due(
-    session: Session, destination: str, now: datetime, lease_seconds: float, limit: int = 32
+    session: Session,
+    destination: str,
+    now: datetime,
+    lease_seconds: float,
+    limit: int = 32,
+    claimed_by: str = "",
 ) -> list[Delivery]:
-    """Take up to `limit` PENDING rows due for `destination`, leasing them for `lease_seconds`."""
+    """Take up to `limit` PENDING rows due for `destination`, oldest first (queue order, so an
+    older object never goes after a newer one), leasing them to `claimed_by` for
+    `lease_seconds`."""
     rows = session.scalars(
         select(Outbound)
         .where(
             Outbound.state == OutboundState.PENDING,
             Outbound.destination == destination,
             Outbound.next_attempt_at <= now,
+            _unclaimed(now),
         )
-        .order_by(Outbound.next_attempt_at, Outbound.id)
+        .order_by(Outbound.id)
         .limit(limit)
     ).all()
     lease_until = now + timedelta(seconds=lease_seconds)
@@ -101,12 +119,9 @@ def claim_due(
     for row in rows:
         taken = session.execute(
             update(Outbound)
-            .where(
-                Outbound.id == row.id,
-                Outbound.state == OutboundState.PENDING,
-                Outbound.next_attempt_at == row.next_attempt_at,
-            )
-            .values(next_attempt_at=lease_until)
+            .where(Outbound.id == row.id, Outbound.state == OutboundState.PENDING,
+                   _unclaimed(now))
+            .values(claimed_by=claimed_by, claimed_until=lease_until)
             .execution_options(synchronize_session=False)
         ).rowcount
         if taken:
@@ -115,10 +130,12 @@ def claim_due(
 
 
 def mark_sent(session: Session, delivery_id: int, now: datetime) -> None:
+    """The destination acknowledged the object: SENT, claim and last error cleared."""
     session.execute(
         update(Outbound)
         .where(Outbound.id == delivery_id, Outbound.state == OutboundState.PENDING)
-        .values(state=OutboundState.SENT, sent_at=now, attempts=Outbound.attempts + 1)
+        .values(state=OutboundState.SENT, sent_at=now, attempts=Outbound.attempts + 1,
+                last_error=None, claimed_by=None, claimed_until=None)
         .execution_options(synchronize_session=False)
     )
 
@@ -126,7 +143,8 @@ def mark_sent(session: Session, delivery_id: int, now: datetime) -> None:
 def mark_failed(
     session: Session, delivery_id: int, error: str, retry_at: datetime | None, now: datetime
 ) -> OutboundState:
-    """Record a failed attempt: PENDING again at `retry_at`, or DEAD when it is None."""
+    """Record a failed attempt (claim dropped): PENDING again at `retry_at`, or DEAD when it is
+    None."""
     state = OutboundState.DEAD if retry_at is None else OutboundState.PENDING
     session.execute(
         update(Outbound)
@@ -136,16 +154,72 @@ def mark_failed(
             attempts=Outbound.attempts + 1,
             last_error=error[:2000],
             next_attempt_at=retry_at or now,
+            claimed_by=None,
+            claimed_until=None,
         )
         .execution_options(synchronize_session=False)
     )
     return state
 
 
+def release(session: Session, delivery_ids: Sequence[int]) -> None:
+    """Drop the claim on rows that were claimed but not attempted (no attempt counted)."""
+    if delivery_ids:
+        session.execute(
+            update(Outbound)
+            .where(Outbound.id.in_(list(delivery_ids)))
+            .values(claimed_by=None, claimed_until=None)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def claim_holders(session: Session) -> list[str]:
+    """The distinct `claimed_by` ids that hold PENDING rows now."""
+    return list(session.scalars(
+        select(Outbound.claimed_by).where(
+            Outbound.state == OutboundState.PENDING, Outbound.claimed_by.is_not(None)
+        ).distinct()
+    ))
+
+
+def release_claims(session: Session, holders: Sequence[str]) -> int:
+    """Return every row claimed by one of `holders` (senders known to be gone); the count."""
+    if not holders:
+        return 0
+    return session.execute(
+        update(Outbound)
+        .where(Outbound.claimed_by.in_(list(holders)), Outbound.state == OutboundState.PENDING)
+        .values(claimed_by=None, claimed_until=None)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+
+
+def make_due(session: Session, destination: str, now: datetime) -> int:
+    """Every unclaimed PENDING row for `destination` due now (the destination came back);
+    returns how many were waiting for a later time."""
+    return session.execute(
+        update(Outbound)
+        .where(
+            Outbound.state == OutboundState.PENDING,
+            Outbound.destination == destination,
+            Outbound.next_attempt_at > now,
+            _unclaimed(now),
+        )
+        .values(next_attempt_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+
+
 def next_due_at(session: Session, destination: str) -> datetime | None:
-    """When the earliest PENDING row for `destination` is due (None: nothing pending)."""
+    """When the earliest PENDING row for `destination` can be claimed: its retry time, or its
+    claim's end if later (None: nothing pending)."""
+    when = case(
+        (and_(Outbound.claimed_until.is_not(None),
+              Outbound.claimed_until > Outbound.next_attempt_at), Outbound.claimed_until),
+        else_=Outbound.next_attempt_at,
+    )
     return session.scalar(
-        select(func.min(Outbound.next_attempt_at)).where(
+        select(func.min(type_coerce(when, UtcDateTime()))).where(
             Outbound.state == OutboundState.PENDING, Outbound.destination == destination
         )
     )
@@ -179,6 +253,101 @@ def retry(
             .execution_options(synchronize_session=False)
         )
     return targets
+
+
+def resend(
+    session: Session,
+    study_instance_uid: str,
+    wanted: Mapping[str, Collection[str]],
+    now: datetime,
+) -> list[int]:
+    """Queue the study's current (newest) result again: for each destination name in `wanted`,
+    each of its objects whose kind (sr, summary) is wanted. A row that exists (even SENT) goes
+    back to PENDING, due now, with fresh attempts and a note in `last_error`; a destination
+    that never had the object gets a new row. A row a sender holds right now is left alone.
+    Returns the ids queued. Raises OutboundError when the study has no result, or its result
+    was never queued anywhere (nothing in the outbox to send)."""
+    result_id = session.scalar(
+        select(Result.id).where(Result.study_instance_uid == study_instance_uid)
+        .order_by(Result.version.desc()).limit(1)
+    )
+    if result_id is None:
+        raise OutboundError(f"study {study_instance_uid} has no result to send")
+    rows = session.scalars(
+        select(Outbound).where(Outbound.result_id == result_id).order_by(Outbound.id)
+    ).all()
+    objects = {row.sop_instance_uid: row for row in rows}
+    if not objects:
+        raise OutboundError(
+            f"the result of study {study_instance_uid} was never queued: no SR or summary "
+            "in the outbox to send"
+        )
+    queued = []
+    for name, kinds in wanted.items():
+        for template in objects.values():
+            if template.kind in kinds:
+                queued += _requeue(session, result_id, template, name, now)
+    return queued
+
+
+def _requeue(
+    session: Session, result_id: int, template: Outbound, destination: str, now: datetime
+) -> list[int]:
+    row = session.scalar(select(Outbound).where(
+        Outbound.sop_instance_uid == template.sop_instance_uid,
+        Outbound.destination == destination,
+    ))
+    if row is None:
+        enqueue(session, result_id, [NewDelivery(
+            destination, template.kind, template.study_instance_uid, template.sop_instance_uid,
+            template.sop_class_uid, template.file_path)], now)
+        return [session.scalar(select(Outbound.id).where(
+            Outbound.sop_instance_uid == template.sop_instance_uid,
+            Outbound.destination == destination,
+        ))]
+    if row.claimed_until is not None and row.claimed_until > now:
+        return []  # a sender is sending it right now
+    was = f"was {row.state.value}" + (f" at {row.sent_at:%Y-%m-%d %H:%M:%S}Z"
+                                      if row.sent_at else "")
+    session.execute(
+        update(Outbound).where(Outbound.id == row.id)
+        .values(state=OutboundState.PENDING, attempts=0, next_attempt_at=now, sent_at=None,
+                last_error=f"resend requested by an administrator ({was})",
+                claimed_by=None, claimed_until=None)
+        .execution_options(synchronize_session=False)
+    )
+    return [row.id]
+
+
+@dataclass(frozen=True)
+class DestinationCounts:
+    pending: int = 0
+    sent: int = 0
+    dead: int = 0
+    oldest_pending_at: datetime | None = None
+
+
+def destination_counts(session: Session) -> dict[str, DestinationCounts]:
+    """Per destination name: PENDING, SENT and DEAD rows and when the oldest PENDING was
+    queued."""
+    found: dict[str, dict[str, Any]] = {}
+    query = select(Outbound.destination, Outbound.state, func.count(),
+                   func.min(Outbound.created_at)).group_by(Outbound.destination, Outbound.state)
+    for name, state, count, oldest in session.execute(query):
+        entry = found.setdefault(name, {})
+        entry[OutboundState(state).value.lower()] = count
+        if OutboundState(state) is OutboundState.PENDING:
+            entry["oldest_pending_at"] = _aware(oldest)
+    return {name: DestinationCounts(**values) for name, values in found.items()}
+
+
+def _aware(value: Any) -> datetime | None:
+    """min() over a column comes back untyped on SQLite: an ISO string or a naive datetime."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def list_deliveries(

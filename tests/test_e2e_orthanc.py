@@ -208,19 +208,27 @@ def _parameters(path) -> str:
 def test_pacs_down_at_first_gets_every_object_exactly_once(tmp_path):
     random = write_random_checkpoint(tmp_path / "random.pt", seed=6)
     orthanc = OrthancPeer(tmp_path / "orthanc", dicom_port=free_port(), http_port=free_port())
-    node = _node(tmp_path / "node", random, orthanc, initial_retry_delay_seconds=1,
-                 max_retry_delay_seconds=2, max_attempts=1000)
+    # issue 11: the destination is probed (not each object retried) and an outage never makes
+    # an object DEAD, even with max_attempts = 1
+    node = _node(tmp_path / "node", random, orthanc, probe_initial_delay_seconds=0.5,
+                 probe_max_delay_seconds=1, max_attempts=1)
     try:
         node.start()
         study = StudyUids()
         _send(node, tmp_path / "modality", make_radiograph(view="PA", study=study))
 
-        def failed_while_down():
-            rows = node.cli_json("outbound", "list")
-            return len(rows) == 2 and all(r["attempts"] >= 2 and r["state"] == "PENDING"
-                                          for r in rows) and rows
-        rows = node.wait_for(failed_while_down, "failed deliveries while Orthanc is down")
-        assert all("association" in r["last_error"] for r in rows)
+        def probed_while_down():
+            (pacs,) = node.cli_json("destinations", "list")
+            return pacs["state"] == "down" and len(node.events("probe_failed")) >= 2 and pacs
+        pacs = node.wait_for(probed_while_down, "probes while Orthanc is down")
+        assert "connection refused by ORTHANC@127.0.0.1" in pacs["last_error"]
+        rows = node.cli_json("outbound", "list")
+        # the SR was tried once; the summary, if queued after the PACS was found down, waits
+        # untried: while down only C-ECHO probes go out
+        attempts = {r["kind"]: (r["state"], r["attempts"]) for r in rows}
+        assert attempts["sr"] == ("PENDING", 1)
+        assert attempts["summary"] in {("PENDING", 0), ("PENDING", 1)}
+        assert pacs["pending"] == 2
         studies = node.cli_json("studies", "list")
         assert [s["state"] for s in studies] == ["DONE"]  # inference did not wait for the PACS
 
@@ -231,6 +239,7 @@ def test_pacs_down_at_first_gets_every_object_exactly_once(tmp_path):
         assert orthanc.instance_count() == 2
         sent = Counter(e["sop_instance_uid"] for e in node.events("delivery_sent"))
         assert sorted(sent.values()) == [1, 1]  # each object acknowledged exactly once
+        assert [e["by"] for e in node.events("destination_up")] == ["C-ECHO"]
     finally:
         node.stop()
         orthanc.stop()

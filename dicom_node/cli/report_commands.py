@@ -1,21 +1,24 @@
 """`dicom-node worker` (inference and delivery without the listener) and
-`dicom-node outbound list|retry` (the delivery queue)."""
+`dicom-node outbound list|retry|resend` (the delivery queue)."""
 
 from __future__ import annotations
 
 import signal
 import threading
-from datetime import UTC, datetime
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import typer
+from rich.table import Table
 
 from dicom_node.cli import app
 from dicom_node.cli.common import (
     CliError,
     ConfigOption,
     JsonOption,
+    console,
     print_json,
     print_table,
     settings_from,
@@ -32,6 +35,8 @@ app.add_typer(outbound_app, name="outbound")
 
 
 IdsArgument = typer.Argument(None, help="Delivery ids (see `outbound list`).")
+DestinationOption = typer.Option(
+    None, "--destination", help="Only this destination (repeatable); default: all.")
 
 
 def _now() -> datetime:
@@ -130,17 +135,39 @@ def outbound_list(
     if as_json:
         print_json([_jsonable(d) for d in rows])
         return
-    print_table(
-        "Outbound" + (f" {wanted.value}" if wanted else ""),
-        ["id", "destination", "kind", "state", "attempts", "next attempt", "SOP Instance UID",
-         "last error"],
-        [
-            [d.id, d.destination, d.kind, d.state.value, d.attempts,
-             _time(d.next_attempt_at) if d.state is OutboundState.PENDING else "",
-             d.sop_instance_uid, d.last_error or ""]
-            for d in rows
-        ],
-    )
+    table = Table(title="Outbound" + (f" {wanted.value}" if wanted else ""),
+                  title_justify="left")
+    for column in ("id", "destination", "kind", "state", "tries", "next attempt"):
+        table.add_column(column)
+    table.add_column("SOP Instance UID", overflow="fold")
+    now = _now()
+    for d in rows:
+        due = _short_time(d.next_attempt_at, now) if d.state is OutboundState.PENDING else ""
+        table.add_row(str(d.id), d.destination, d.kind, d.state.value, str(d.attempts), due,
+                      d.sop_instance_uid)
+    console.print(table)
+    print_notes("Last errors", [(d.id, d.last_error) for d in reversed(rows) if d.last_error],
+                "id")
+
+
+def print_notes(title: str, notes: Sequence[tuple[Any, str]], label: str) -> None:
+    """Long texts below a table, one line each, with the keys that share a text collapsed
+    ("ids 1, 2: connection refused ..."): a table at 80 columns has no room for them."""
+    shared: dict[str, list[str]] = {}
+    for key, text in notes:
+        shared.setdefault(text, []).append(str(key))
+    if not shared:
+        return
+    console.print(f"{title}:", highlight=False, markup=False)
+    for text, keys in shared.items():
+        keys_text = f"{label}{'s' if len(keys) > 1 else ''} " if label else ""
+        console.print(f"  {keys_text}{', '.join(keys)}: {text}", highlight=False,
+                      markup=False)
+
+
+def _short_time(value: datetime, now: datetime) -> str:
+    """HH:MM:SS within a day of `now`, else the date."""
+    return f"{value:%H:%M:%S}" if abs(value - now) < timedelta(days=1) else f"{value:%Y-%m-%d}"
 
 
 @outbound_app.command("retry")
@@ -167,6 +194,33 @@ def outbound_retry(
         print_json({"retried": retried})
         return
     print_table("Queued again", ["id"], [[i] for i in retried])
+
+
+@outbound_app.command("resend")
+def outbound_resend(
+    study_uid: str = typer.Argument(..., help="Study Instance UID."),
+    destination: list[str] | None = DestinationOption,
+    config: Path | None = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Queue a study's current SR and summary again, even to a destination that acknowledged
+    them (a destination added later, a PACS that lost them, a second PACS)."""
+    from dicom_node import destinations
+
+    with user_errors():
+        settings = settings_from(config)
+        database = _open(settings)
+        try:
+            queued = destinations.resend(settings, database, study_uid, _now(),
+                                         destination or ())
+        except outbound.OutboundError as exc:
+            raise CliError(str(exc)) from None
+        finally:
+            database.dispose()
+    if as_json:
+        print_json({"queued": queued})
+        return
+    print_table(f"Queued again for study {study_uid}", ["id"], [[i] for i in queued])
 
 
 def _open(settings: Settings) -> Database:
