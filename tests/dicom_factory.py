@@ -286,6 +286,7 @@ def encode_j2k_lossless(ds: Dataset, pixels: np.ndarray, precision: int) -> Data
     ds.PixelData = encapsulate([codestream])
     ds["PixelData"].VR = "OB"
     ds.file_meta.TransferSyntaxUID = uids.JPEG2000Lossless
+    return ds
 
 
 # --- other storage objects a PACS forwards with a study (intake helper) ------------------------
