@@ -49,9 +49,13 @@ def find(settings: Settings, name: str) -> DestinationSettings:
     raise UnknownDestination(f"no destination named {name!r} (known: {known})")
 
 
+NOT_CONTACTED = "not contacted"
+
+
 def overview(settings: Settings, database: Database) -> list[DestinationOverview]:
     """Every configured destination with its state and PENDING/DEAD/SENT counts, in
-    configuration order. A destination that never failed is up."""
+    configuration order. A destination the node has not yet contacted (no delivery, no probe)
+    shows as "not contacted": saying "up" would claim a success that never happened."""
     with database.read_only() as session:
         states = destination_states.list_states(session)
         counts = outbound.destination_counts(session)
@@ -62,7 +66,7 @@ def overview(settings: Settings, database: Database) -> list[DestinationOverview
         rows.append(DestinationOverview(
             name=destination.name,
             address=f"{destination.ae_title}@{destination.host}:{destination.port}",
-            state=(state.state if state else DestinationStatus.UP).value.lower(),
+            state=state.state.value.lower() if state else NOT_CONTACTED,
             since=state.since if state else None,
             last_success_at=state.last_success_at if state else None,
             last_error=state.last_error if state and state.state is not DestinationStatus.UP

@@ -394,3 +394,11 @@ def test_out_of_resources_makes_the_destination_refusing_until_space_returns(dat
     rows = _rows(database)
     assert {r.state for r in rows.values()} == {OutboundState.SENT}
     assert rows["sr"].attempts == 3 and rows["summary"].attempts == 1
+
+
+def test_a_destination_never_contacted_is_not_shown_as_up(tmp_path):
+    config = _config(tmp_path, "pacs", free_port())
+    shown = runner.invoke(app, ["destinations", "list", "--config", str(config), "--json"])
+    assert shown.exit_code == 0, shown.output
+    (row,) = json.loads(shown.stdout)
+    assert (row["state"], row["last_success_at"], row["pending"]) == ("not contacted", None, 0)
