@@ -160,9 +160,29 @@ class Worker:
     # -- component life cycle ---------------------------------------------------------------
 
     def start(self) -> None:
+        self.release_gone_leases()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="worker", daemon=True)
         self._thread.start()
+
+    def release_gone_leases(self) -> int:
+        """Studies leased to a worker of this host whose process no longer runs (a kill -9
+        mid-study) go back to the queue at once instead of after `lease_seconds`; attempts + 1
+        as for an expired lease. Returns how many."""
+        from dicom_node.sender import gone_holders
+
+        with self.database.sessions.begin() as session:
+            gone = gone_holders(worklist.lease_holders(session), socket.gethostname(),
+                                os.getpid())
+            swept = worklist.release_leases(session, gone, self.clock(),
+                                            self.settings.worklist.max_attempts)
+        for outcome in swept:
+            log_event(LOG, "lease_released", level=logging.WARNING,
+                      study_instance_uid=outcome.study_instance_uid, state=outcome.state.value,
+                      attempts=outcome.attempts)
+        if swept:
+            self._wake.set()
+        return len(swept)
 
     def stop(self) -> None:
         self._stop.set()

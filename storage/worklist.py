@@ -12,6 +12,7 @@ workers on several machines can share one work list.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
@@ -264,7 +265,43 @@ def renew_lease(
 def requeue_expired(session: Session, now: datetime, max_attempts: int) -> list[SweepOutcome]:
     """Return PROCESSING studies whose lease expired to QUEUED (attempts + 1), or FAILED once
     attempts reach `max_attempts`."""
-    expired = session.execute(
+    return _return_leases(
+        session, Study.lease_until < now, now, max_attempts,
+        lambda row: f"lease expired at {row.lease_until.isoformat()} (worker {row.worker_id})",
+    )
+
+
+def lease_holders(session: Session) -> list[str]:
+    """The distinct worker ids that hold a PROCESSING study now."""
+    return list(session.scalars(
+        select(Study.worker_id)
+        .where(Study.state == StudyState.PROCESSING, Study.worker_id.is_not(None))
+        .distinct()
+    ))
+
+
+def release_leases(
+    session: Session, holders: Sequence[str], now: datetime, max_attempts: int
+) -> list[SweepOutcome]:
+    """Return at once the studies leased to `holders` (workers known to be gone, e.g. killed
+    mid-study) as an expired lease would be: QUEUED with attempts + 1, or FAILED once attempts
+    reach `max_attempts` (a study that kills its worker each time must not loop for ever)."""
+    if not holders:
+        return []
+    return _return_leases(
+        session, Study.worker_id.in_(list(holders)), now, max_attempts,
+        lambda row: f"worker {row.worker_id} stopped while holding the lease",
+    )
+
+
+def _return_leases(
+    session: Session,
+    condition: Any,
+    now: datetime,
+    max_attempts: int,
+    reason: Callable[[Any], str],
+) -> list[SweepOutcome]:
+    rows = session.execute(
         _for_update(
             select(
                 Study.id,
@@ -273,20 +310,19 @@ def requeue_expired(session: Session, now: datetime, max_attempts: int) -> list[
                 Study.worker_id,
                 Study.lease_until,
             )
-            .where(Study.state == StudyState.PROCESSING, Study.lease_until < now)
+            .where(Study.state == StudyState.PROCESSING, condition)
             .order_by(Study.id)
         )
     ).all()
     outcomes = []
-    for row in expired:
+    for row in rows:
         attempts = row.attempts + 1
-        error = f"lease expired at {row.lease_until.isoformat()} (worker {row.worker_id})"
         target = _after_failure(attempts, max_attempts, permanent=False)
         _guarded_update(
             session,
             row.id,
             StudyState.PROCESSING,
-            _outcome_values(target, now) | {"attempts": attempts, "last_error": error},
+            _outcome_values(target, now) | {"attempts": attempts, "last_error": reason(row)},
             extra_where=(Study.lease_until == row.lease_until,),
         )
         outcomes.append(SweepOutcome(row.study_instance_uid, target, attempts))
