@@ -8,7 +8,8 @@ are kept with the result. The active threshold profile is read once per study, s
 new one changes the next study's decisions without a restart.
 
 Failures never block the queue: a study whose processing raised goes back to QUEUED (with
-attempts + 1) or ends FAILED after `max_attempts`, or at once when retrying cannot help
+attempts + 1, not claimed again before a doubling `[worklist] retry_delay_seconds` backoff) or
+ends FAILED after `max_attempts`, or at once when retrying cannot help
 (`dicom_node.failures.is_permanent`: a build error, a spool file that is gone or is not DICOM).
 A study without any eligible image ends SKIPPED with the reasons and, with `[worker]
 report_skipped`, a "not analysed" SR and summary image for the same destinations; a later
@@ -256,14 +257,20 @@ class Worker:
                 state = worklist.fail(
                     session, claimed.study_id, self.worker_id, error, self.clock(),
                     self.settings.worklist.max_attempts, permanent=permanent,
+                    retry_delay_seconds=self.settings.worklist.retry_delay_seconds,
+                    retry_max_delay_seconds=self.settings.worklist.retry_max_delay_seconds,
                 )
         except LeaseLost:  # the lease expired meanwhile; whoever holds the study now decides
             log_event(LOG, "lease_lost", level=logging.WARNING, error=error,
                       study_instance_uid=claimed.study_instance_uid)
             return WorkOutcome(claimed.study_instance_uid, None, reason=error)
+        retry_in = (worklist.retry_delay(claimed.attempts + 1,
+                                         self.settings.worklist.retry_delay_seconds,
+                                         self.settings.worklist.retry_max_delay_seconds)
+                    if state is StudyState.QUEUED else None)
         log_event(LOG, "study_failed", level=logging.ERROR, exc_info=exc,
                   study_instance_uid=claimed.study_instance_uid, state=state.value, error=error,
-                  permanent=permanent)
+                  permanent=permanent, retry_in_seconds=retry_in)
         return WorkOutcome(claimed.study_instance_uid, state, reason=error)
 
     def _process(self, claimed: worklist.ClaimedStudy, model: LoadedModel) -> WorkOutcome:

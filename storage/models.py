@@ -90,6 +90,8 @@ class Study(Base):
     claimed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
     worker_id: Mapped[str | None] = mapped_column(String(128))
+    # QUEUED after a transient failure: not claimed before this time (backoff)
+    not_before: Mapped[datetime | None] = mapped_column(UtcDateTime)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     skip_reason: Mapped[str | None] = mapped_column(Text)

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, func, insert, select, update
+from sqlalchemy import Select, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -148,6 +148,7 @@ def _reopen_values(state: StudyState, now: datetime) -> dict[str, Any]:
         "state": StudyState.RECEIVING,
         "state_changed_at": now,
         "queued_at": None,
+        "not_before": None,
     }
     if state in FINISHED_STATES:
         # New content: a fresh set of attempts, and the next result supersedes the previous.
@@ -184,11 +185,15 @@ def queue_stable_studies(session: Session, stable_seconds: float, now: datetime)
 def claim_next(
     session: Session, worker_id: str, lease_seconds: float, now: datetime
 ) -> ClaimedStudy | None:
-    """Claim the oldest QUEUED study for `worker_id` with a lease; None when the queue is empty."""
+    """Claim the oldest QUEUED study that is due (no `not_before` in the future) for
+    `worker_id` with a lease; None when no study is due."""
     lease_until = now + timedelta(seconds=lease_seconds)
     candidate = (
         select(Study.id)
-        .where(Study.state == StudyState.QUEUED)
+        .where(
+            Study.state == StudyState.QUEUED,
+            or_(Study.not_before.is_(None), Study.not_before <= now),
+        )
         .order_by(Study.queued_at, Study.id)
         .limit(1)
     )
@@ -350,14 +355,27 @@ def fail(
     now: datetime,
     max_attempts: int,
     permanent: bool = False,
+    retry_delay_seconds: float = 0,
+    retry_max_delay_seconds: float = 0,
 ) -> StudyState:
     """The attempt failed: QUEUED again for another try, or FAILED when `permanent` or after
-    `max_attempts`; `error` is kept as last_error either way."""
+    `max_attempts`; `error` is kept as last_error either way. A retried study is not claimed
+    before `retry_delay(attempts, ...)` seconds from `now` (doubling per failed attempt)."""
     attempts = _held_study(session, study_id, worker_id)["attempts"] + 1
     target = _after_failure(attempts, max_attempts, permanent)
-    return _finish(
-        session, study_id, worker_id, target, now, {"attempts": attempts, "last_error": error}
-    )
+    delay = retry_delay(attempts, retry_delay_seconds, retry_max_delay_seconds)
+    values: dict[str, Any] = {"attempts": attempts, "last_error": error}
+    if target is StudyState.QUEUED and delay > 0:
+        values["not_before"] = now + timedelta(seconds=delay)
+    return _finish(session, study_id, worker_id, target, now, values)
+
+
+def retry_delay(attempts: int, initial_seconds: float, max_seconds: float) -> float:
+    """Seconds to wait after the `attempts`-th failed attempt (1-based): `initial_seconds`,
+    doubling each time, at most `max_seconds`."""
+    if initial_seconds <= 0 or attempts < 1:
+        return 0.0
+    return float(min(initial_seconds * 2 ** min(attempts - 1, 32), max_seconds))
 
 
 def _after_failure(attempts: int, max_attempts: int, permanent: bool) -> StudyState:
@@ -395,6 +413,7 @@ def _outcome_values(target: StudyState, now: datetime) -> dict[str, Any]:
         "state_changed_at": now,
         "lease_until": None,
         "worker_id": None,
+        "not_before": None,
     }
     if target is StudyState.QUEUED:
         values["queued_at"] = now
@@ -493,6 +512,7 @@ class StudySummary:
     last_error: str | None
     skip_reason: str | None
     reopened_count: int
+    not_before: datetime | None  # a QUEUED study retried after a transient error waits until
 
 
 @dataclass(frozen=True)

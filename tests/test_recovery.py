@@ -68,3 +68,97 @@ def test_gone_holders_reads_worker_and_sender_ids() -> None:
     holders = [f"h:{dead}:7f3a", f"h:{dead}", "h:1:7f3a", f"other:{dead}:7f3a", "h:99:x",
                "odd"]
     assert gone_holders(holders, "h", own_pid=99) == [f"h:{dead}:7f3a", f"h:{dead}", "h:99:x"]
+
+
+def test_transient_failure_waits_out_a_doubling_backoff_before_the_next_claim(database) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from storage import worklist
+    from storage.worklist import InstanceRecord
+
+    t0 = datetime(2024, 6, 1, 8, 0, tzinfo=UTC)
+    study = StudyUids()
+    record = InstanceRecord(
+        sop_instance_uid=study.study + ".1", series_instance_uid=study.series,
+        study_instance_uid=study.study, sop_class_uid="1.2.840.10008.5.1.4.1.1.1.1",
+        transfer_syntax_uid="1.2.840.10008.1.2.1", modality="DX", body_part_examined="CHEST",
+        view_position="PA", spool_path="x.dcm", size_bytes=1, calling_ae_title="MOD",
+    )
+    with database.sessions.begin() as session:
+        worklist.record_instance(session, record, t0)
+        worklist.queue_stable_studies(session, 0, t0)
+    now = t0
+    for attempt, delay in ((1, 10), (2, 20), (3, 40), (4, 60)):
+        with database.sessions.begin() as session:
+            claimed = worklist.claim_next(session, "w", 600, now)
+            assert claimed is not None and claimed.attempts == attempt - 1
+            state = worklist.fail(session, claimed.study_id, "w", "OSError: disk full", now,
+                                  max_attempts=8, retry_delay_seconds=10,
+                                  retry_max_delay_seconds=60)
+        assert state == "QUEUED"
+        with database.sessions.begin() as session:
+            early = now + timedelta(seconds=delay - 1)
+            assert worklist.claim_next(session, "w", 600, early) is None
+        now += timedelta(seconds=delay)
+    with database.read_only() as session:
+        assert worklist.study_detail(session, study.study)[0].not_before == now
+
+
+@pytest.fixture
+def tiny_filesystem(tmp_path):
+    """A 16 MiB tmpfs (a real ENOSPC when full); skipped where mounting is not permitted."""
+    import subprocess
+
+    mounted: list[Path] = []
+
+    def mount(path: Path) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(path)],
+                                capture_output=True, check=False)
+        if result.returncode != 0:
+            pytest.skip("cannot mount a tmpfs here (needs root): no real ENOSPC available")
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in mounted:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def _fill(directory: Path) -> Path:
+    """Write into `directory` until its file system answers ENOSPC."""
+    import os
+
+    filler = directory / "filler.bin"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_disk_full_during_a_study_is_retried_with_backoff_and_done_once_space_returns(
+    node_factory, checkpoint, tmp_path, tiny_filesystem
+) -> None:
+    node = _worker_node(node_factory, "disk-full", checkpoint,
+                        worklist={"stable_seconds": 0.5, "assembly_interval_seconds": 0.25,
+                                  "retry_delay_seconds": 1, "retry_max_delay_seconds": 2})
+    filler = _fill(tiny_filesystem(node.data_dir / "outbox"))
+    node.start()
+    study = _send_study(node, tmp_path / "in", 1)
+    node.wait_for(lambda: len(node.events("study_failed")) >= 3, "three failed attempts")
+    failures = node.events("study_failed")
+    assert all(f["state"] == "QUEUED" and f["permanent"] is False for f in failures)
+    assert "No space left on device" in failures[0]["error"]
+    assert [f["retry_in_seconds"] for f in failures[:3]] == [1, 2, 2]
+    stamps = [time.mktime(time.strptime(f["ts"][:19], "%Y-%m-%dT%H:%M:%S")) for f in failures]
+    assert stamps[2] - stamps[0] >= 2  # waited between tries, not three in a second
+
+    filler.unlink()  # space returns; no admin action
+    done = node.wait_for_state(study.study, "DONE", timeout=30)
+    assert done.attempts >= 3 and done.last_error is None
+    assert not list((node.data_dir / "outbox").rglob("*.tmp"))
