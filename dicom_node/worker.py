@@ -331,7 +331,8 @@ class Worker:
         algorithm = self._algorithm(model, "")
         with self.database.sessions.begin() as session:
             previous = results.latest_result(session, claimed.study_id)
-        if previous is not None and _same_not_analysed(previous, images, algorithm, reason):
+        if (previous is not None and not claimed.reprocess
+                and _same_not_analysed(previous, images, algorithm, reason)):
             stored = _stored_objects(self.outbox, previous)
             return self._finish_skipped(claimed, previous.id, stored, reason, previous.version,
                                         self.clock())
@@ -409,7 +410,7 @@ class Worker:
         key = self._key(claimed, algorithm, eligible, previous)
         # One tolerant copy (and one log line per image with values it emptied) for both objects.
         evidence = tolerant_headers([image.dataset for image in eligible if image.dataset])
-        if (previous is not None and previous.analysed
+        if (previous is not None and previous.analysed and not claimed.reprocess
                 and key.same_inputs(self._previous_key(previous))):
             return self._redeliver(claimed, previous, evidence, algorithm, catalogue)
         version = 1 if previous is None else previous.version + 1

@@ -76,6 +76,7 @@ class ClaimedStudy:
     claimed_at: datetime
     lease_until: datetime
     instances: tuple[ClaimedInstance, ...]
+    reprocess: bool = False  # make a new result even if the inputs are those of the last one
 
 
 @dataclass(frozen=True)
@@ -212,7 +213,7 @@ def claim_next(
             lease_until=lease_until,
             worker_id=worker_id,
         )
-        .returning(Study.study_instance_uid, Study.attempts)
+        .returning(Study.study_instance_uid, Study.attempts, Study.reprocess)
         .execution_options(synchronize_session=False)
     ).first()
     if row is None:  # moved between select and update (only possible without row locks)
@@ -225,6 +226,7 @@ def claim_next(
         claimed_at=now,
         lease_until=lease_until,
         instances=_claimed_instances(session, study_id),
+        reprocess=bool(row.reprocess),
     )
 
 
@@ -334,6 +336,49 @@ def _return_leases(
     return outcomes
 
 
+# --- what an admin asks for ---------------------------------------------------------------
+
+RETRYABLE_STATES = frozenset({StudyState.FAILED, StudyState.QUEUED})
+REPROCESSABLE_STATES = FINISHED_STATES
+
+
+def requeue(
+    session: Session, study_instance_uid: str, now: datetime, reprocess: bool = False
+) -> StudyState:
+    """An admin's retry (FAILED, or QUEUED waiting out a backoff) or reprocess (DONE, SKIPPED
+    or FAILED): QUEUED and due now with a fresh set of attempts; with `reprocess` the worker
+    makes a new result (superseding the last) even from the same inputs. Returns the state the
+    study was in; InvalidTransition (saying why) when it is missing or in another state."""
+    row = session.execute(
+        _for_update(select(Study.id, Study.state).where(
+            Study.study_instance_uid == study_instance_uid))
+    ).first()
+    if row is None:
+        raise InvalidTransition(f"no study with Study Instance UID {study_instance_uid!r}")
+    state = StudyState(row.state)
+    allowed = REPROCESSABLE_STATES if reprocess else RETRYABLE_STATES
+    if state not in allowed:
+        names = ", ".join(sorted(s.value for s in allowed))
+        raise InvalidTransition(
+            f"study {study_instance_uid} is {state.value}; "
+            f"{'reprocess' if reprocess else 'retry'} takes a study that is {names}"
+        )
+    values = _outcome_values(StudyState.QUEUED, now) | {"attempts": 0}
+    if reprocess:
+        values["reprocess"] = True
+    _guarded_update(session, row.id, state, values)
+    return state
+
+
+def study_uids_in(session: Session, state: StudyState) -> list[str]:
+    """Study Instance UIDs of every study in `state`, oldest change first."""
+    return list(session.scalars(
+        select(Study.study_instance_uid)
+        .where(Study.state == state)
+        .order_by(Study.state_changed_at, Study.id)
+    ))
+
+
 # --- outcomes the worker reports ----------------------------------------------------------
 
 
@@ -417,6 +462,8 @@ def _outcome_values(target: StudyState, now: datetime) -> dict[str, Any]:
     }
     if target is StudyState.QUEUED:
         values["queued_at"] = now
+    if target in (StudyState.DONE, StudyState.SKIPPED):
+        values["reprocess"] = False
     return values
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +182,63 @@ def studies_show(
             for i in instances
         ],
     )
+
+
+@studies_app.command("retry")
+def studies_retry(
+    uids: list[str] = typer.Argument(None, help="Study Instance UIDs (or --state ... --all)."),
+    config: Path | None = ConfigOption,
+    state: str | None = typer.Option(None, "--state", help="With --all: studies in this state."),
+    every: bool = typer.Option(False, "--all", help="Every study in --state (e.g. FAILED)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Re-queue FAILED studies (attempts start again); a QUEUED one waiting out a retry
+    backoff is made due now."""
+    _requeue_command(uids, config, state, every, as_json, reprocess=False)
+
+
+@studies_app.command("reprocess")
+def studies_reprocess(
+    uids: list[str] = typer.Argument(None, help="Study Instance UIDs (or --state ... --all)."),
+    config: Path | None = ConfigOption,
+    state: str | None = typer.Option(None, "--state", help="With --all: studies in this state."),
+    every: bool = typer.Option(False, "--all", help="Every study in --state."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Make a new result for DONE, SKIPPED or FAILED studies (e.g. after a model or profile
+    change); the new SR supersedes the previous one."""
+    _requeue_command(uids, config, state, every, as_json, reprocess=True)
+
+
+def _requeue_command(
+    uids: list[str] | None,
+    config: Path | None,
+    state: str | None,
+    every: bool,
+    as_json: bool,
+    reprocess: bool,
+) -> None:
+    from dicom_node.studies import requeue_studies, uids_in_state
+
+    with user_errors():
+        wanted = _parse_state(state)
+        if bool(uids) == every or every != (wanted is not None):
+            raise CliError("give Study Instance UIDs, or --state STATE --all (not both)")
+        database = _open(settings_from(config))
+        targets = uids_in_state(database, wanted) if wanted else [u.strip() for u in uids or []]
+        outcomes = requeue_studies(database, targets, datetime.now(UTC), reprocess=reprocess)
+        database.dispose()
+    if as_json:
+        print_json([dataclasses.asdict(o) for o in outcomes])
+    else:
+        print_table(
+            "Reprocess" if reprocess else "Retry",
+            ["Study Instance UID", "was", "now"],
+            [[o.study_instance_uid, o.previous_state or "", "QUEUED" if o.error is None
+              else o.error] for o in outcomes],
+        )
+    if any(o.error for o in outcomes):
+        raise typer.Exit(1)
 
 
 def _status_report(settings: Settings) -> dict[str, Any]:
