@@ -184,9 +184,12 @@ def studies_show(
     )
 
 
+UidsArgument = typer.Argument(None, help="Study Instance UIDs (or --state STATE --all).")
+
+
 @studies_app.command("retry")
 def studies_retry(
-    uids: list[str] = typer.Argument(None, help="Study Instance UIDs (or --state ... --all)."),
+    uids: list[str] | None = UidsArgument,
     config: Path | None = ConfigOption,
     state: str | None = typer.Option(None, "--state", help="With --all: studies in this state."),
     every: bool = typer.Option(False, "--all", help="Every study in --state (e.g. FAILED)."),
@@ -199,7 +202,7 @@ def studies_retry(
 
 @studies_app.command("reprocess")
 def studies_reprocess(
-    uids: list[str] = typer.Argument(None, help="Study Instance UIDs (or --state ... --all)."),
+    uids: list[str] | None = UidsArgument,
     config: Path | None = ConfigOption,
     state: str | None = typer.Option(None, "--state", help="With --all: studies in this state."),
     every: bool = typer.Option(False, "--all", help="Every study in --state."),
