@@ -7,8 +7,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from storage import worklist
+from storage import outbound, results, worklist
 from storage.db import Database
 from storage.states import InvalidTransition, StudyState
 
@@ -43,3 +44,45 @@ def uids_in_state(database: Database, state: StudyState) -> list[str]:
     """Every study in `state` (for `--state FAILED --all`)."""
     with database.read_only() as session:
         return worklist.study_uids_in(session, state)
+
+
+def study_result(database: Database, study_instance_uid: str) -> dict[str, Any] | None:
+    """The study's current (newest) result for `studies show`: model, profile version, each
+    finding's score, threshold and decision, which images were scored or skipped and why, the
+    SR and summary UIDs, and each delivery's state. None when the study has no result yet."""
+    with database.read_only() as session:
+        found = results.results_for_study(session, study_instance_uid)
+        if not found:
+            return None
+        latest = found[-1]
+        deliveries = outbound.deliveries_for_result(session, latest.id)
+    return {
+        "version": latest.version,
+        "created_at": latest.created_at,
+        "supersedes_version": latest.version - 1 if latest.supersedes_id else None,
+        "analysed": latest.analysed,
+        "model": latest.model_name,
+        "checkpoint_sha256s": list(latest.checkpoint_sha256s),
+        "catalogue_version": latest.catalogue_version,
+        "clinical_use": latest.clinical_use,
+        "profile_version": latest.profile_version,
+        "aggregation": latest.aggregation,
+        "findings": [
+            {"label": f.label, "score": round(f.probability, 4), "threshold": f.threshold,
+             "decision": "present" if f.present else "absent"}
+            for f in latest.findings
+        ],
+        "images": [
+            {"sop_instance_uid": i.sop_instance_uid, "scored": i.eligible,
+             "reason": i.reason, "flags": list(i.flags)}
+            for i in latest.images
+        ],
+        "sr_sop_instance_uid": latest.sr_sop_instance_uid,
+        "summary_sop_instance_uid": latest.summary_sop_instance_uid,
+        "deliveries": [
+            {"destination": d.destination, "kind": d.kind, "sop_instance_uid": d.sop_instance_uid,
+             "state": d.state.value, "attempts": d.attempts, "sent_at": d.sent_at,
+             "last_error": d.last_error}
+            for d in deliveries
+        ],
+    }

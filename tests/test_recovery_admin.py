@@ -51,9 +51,13 @@ def _results(node: NodeProcess, study_uid: str):
 
 
 def test_reprocess_makes_a_new_result_that_supersedes_the_last(
-    node_factory, checkpoint, tmp_path
+    node_factory, checkpoint, tmp_path, storescp
 ) -> None:
-    node = _node(node_factory, checkpoint).start()
+    node = _node(node_factory, checkpoint)
+    with node.config_path.open("a") as f:
+        f.write(f'\n[[destinations]]\nname = "pacs"\nae_title = "{storescp.ae_title}"\n'
+                f'host = "127.0.0.1"\nport = {storescp.port}\n')
+    node.start()
     study = _send(node, tmp_path / "a")
     node.wait_for_state(study.study, "DONE")
 
@@ -68,6 +72,28 @@ def test_reprocess_makes_a_new_result_that_supersedes_the_last(
     first, second = _results(node, study.study)
     assert second.version == 2 and second.supersedes_id == first.id
     assert second.sr_sop_instance_uid != first.sr_sop_instance_uid
+
+    def delivered():
+        shown = node.cli_json("studies", "show", study.study)["result"]
+        states = {(d["kind"], d["state"]) for d in shown["deliveries"]}
+        return shown if len(states) == 2 and {s for _, s in states} == {"SENT"} else None
+
+    shown = node.wait_for(delivered, "the new SR and summary to be SENT")
+    assert shown["version"] == 2 and shown["supersedes_version"] == 1
+    assert shown["sr_sop_instance_uid"] == second.sr_sop_instance_uid
+    assert shown["model"] == "tiny-test" and shown["profile_version"] == 1
+    assert [f["label"] for f in shown["findings"]] == [f.label for f in second.findings]
+    for finding in shown["findings"]:
+        expected = "present" if finding["score"] >= finding["threshold"] else "absent"
+        assert 0 <= finding["score"] <= 1 and finding["decision"] == expected
+    assert [(i["scored"], i["reason"]) for i in shown["images"]] == [(True, None)]
+
+    text = run_cli("studies", "show", study.study, "--config", str(node.config_path),
+                   env={"COLUMNS": "80"})
+    assert text.returncode == 0
+    assert max(len(line) for line in text.stdout.splitlines()) <= 80
+    for heading in ("Result", "Findings", "Images", "Deliveries", "supersedes 1", "SENT"):
+        assert heading in text.stdout
 
 
 def test_retry_all_failed_requeues_them_and_they_finish_once_the_cause_is_gone(

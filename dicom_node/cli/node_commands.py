@@ -134,12 +134,16 @@ def studies_show(
     config: Path | None = ConfigOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """One study: its state, lease and attempts, and its instances."""
+    """One study: its state, lease and attempts, its instances, and its current result
+    (findings, images scored or skipped, SR/summary UIDs, deliveries)."""
+    from dicom_node.studies import study_result
+
     with user_errors():
         database = _open(settings_from(config))
         with database.read_only() as session:
             detail = worklist.study_detail(session, uid.strip())
             ignored = ignored_counts(session, uid.strip())
+        result = study_result(database, uid.strip())
         database.dispose()
         if detail is None:
             also = f" ({sum(ignored.values())} ignored instances of it)" if ignored else ""
@@ -148,7 +152,8 @@ def studies_show(
     if as_json:
         print_json(
             _jsonable(study)
-            | {"instances": [_jsonable(i) for i in instances], "ignored_instances": ignored}
+            | {"instances": [_jsonable(i) for i in instances], "ignored_instances": ignored,
+               "result": result}
         )
         return
     rows = [[k, v] for k, v in _jsonable(study).items()]
@@ -182,6 +187,36 @@ def studies_show(
             for i in instances
         ],
     )
+    if result is not None:
+        _print_result(result)
+
+
+def _print_result(result: dict[str, Any]) -> None:
+    """The result part of `studies show`, in tables that fit 80 columns."""
+    profile = result["profile_version"]
+    print_table("Result", ["field", "value"], [
+        ["version", result["version"]
+         if result["supersedes_version"] is None
+         else f"{result['version']} (supersedes {result['supersedes_version']})"],
+        ["made", _time(result["created_at"])],
+        ["model", result["model"] + ("" if result["clinical_use"] else " (not for clinical use)")],
+        ["profile", f"v{profile}" if profile is not None else "none (not analysed)"],
+        ["aggregation", result["aggregation"]],
+        ["SR", result["sr_sop_instance_uid"]],
+        ["summary", result["summary_sop_instance_uid"]],
+    ])
+    print_table("Findings", ["finding", "score", "threshold", "decision"], [
+        [f["label"], f"{f['score']:.4f}", f"{f['threshold']:.4f}", f["decision"]]
+        for f in result["findings"]
+    ])
+    print_table("Images", ["SOP Instance UID", "scored", "why not"], [
+        [i["sop_instance_uid"], "yes" if i["scored"] else "no", i["reason"] or ""]
+        for i in result["images"]
+    ])
+    print_table("Deliveries", ["destination", "object", "state", "tries", "error"], [
+        [d["destination"], d["kind"], d["state"], d["attempts"], d["last_error"] or ""]
+        for d in result["deliveries"]
+    ])
 
 
 UidsArgument = typer.Argument(None, help="Study Instance UIDs (or --state STATE --all).")
