@@ -238,11 +238,13 @@ def sender_id() -> str:
 
 
 def gone_holders(holders: Sequence[str], host: str, own_pid: int) -> list[str]:
-    """Of `holders` ("host:pid"), those on `host` whose process no longer runs, plus this
-    process's own id (a new process holds nothing yet; in a container the pid repeats)."""
+    """Of `holders` ("host:pid" senders, "host:pid:thread" workers), those on `host` whose
+    process no longer runs, plus this process's own ids (a new process holds nothing yet; in a
+    container the pid repeats). Holders on other hosts are left to their leases."""
     gone = []
     for holder in holders:
-        holder_host, _, pid = holder.rpartition(":")
+        parts = holder.split(":")
+        holder_host, pid = (parts[0], parts[1]) if len(parts) in (2, 3) else ("", "")
         if holder_host != host or not pid.isdigit():
             continue
         if int(pid) == own_pid or not _running(int(pid)):

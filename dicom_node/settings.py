@@ -53,7 +53,9 @@ class WorklistSettings:
     stable_seconds: float = 10
     assembly_interval_seconds: float = 1
     lease_seconds: float = 600
-    max_attempts: int = 3
+    max_attempts: int = 8  # attempts before FAILED (transient errors, lost leases)
+    retry_delay_seconds: float = 15  # after a transient error; doubles per failed attempt
+    retry_max_delay_seconds: float = 900
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,8 @@ _CHECKS: dict[tuple[str, str], typing.Callable[[Any], str | None]] = {
     ("worklist", "assembly_interval_seconds"): lambda v: None if v > 0 else "must be > 0",
     ("worklist", "lease_seconds"): lambda v: None if v > 0 else "must be > 0",
     ("worklist", "max_attempts"): lambda v: None if v >= 1 else "must be >= 1",
+    ("worklist", "retry_delay_seconds"): lambda v: None if v >= 0 else "must be >= 0",
+    ("worklist", "retry_max_delay_seconds"): lambda v: None if v >= 0 else "must be >= 0",
     ("model", "dicom_conversion"): lambda v: None
     if v in ("equalize", "voi")
     else "must be equalize or voi",

@@ -8,7 +8,8 @@ are kept with the result. The active threshold profile is read once per study, s
 new one changes the next study's decisions without a restart.
 
 Failures never block the queue: a study whose processing raised goes back to QUEUED (with
-attempts + 1) or ends FAILED after `max_attempts`, or at once when retrying cannot help
+attempts + 1, not claimed again before a doubling `[worklist] retry_delay_seconds` backoff) or
+ends FAILED after `max_attempts`, or at once when retrying cannot help
 (`dicom_node.failures.is_permanent`: a build error, a spool file that is gone or is not DICOM).
 A study without any eligible image ends SKIPPED with the reasons and, with `[worker]
 report_skipped`, a "not analysed" SR and summary image for the same destinations; a later
@@ -160,9 +161,29 @@ class Worker:
     # -- component life cycle ---------------------------------------------------------------
 
     def start(self) -> None:
+        self.release_gone_leases()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="worker", daemon=True)
         self._thread.start()
+
+    def release_gone_leases(self) -> int:
+        """Studies leased to a worker of this host whose process no longer runs (a kill -9
+        mid-study) go back to the queue at once instead of after `lease_seconds`; attempts + 1
+        as for an expired lease. Returns how many."""
+        from dicom_node.sender import gone_holders
+
+        with self.database.sessions.begin() as session:
+            gone = gone_holders(worklist.lease_holders(session), socket.gethostname(),
+                                os.getpid())
+            swept = worklist.release_leases(session, gone, self.clock(),
+                                            self.settings.worklist.max_attempts)
+        for outcome in swept:
+            log_event(LOG, "lease_released", level=logging.WARNING,
+                      study_instance_uid=outcome.study_instance_uid, state=outcome.state.value,
+                      attempts=outcome.attempts)
+        if swept:
+            self._wake.set()
+        return len(swept)
 
     def stop(self) -> None:
         self._stop.set()
@@ -236,14 +257,20 @@ class Worker:
                 state = worklist.fail(
                     session, claimed.study_id, self.worker_id, error, self.clock(),
                     self.settings.worklist.max_attempts, permanent=permanent,
+                    retry_delay_seconds=self.settings.worklist.retry_delay_seconds,
+                    retry_max_delay_seconds=self.settings.worklist.retry_max_delay_seconds,
                 )
         except LeaseLost:  # the lease expired meanwhile; whoever holds the study now decides
             log_event(LOG, "lease_lost", level=logging.WARNING, error=error,
                       study_instance_uid=claimed.study_instance_uid)
             return WorkOutcome(claimed.study_instance_uid, None, reason=error)
+        retry_in = (worklist.retry_delay(claimed.attempts + 1,
+                                         self.settings.worklist.retry_delay_seconds,
+                                         self.settings.worklist.retry_max_delay_seconds)
+                    if state is StudyState.QUEUED else None)
         log_event(LOG, "study_failed", level=logging.ERROR, exc_info=exc,
                   study_instance_uid=claimed.study_instance_uid, state=state.value, error=error,
-                  permanent=permanent)
+                  permanent=permanent, retry_in_seconds=retry_in)
         return WorkOutcome(claimed.study_instance_uid, state, reason=error)
 
     def _process(self, claimed: worklist.ClaimedStudy, model: LoadedModel) -> WorkOutcome:
@@ -304,7 +331,8 @@ class Worker:
         algorithm = self._algorithm(model, "")
         with self.database.sessions.begin() as session:
             previous = results.latest_result(session, claimed.study_id)
-        if previous is not None and _same_not_analysed(previous, images, algorithm, reason):
+        if (previous is not None and not claimed.reprocess
+                and _same_not_analysed(previous, images, algorithm, reason)):
             stored = _stored_objects(self.outbox, previous)
             return self._finish_skipped(claimed, previous.id, stored, reason, previous.version,
                                         self.clock())
@@ -382,7 +410,7 @@ class Worker:
         key = self._key(claimed, algorithm, eligible, previous)
         # One tolerant copy (and one log line per image with values it emptied) for both objects.
         evidence = tolerant_headers([image.dataset for image in eligible if image.dataset])
-        if (previous is not None and previous.analysed
+        if (previous is not None and previous.analysed and not claimed.reprocess
                 and key.same_inputs(self._previous_key(previous))):
             return self._redeliver(claimed, previous, evidence, algorithm, catalogue)
         version = 1 if previous is None else previous.version + 1

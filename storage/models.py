@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -90,6 +91,10 @@ class Study(Base):
     claimed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
     worker_id: Mapped[str | None] = mapped_column(String(128))
+    # QUEUED after a transient failure: not claimed before this time (backoff)
+    not_before: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # an admin asked for a new result even if the inputs are those of the last one
+    reprocess: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     skip_reason: Mapped[str | None] = mapped_column(Text)

@@ -12,11 +12,12 @@ workers on several machines can share one work list.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, func, insert, select, update
+from sqlalchemy import Select, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -75,6 +76,7 @@ class ClaimedStudy:
     claimed_at: datetime
     lease_until: datetime
     instances: tuple[ClaimedInstance, ...]
+    reprocess: bool = False  # make a new result even if the inputs are those of the last one
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,7 @@ def _reopen_values(state: StudyState, now: datetime) -> dict[str, Any]:
         "state": StudyState.RECEIVING,
         "state_changed_at": now,
         "queued_at": None,
+        "not_before": None,
     }
     if state in FINISHED_STATES:
         # New content: a fresh set of attempts, and the next result supersedes the previous.
@@ -183,11 +186,15 @@ def queue_stable_studies(session: Session, stable_seconds: float, now: datetime)
 def claim_next(
     session: Session, worker_id: str, lease_seconds: float, now: datetime
 ) -> ClaimedStudy | None:
-    """Claim the oldest QUEUED study for `worker_id` with a lease; None when the queue is empty."""
+    """Claim the oldest QUEUED study that is due (no `not_before` in the future) for
+    `worker_id` with a lease; None when no study is due."""
     lease_until = now + timedelta(seconds=lease_seconds)
     candidate = (
         select(Study.id)
-        .where(Study.state == StudyState.QUEUED)
+        .where(
+            Study.state == StudyState.QUEUED,
+            or_(Study.not_before.is_(None), Study.not_before <= now),
+        )
         .order_by(Study.queued_at, Study.id)
         .limit(1)
     )
@@ -206,7 +213,7 @@ def claim_next(
             lease_until=lease_until,
             worker_id=worker_id,
         )
-        .returning(Study.study_instance_uid, Study.attempts)
+        .returning(Study.study_instance_uid, Study.attempts, Study.reprocess)
         .execution_options(synchronize_session=False)
     ).first()
     if row is None:  # moved between select and update (only possible without row locks)
@@ -219,6 +226,7 @@ def claim_next(
         claimed_at=now,
         lease_until=lease_until,
         instances=_claimed_instances(session, study_id),
+        reprocess=bool(row.reprocess),
     )
 
 
@@ -264,7 +272,43 @@ def renew_lease(
 def requeue_expired(session: Session, now: datetime, max_attempts: int) -> list[SweepOutcome]:
     """Return PROCESSING studies whose lease expired to QUEUED (attempts + 1), or FAILED once
     attempts reach `max_attempts`."""
-    expired = session.execute(
+    return _return_leases(
+        session, Study.lease_until < now, now, max_attempts,
+        lambda row: f"lease expired at {row.lease_until.isoformat()} (worker {row.worker_id})",
+    )
+
+
+def lease_holders(session: Session) -> list[str]:
+    """The distinct worker ids that hold a PROCESSING study now."""
+    return list(session.scalars(
+        select(Study.worker_id)
+        .where(Study.state == StudyState.PROCESSING, Study.worker_id.is_not(None))
+        .distinct()
+    ))
+
+
+def release_leases(
+    session: Session, holders: Sequence[str], now: datetime, max_attempts: int
+) -> list[SweepOutcome]:
+    """Return at once the studies leased to `holders` (workers known to be gone, e.g. killed
+    mid-study) as an expired lease would be: QUEUED with attempts + 1, or FAILED once attempts
+    reach `max_attempts` (a study that kills its worker each time must not loop for ever)."""
+    if not holders:
+        return []
+    return _return_leases(
+        session, Study.worker_id.in_(list(holders)), now, max_attempts,
+        lambda row: f"worker {row.worker_id} stopped while holding the lease",
+    )
+
+
+def _return_leases(
+    session: Session,
+    condition: Any,
+    now: datetime,
+    max_attempts: int,
+    reason: Callable[[Any], str],
+) -> list[SweepOutcome]:
+    rows = session.execute(
         _for_update(
             select(
                 Study.id,
@@ -273,24 +317,66 @@ def requeue_expired(session: Session, now: datetime, max_attempts: int) -> list[
                 Study.worker_id,
                 Study.lease_until,
             )
-            .where(Study.state == StudyState.PROCESSING, Study.lease_until < now)
+            .where(Study.state == StudyState.PROCESSING, condition)
             .order_by(Study.id)
         )
     ).all()
     outcomes = []
-    for row in expired:
+    for row in rows:
         attempts = row.attempts + 1
-        error = f"lease expired at {row.lease_until.isoformat()} (worker {row.worker_id})"
         target = _after_failure(attempts, max_attempts, permanent=False)
         _guarded_update(
             session,
             row.id,
             StudyState.PROCESSING,
-            _outcome_values(target, now) | {"attempts": attempts, "last_error": error},
+            _outcome_values(target, now) | {"attempts": attempts, "last_error": reason(row)},
             extra_where=(Study.lease_until == row.lease_until,),
         )
         outcomes.append(SweepOutcome(row.study_instance_uid, target, attempts))
     return outcomes
+
+
+# --- what an admin asks for ---------------------------------------------------------------
+
+RETRYABLE_STATES = frozenset({StudyState.FAILED, StudyState.QUEUED})
+REPROCESSABLE_STATES = FINISHED_STATES
+
+
+def requeue(
+    session: Session, study_instance_uid: str, now: datetime, reprocess: bool = False
+) -> StudyState:
+    """An admin's retry (FAILED, or QUEUED waiting out a backoff) or reprocess (DONE, SKIPPED
+    or FAILED): QUEUED and due now with a fresh set of attempts; with `reprocess` the worker
+    makes a new result (superseding the last) even from the same inputs. Returns the state the
+    study was in; InvalidTransition (saying why) when it is missing or in another state."""
+    row = session.execute(
+        _for_update(select(Study.id, Study.state).where(
+            Study.study_instance_uid == study_instance_uid))
+    ).first()
+    if row is None:
+        raise InvalidTransition(f"no study with Study Instance UID {study_instance_uid!r}")
+    state = StudyState(row.state)
+    allowed = REPROCESSABLE_STATES if reprocess else RETRYABLE_STATES
+    if state not in allowed:
+        names = ", ".join(sorted(s.value for s in allowed))
+        raise InvalidTransition(
+            f"study {study_instance_uid} is {state.value}; "
+            f"{'reprocess' if reprocess else 'retry'} takes a study that is {names}"
+        )
+    values = _outcome_values(StudyState.QUEUED, now) | {"attempts": 0}
+    if reprocess:
+        values["reprocess"] = True
+    _guarded_update(session, row.id, state, values)
+    return state
+
+
+def study_uids_in(session: Session, state: StudyState) -> list[str]:
+    """Study Instance UIDs of every study in `state`, oldest change first."""
+    return list(session.scalars(
+        select(Study.study_instance_uid)
+        .where(Study.state == state)
+        .order_by(Study.state_changed_at, Study.id)
+    ))
 
 
 # --- outcomes the worker reports ----------------------------------------------------------
@@ -314,14 +400,27 @@ def fail(
     now: datetime,
     max_attempts: int,
     permanent: bool = False,
+    retry_delay_seconds: float = 0,
+    retry_max_delay_seconds: float = 0,
 ) -> StudyState:
     """The attempt failed: QUEUED again for another try, or FAILED when `permanent` or after
-    `max_attempts`; `error` is kept as last_error either way."""
+    `max_attempts`; `error` is kept as last_error either way. A retried study is not claimed
+    before `retry_delay(attempts, ...)` seconds from `now` (doubling per failed attempt)."""
     attempts = _held_study(session, study_id, worker_id)["attempts"] + 1
     target = _after_failure(attempts, max_attempts, permanent)
-    return _finish(
-        session, study_id, worker_id, target, now, {"attempts": attempts, "last_error": error}
-    )
+    delay = retry_delay(attempts, retry_delay_seconds, retry_max_delay_seconds)
+    values: dict[str, Any] = {"attempts": attempts, "last_error": error}
+    if target is StudyState.QUEUED and delay > 0:
+        values["not_before"] = now + timedelta(seconds=delay)
+    return _finish(session, study_id, worker_id, target, now, values)
+
+
+def retry_delay(attempts: int, initial_seconds: float, max_seconds: float) -> float:
+    """Seconds to wait after the `attempts`-th failed attempt (1-based): `initial_seconds`,
+    doubling each time, at most `max_seconds`."""
+    if initial_seconds <= 0 or attempts < 1:
+        return 0.0
+    return float(min(initial_seconds * 2 ** min(attempts - 1, 32), max_seconds))
 
 
 def _after_failure(attempts: int, max_attempts: int, permanent: bool) -> StudyState:
@@ -359,9 +458,12 @@ def _outcome_values(target: StudyState, now: datetime) -> dict[str, Any]:
         "state_changed_at": now,
         "lease_until": None,
         "worker_id": None,
+        "not_before": None,
     }
     if target is StudyState.QUEUED:
         values["queued_at"] = now
+    if target in (StudyState.DONE, StudyState.SKIPPED):
+        values["reprocess"] = False
     return values
 
 
@@ -457,6 +559,7 @@ class StudySummary:
     last_error: str | None
     skip_reason: str | None
     reopened_count: int
+    not_before: datetime | None  # a QUEUED study retried after a transient error waits until
 
 
 @dataclass(frozen=True)

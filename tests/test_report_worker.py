@@ -52,7 +52,7 @@ def node(tmp_path, checkpoint, database, model):
         overrides={
             "node": {"data_dir": str(tmp_path / "data")},
             "model": {"checkpoints": [str(checkpoint)], "name": "tiny-test"},
-            "worklist": {"stable_seconds": 1, "max_attempts": 2},
+            "worklist": {"stable_seconds": 1, "max_attempts": 2, "retry_delay_seconds": 1},
         },
     )
     settings = _with_destination(settings)

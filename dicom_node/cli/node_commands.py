@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -134,12 +134,16 @@ def studies_show(
     config: Path | None = ConfigOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """One study: its state, lease and attempts, and its instances."""
+    """One study: its state, lease and attempts, its instances, and its current result
+    (findings, images scored or skipped, SR/summary UIDs, deliveries)."""
+    from dicom_node.studies import study_result
+
     with user_errors():
         database = _open(settings_from(config))
         with database.read_only() as session:
             detail = worklist.study_detail(session, uid.strip())
             ignored = ignored_counts(session, uid.strip())
+        result = study_result(database, uid.strip())
         database.dispose()
         if detail is None:
             also = f" ({sum(ignored.values())} ignored instances of it)" if ignored else ""
@@ -148,7 +152,8 @@ def studies_show(
     if as_json:
         print_json(
             _jsonable(study)
-            | {"instances": [_jsonable(i) for i in instances], "ignored_instances": ignored}
+            | {"instances": [_jsonable(i) for i in instances], "ignored_instances": ignored,
+               "result": result}
         )
         return
     rows = [[k, v] for k, v in _jsonable(study).items()]
@@ -182,6 +187,96 @@ def studies_show(
             for i in instances
         ],
     )
+    if result is not None:
+        _print_result(result)
+
+
+def _print_result(result: dict[str, Any]) -> None:
+    """The result part of `studies show`, in tables that fit 80 columns."""
+    profile = result["profile_version"]
+    print_table("Result", ["field", "value"], [
+        ["version", result["version"]
+         if result["supersedes_version"] is None
+         else f"{result['version']} (supersedes {result['supersedes_version']})"],
+        ["made", _time(result["created_at"])],
+        ["model", result["model"] + ("" if result["clinical_use"] else " (not for clinical use)")],
+        ["profile", f"v{profile}" if profile is not None else "none (not analysed)"],
+        ["aggregation", result["aggregation"]],
+        ["SR", result["sr_sop_instance_uid"]],
+        ["summary", result["summary_sop_instance_uid"]],
+    ])
+    print_table("Findings", ["finding", "score", "threshold", "decision"], [
+        [f["label"], f"{f['score']:.4f}", f"{f['threshold']:.4f}", f["decision"]]
+        for f in result["findings"]
+    ])
+    print_table("Images", ["SOP Instance UID", "scored", "why not"], [
+        [i["sop_instance_uid"], "yes" if i["scored"] else "no", i["reason"] or ""]
+        for i in result["images"]
+    ])
+    print_table("Deliveries", ["destination", "object", "state", "tries", "error"], [
+        [d["destination"], d["kind"], d["state"], d["attempts"], d["last_error"] or ""]
+        for d in result["deliveries"]
+    ])
+
+
+UidsArgument = typer.Argument(None, help="Study Instance UIDs (or --state STATE --all).")
+
+
+@studies_app.command("retry")
+def studies_retry(
+    uids: list[str] | None = UidsArgument,
+    config: Path | None = ConfigOption,
+    state: str | None = typer.Option(None, "--state", help="With --all: studies in this state."),
+    every: bool = typer.Option(False, "--all", help="Every study in --state (e.g. FAILED)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Re-queue FAILED studies (attempts start again); a QUEUED one waiting out a retry
+    backoff is made due now."""
+    _requeue_command(uids, config, state, every, as_json, reprocess=False)
+
+
+@studies_app.command("reprocess")
+def studies_reprocess(
+    uids: list[str] | None = UidsArgument,
+    config: Path | None = ConfigOption,
+    state: str | None = typer.Option(None, "--state", help="With --all: studies in this state."),
+    every: bool = typer.Option(False, "--all", help="Every study in --state."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Make a new result for DONE, SKIPPED or FAILED studies (e.g. after a model or profile
+    change); the new SR supersedes the previous one."""
+    _requeue_command(uids, config, state, every, as_json, reprocess=True)
+
+
+def _requeue_command(
+    uids: list[str] | None,
+    config: Path | None,
+    state: str | None,
+    every: bool,
+    as_json: bool,
+    reprocess: bool,
+) -> None:
+    from dicom_node.studies import requeue_studies, uids_in_state
+
+    with user_errors():
+        wanted = _parse_state(state)
+        if bool(uids) == every or every != (wanted is not None):
+            raise CliError("give Study Instance UIDs, or --state STATE --all (not both)")
+        database = _open(settings_from(config))
+        targets = uids_in_state(database, wanted) if wanted else [u.strip() for u in uids or []]
+        outcomes = requeue_studies(database, targets, datetime.now(UTC), reprocess=reprocess)
+        database.dispose()
+    if as_json:
+        print_json([dataclasses.asdict(o) for o in outcomes])
+    else:
+        print_table(
+            "Reprocess" if reprocess else "Retry",
+            ["Study Instance UID", "was", "now"],
+            [[o.study_instance_uid, o.previous_state or "", "QUEUED" if o.error is None
+              else o.error] for o in outcomes],
+        )
+    if any(o.error for o in outcomes):
+        raise typer.Exit(1)
 
 
 def _status_report(settings: Settings) -> dict[str, Any]:

@@ -83,6 +83,7 @@ def worker(
 
 
 def _run_once(runner: Any, sender: Any, settings: Settings, as_json: bool) -> None:
+    runner.release_gone_leases()
     outcomes = []
     while (outcome := runner.run_once()) is not None:
         outcomes.append(outcome)
