@@ -70,7 +70,10 @@ def _structured(record: logging.LogRecord) -> dict[str, Any]:
     if message != payload["event"]:
         payload["message"] = message
     if record.exc_info:
-        payload["error"] = _redact_traceback(logging.Formatter().formatException(record.exc_info))
+        # its own key: an event's one-line `error` field stays what the admin reads first
+        payload["traceback"] = _redact_traceback(
+            logging.Formatter().formatException(record.exc_info)
+        )
     return payload
 
 
@@ -140,11 +143,11 @@ class TextFormatter(logging.Formatter):
         payload = _structured(record)
         head = f"{payload.pop('ts')} {payload.pop('level'):<7} {payload.pop('event')}"
         payload.pop("logger")
-        error = payload.pop("error", None)
+        traceback = payload.pop("traceback", None)
         message = payload.pop("message", None)
         tail = " ".join(f"{k}={v}" for k, v in payload.items())
         line = " ".join(part for part in (head, tail, f"- {message}" if message else "") if part)
-        return f"{line}\n{error}" if error else line
+        return f"{line}\n{traceback}" if traceback else line
 
 
 def configure_logging(settings: LoggingSettings, stream: TextIO | None = None) -> None:

@@ -154,6 +154,7 @@ def test_disk_full_during_a_study_is_retried_with_backoff_and_done_once_space_re
     failures = node.events("study_failed")
     assert all(f["state"] == "QUEUED" and f["permanent"] is False for f in failures)
     assert "No space left on device" in failures[0]["error"]
+    assert "\n" not in failures[0]["error"]  # the reason in one line; the traceback beside it
     assert [f["retry_in_seconds"] for f in failures[:3]] == [1, 2, 2]
     stamps = [time.mktime(time.strptime(f["ts"][:19], "%Y-%m-%dT%H:%M:%S")) for f in failures]
     assert stamps[2] - stamps[0] >= 2  # waited between tries, not three in a second
