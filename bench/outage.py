@@ -23,8 +23,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from dicom_node.logs import configure_logging
 from dicom_node.sender import Sender
-from dicom_node.settings import DestinationSettings, load_settings
+from dicom_node.settings import DestinationSettings, LoggingSettings, load_settings
 from storage import destinations, outbound
 from storage.db import open_database
 from storage.models import OutboundState
@@ -84,6 +85,7 @@ def main() -> None:
     parser.add_argument("--studies", type=int, default=5)
     parser.add_argument("--config", default=None, help="node TOML with [outbound] settings")
     args = parser.parse_args()
+    configure_logging(LoggingSettings(level="ERROR", format="text"))  # a failed probe is expected
     with tempfile.TemporaryDirectory(prefix="outage-") as tmp:
         run(args.minutes, args.studies, args.config, Path(tmp))
 

@@ -624,7 +624,6 @@ class Listener:
             (evt.EVT_DIMSE_RECV, journal.message_received),
             (evt.EVT_CONN_CLOSE, journal.connection_closed),
         ]
-        quiet_peer_network_errors()
         self._server = self.ae.start_server(
             (self.node.host, self.node.port), block=False, evt_handlers=handlers
         )
@@ -725,28 +724,3 @@ def _accept_padded_ae_titles() -> None:
     """Decode received A-ASSOCIATE-RQ PDUs with _PaddingTolerantAssociateRQ. pynetdicom picks
     the PDU class from its `dul._PDU_TYPES` table (no public hook); idempotent."""
     _PDU_TYPES[b"\x01"] = (_PaddingTolerantAssociateRQ, "Evt6")
-
-
-_PEER_NETWORK_NOISE = (
-    "Connection closed before the entire PDU was received",
-    "The received PDU is shorter than expected",
-    "Non-conformant '",  # a UID with leading zeros: accepted on purpose (storage.spool)
-)
-
-
-class _PeerNetworkNoise(logging.Filter):
-    """Drops pynetdicom's unstructured lines (and tracebacks) for what the node reports itself:
-    a peer that went away mid-PDU (`store_interrupted`) and UIDs it accepts on purpose."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], OSError):
-            return False
-        return not str(record.msg).startswith(_PEER_NETWORK_NOISE)
-
-
-def quiet_peer_network_errors() -> None:
-    """Install _PeerNetworkNoise on the pynetdicom loggers that emit those lines; idempotent."""
-    for name in ("pynetdicom.dul", "pynetdicom.utils", "pynetdicom.transport"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _PeerNetworkNoise) for f in logger.filters):
-            logger.addFilter(_PeerNetworkNoise())

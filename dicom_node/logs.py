@@ -167,5 +167,34 @@ def configure_logging(settings: LoggingSettings, stream: TextIO | None = None) -
     # nothing an admin acts on: their warnings and errors still come through.
     for library in ("apscheduler", "alembic", "highdicom"):
         logging.getLogger(library).setLevel(logging.WARNING)
+    quiet_peer_network_errors()
     # Third-party warnings (pydicom, highdicom) quote header values; log them redacted as JSON.
     warnings.showwarning = _show_warning
+
+
+_PEER_NETWORK_NOISE = (
+    "Connection closed before the entire PDU was received",
+    "The received PDU is shorter than expected",
+    "Non-conformant '",  # a UID with leading zeros: accepted on purpose (storage.spool)
+    "Association request failed",  # the sender's delivery_failed / probe_failed say it in words
+    "TCP Initialisation Error",
+)
+
+
+class _PeerNetworkNoise(logging.Filter):
+    """Drops pynetdicom's unstructured lines (and tracebacks) for what the node reports itself:
+    a peer that went away mid-PDU (`store_interrupted`), UIDs it accepts on purpose and a
+    destination that cannot be reached (the sender's own events, in words)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], OSError):
+            return False
+        return not str(record.msg).startswith(_PEER_NETWORK_NOISE)
+
+
+def quiet_peer_network_errors() -> None:
+    """Install _PeerNetworkNoise on the pynetdicom loggers that emit those lines; idempotent."""
+    for name in ("pynetdicom.dul", "pynetdicom.utils", "pynetdicom.transport", "pynetdicom.assoc"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _PeerNetworkNoise) for f in logger.filters):
+            logger.addFilter(_PeerNetworkNoise())
