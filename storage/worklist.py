@@ -585,6 +585,14 @@ def state_counts(session: Session) -> dict[StudyState, int]:
     return counts
 
 
+def failed_since(session: Session, since: datetime) -> int:
+    """How many studies ended FAILED at or after `since` (and are still FAILED)."""
+    return int(session.scalar(
+        select(func.count()).select_from(Study)
+        .where(Study.state == StudyState.FAILED, Study.state_changed_at >= since)
+    ) or 0)
+
+
 def list_studies(
     session: Session, state: StudyState | None = None, limit: int = 100
 ) -> list[StudySummary]:
