@@ -190,11 +190,22 @@ class Worker:
         return len(swept)
 
     def stop(self) -> None:
+        """Claim nothing more; wait for the study in progress up to `[worker]
+        shutdown_grace_seconds`, then give its lease back (QUEUED, no attempt counted) so the
+        next start takes it at once. The unfinished pass keeps running until the process exits;
+        its writes then fail as a lost lease and change nothing."""
         self._stop.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self.settings.worklist.lease_seconds)
-            self._thread = None
+        if self._thread is None:
+            return
+        self._thread.join(timeout=self.settings.worker.shutdown_grace_seconds)
+        if self._thread.is_alive():
+            with self.database.sessions.begin() as session:
+                returned = worklist.give_back(session, self.worker_id, self.clock())
+            for uid in returned:
+                log_event(LOG, "lease_given_back", level=logging.WARNING, study_instance_uid=uid,
+                          grace_seconds=self.settings.worker.shutdown_grace_seconds)
+        self._thread = None
 
     def wake(self, *_: object) -> None:
         """Called when a study became QUEUED (accepts the service's callback arguments)."""
@@ -252,6 +263,8 @@ class Worker:
         if self.assembler is not None:
             self.assembler.tick()
         model = self.model()  # before claiming: without a model, studies stay QUEUED
+        if self._stop.is_set():  # shutdown began while the model loaded: claim nothing
+            return None
         now = self.clock()
         with self.database.sessions.begin() as session:
             claimed = worklist.claim_next(
