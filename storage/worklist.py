@@ -599,6 +599,11 @@ def state_counts(session: Session) -> dict[StudyState, int]:
     return counts
 
 
+def known_spool_paths(session: Session) -> set[str]:
+    """Every instance's spool path (reconciling the spool against the work list)."""
+    return set(session.scalars(select(Instance.spool_path)))
+
+
 def failed_since(session: Session, since: datetime) -> int:
     """How many studies ended FAILED at or after `since` (and are still FAILED)."""
     return int(session.scalar(

@@ -231,3 +231,32 @@ def test_a_worker_stopped_while_its_model_loads_claims_nothing(database, tmp_pat
     with database.read_only() as session:
         left = worklist.study_detail(session, study.study)[0]
     assert (left.state, left.attempts) == ("QUEUED", 0)  # never claimed
+
+
+def test_orphan_spool_files_are_recorded_or_removed_at_start_up(
+    node_factory, checkpoint, tmp_path
+) -> None:
+    import shutil
+
+    import pydicom
+
+    node = _worker_node(node_factory, "reconcile", checkpoint)
+    spool = node.data_dir / "spool"
+    study = StudyUids()
+    source = write(make_radiograph(study=study, rows=256, columns=256), tmp_path / "a.dcm")
+    ds = pydicom.dcmread(source)
+    valid = spool / study.study / f"{ds.SOPInstanceUID}.dcm"  # renamed, never committed
+    valid.parent.mkdir(parents=True)
+    shutil.copy(source, valid)
+    corrupt = spool / "1.2.3" / "1.2.3.4.dcm"
+    corrupt.parent.mkdir(parents=True)
+    corrupt.write_bytes(b"not dicom" * 50)
+    temporary = spool / study.study / f".{ds.SOPInstanceUID}.dcm.{2**22 + 7}.7f3a.tmp"
+    temporary.write_bytes(b"half a file")
+
+    node.start()
+    done = node.wait_for_state(study.study, "DONE", timeout=60)
+    assert done.instance_count == 1
+    assert not corrupt.exists() and not temporary.exists() and valid.exists()
+    [line] = node.events("spool_reconciled")
+    assert (line["recorded"], line["removed_invalid"], line["removed_temporary"]) == (1, 1, 1)
