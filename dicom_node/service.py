@@ -128,6 +128,10 @@ class Service:
 
     def start(self) -> None:
         self.spool.prepare()
+        from dicom_node.reconcile import reconcile
+
+        reconcile(self.database, self.spool, Spool(self.settings.data_path / "outbox"),
+                  self.clock)  # before the listener: nothing is being written yet
         self.assembler.tick()  # expired leases from before a restart go back to the queue now
         for component in self.components:
             component.start()

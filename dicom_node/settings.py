@@ -41,6 +41,7 @@ class NodeSettings:
     network_timeout_seconds: float = 60
     other_sop_classes: str = "ignore"  # ignore | refuse: storage SOP classes other than CR/DX
     max_inflated_mb: int = 256  # a Deflated data set that inflates beyond this is refused
+    heartbeat_seconds: float = 5  # a running process rewrites its heartbeat row this often
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class WorkerSettings:
     poll_interval_seconds: float = 5  # fallback when no "study queued" event wakes it
     study_aggregation: str = "mean"  # mean | max: per-image probabilities -> study level
     report_skipped: bool = True  # a SKIPPED study gets a "not analysed: why" SR + summary image
+    shutdown_grace_seconds: float = 10  # on SIGTERM, wait this long for the study in progress
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,7 @@ class OutboundSettings:
     probe_max_delay_seconds: float = 10
     poll_interval_seconds: float = 5  # also picks up `dicom-node outbound retry|resend`
     send_lease_seconds: float = 300  # a claimed delivery is retried after this if a sender died
+    pending_alert_seconds: float = 900  # status --check: degraded past this oldest-PENDING age
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,9 @@ _CHECKS: dict[tuple[str, str], typing.Callable[[Any], str | None]] = {
     if v in ("ignore", "refuse")
     else "must be ignore or refuse",
     ("node", "max_inflated_mb"): lambda v: None if v >= 1 else "must be >= 1",
+    ("node", "heartbeat_seconds"): lambda v: None if v > 0 else "must be > 0",
+    ("worker", "shutdown_grace_seconds"): lambda v: None if v >= 0 else "must be >= 0",
+    ("outbound", "pending_alert_seconds"): lambda v: None if v > 0 else "must be > 0",
     ("worklist", "stable_seconds"): lambda v: None if v >= 0 else "must be >= 0",
     ("worklist", "assembly_interval_seconds"): lambda v: None if v > 0 else "must be > 0",
     ("worklist", "lease_seconds"): lambda v: None if v > 0 else "must be > 0",

@@ -36,6 +36,7 @@ from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage
 
 from dicom_node.assembler import Assembler
 from dicom_node.failures import describe, is_permanent
+from dicom_node.heartbeat import LOADED, LOADING, Heartbeat, model_failure
 from dicom_node.logs import log_event
 from dicom_node.reporting.content import AlgorithmInfo, FindingOutcome
 from dicom_node.reporting.evidence import tolerant_headers
@@ -142,6 +143,7 @@ class Worker:
         on_result: Callable[[], None] = lambda: None,
         assembler: Assembler | None = None,
         worker_id: str | None = None,
+        on_model_state: Callable[[], None] = lambda: None,
     ) -> None:
         self.settings = settings
         self.database = database
@@ -154,6 +156,8 @@ class Worker:
         self.worker_id = worker_id or default_worker_id()
         self.node_uid = derived_uid("device-observer", settings.node.ae_title)
         self._model: LoadedModel | None = None
+        self._model_status: tuple[str, str | None] = (LOADING, None)
+        self.on_model_state = on_model_state  # e.g. the heartbeat, to report it at once
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -186,11 +190,22 @@ class Worker:
         return len(swept)
 
     def stop(self) -> None:
+        """Claim nothing more; wait for the study in progress up to `[worker]
+        shutdown_grace_seconds`, then give its lease back (QUEUED, no attempt counted) so the
+        next start takes it at once. The unfinished pass keeps running until the process exits;
+        its writes then fail as a lost lease and change nothing."""
         self._stop.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self.settings.worklist.lease_seconds)
-            self._thread = None
+        if self._thread is None:
+            return
+        self._thread.join(timeout=self.settings.worker.shutdown_grace_seconds)
+        if self._thread.is_alive():
+            with self.database.sessions.begin() as session:
+                returned = worklist.give_back(session, self.worker_id, self.clock())
+            for uid in returned:
+                log_event(LOG, "lease_given_back", level=logging.WARNING, study_instance_uid=uid,
+                          grace_seconds=self.settings.worker.shutdown_grace_seconds)
+        self._thread = None
 
     def wake(self, *_: object) -> None:
         """Called when a study became QUEUED (accepts the service's callback arguments)."""
@@ -219,17 +234,37 @@ class Worker:
     # -- one study --------------------------------------------------------------------------
 
     def model(self) -> LoadedModel:
+        """The loaded model (loaded on first use); loading errors propagate and are kept as
+        `model_status()` (missing / corrupt / failed with the reason)."""
         if self._model is None:
-            self._model = self.model_loader(self.settings)
+            self._set_model_status((LOADING, None))
+            try:
+                self._model = self.model_loader(self.settings)
+            except Exception as exc:
+                self._set_model_status(model_failure(exc))
+                raise
+            self._set_model_status((LOADED, None))
             log_event(LOG, "model_loaded", model=self.settings.model.name,
                       checkpoints=list(self._model.engine.identity.checkpoint_sha256s))
         return self._model
+
+    def model_status(self) -> tuple[str, str | None]:
+        """(loading | loaded | missing | corrupt | failed, the reason when not loaded)."""
+        return self._model_status
+
+    def _set_model_status(self, status: tuple[str, str | None]) -> None:
+        changed = status != self._model_status
+        self._model_status = status
+        if changed:
+            self.on_model_state()
 
     def run_once(self) -> WorkOutcome | None:
         """Claim and process one study; None when the queue is empty."""
         if self.assembler is not None:
             self.assembler.tick()
         model = self.model()  # before claiming: without a model, studies stay QUEUED
+        if self._stop.is_set():  # shutdown began while the model loaded: claim nothing
+            return None
         now = self.clock()
         with self.database.sessions.begin() as session:
             claimed = worklist.claim_next(
@@ -682,12 +717,15 @@ def make_sender(settings: Settings, database: Database, clock: Callable[[], date
 
 
 def attach(service: Any) -> None:
-    """Add the worker (if `[worker] enabled`) and the sender (if destinations are configured)
-    to a `dicom_node.service.Service`; a study becoming QUEUED wakes the worker at once and a
+    """Add the heartbeat, the worker (if `[worker] enabled`) and the sender (if destinations
+    are configured) to a `dicom_node.service.Service`; a study becoming QUEUED wakes the worker at once and a
     new result wakes the sender."""
     settings = service.settings
     outbox = outbox_for(settings)
     outbox.prepare()
+    heartbeat = Heartbeat(service.database, "serve", settings.node.heartbeat_seconds,
+                          service.clock)
+    service.add(heartbeat)  # first in, last out: it beats while everything else runs
     sender = make_sender(settings, service.database, service.clock)
     if sender is not None:
         service.add(sender)
@@ -695,6 +733,8 @@ def attach(service: Any) -> None:
         worker = Worker(
             settings=settings, database=service.database, spool=service.spool, outbox=outbox,
             clock=service.clock, on_result=sender.wake if sender is not None else lambda: None,
+            on_model_state=heartbeat.wake,
         )
+        heartbeat.model_status = worker.model_status
         service.add(worker)
         service.on_study_queued(worker.wake)

@@ -300,3 +300,24 @@ class DestinationState(Base):
     last_success_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     last_error: Mapped[str | None] = mapped_column(Text)
     last_error_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+# --- Process heartbeats (health; migration 0009_heartbeat) ----------------------------------
+# One row per running node process (`serve` or a standalone `worker`), keyed "host:pid" so that
+# processes on several hosts can share one database. The process rewrites beat_at every few
+# seconds and deletes its row on a clean shutdown; a row whose beat_at is old belongs to a
+# process that died. model_state says how far its inference model got (off when the process
+# runs no worker).
+
+
+class ProcessHeartbeat(Base):
+    __tablename__ = "heartbeat"
+
+    process_id: Mapped[str] = mapped_column(String(128), primary_key=True)  # "host:pid"
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    role: Mapped[str] = mapped_column(String(16))  # serve | worker
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    beat_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    model_state: Mapped[str] = mapped_column(String(16))  # off|loading|loaded|missing|corrupt|failed
+    model_error: Mapped[str | None] = mapped_column(Text)

@@ -102,6 +102,23 @@ class Spool:
         _fsync_directory(directory)
         return SpoolEntry(relative_path=relative, path=target, size_bytes=size)
 
+    def files(self) -> list[str]:
+        """Relative paths of every complete file (`<study>/<sop>.dcm`), for reconciliation."""
+        if not self.root.is_dir():
+            return []
+        return sorted(str(p.relative_to(self.root)) for p in self.root.glob("*/*.dcm")
+                      if not p.name.startswith("."))
+
+    def temporaries(self) -> list[tuple[Path, int]]:
+        """Leftover temporary files of interrupted writes, each with its writer's pid."""
+        if not self.root.is_dir():
+            return []
+        found = []
+        for path in self.root.glob("*/.*.tmp"):
+            pid = path.name.rsplit(".", 3)[-3] if path.name.count(".") >= 4 else ""
+            found.append((path, int(pid) if pid.isdigit() else -1))
+        return found
+
     def free_bytes(self) -> int:
         self.root.mkdir(parents=True, exist_ok=True)
         return shutil.disk_usage(self.root).free

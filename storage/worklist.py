@@ -301,6 +301,20 @@ def release_leases(
     )
 
 
+def give_back(session: Session, worker_id: str, now: datetime) -> list[str]:
+    """The studies `worker_id` holds go back to QUEUED at once with no attempt counted (the
+    worker is shutting down, the study did nothing wrong). Returns their Study Instance UIDs."""
+    rows = session.execute(_for_update(
+        select(Study.id, Study.study_instance_uid)
+        .where(Study.state == StudyState.PROCESSING, Study.worker_id == worker_id)
+    )).all()
+    for row in rows:
+        _guarded_update(session, row.id, StudyState.PROCESSING,
+                        _outcome_values(StudyState.QUEUED, now),
+                        extra_where=(Study.worker_id == worker_id,))
+    return [row.study_instance_uid for row in rows]
+
+
 def _return_leases(
     session: Session,
     condition: Any,
@@ -583,6 +597,19 @@ def state_counts(session: Session) -> dict[StudyState, int]:
     for state, count in session.execute(select(Study.state, func.count()).group_by(Study.state)):
         counts[StudyState(state)] = count
     return counts
+
+
+def known_spool_paths(session: Session) -> set[str]:
+    """Every instance's spool path (reconciling the spool against the work list)."""
+    return set(session.scalars(select(Instance.spool_path)))
+
+
+def failed_since(session: Session, since: datetime) -> int:
+    """How many studies ended FAILED at or after `since` (and are still FAILED)."""
+    return int(session.scalar(
+        select(func.count()).select_from(Study)
+        .where(Study.state == StudyState.FAILED, Study.state_changed_at >= since)
+    ) or 0)
 
 
 def list_studies(

@@ -9,7 +9,7 @@ import pytest
 
 from ml.testing import write_random_checkpoint
 from tests.dicom_factory import StudyUids, make_radiograph, write
-from tests.peers import NodeProcess, storescu
+from tests.peers import NodeProcess, storescu, toml_text
 
 IMAGES = 40  # enough that scoring takes a while, so the kill lands mid-study
 
@@ -163,3 +163,100 @@ def test_disk_full_during_a_study_is_retried_with_backoff_and_done_once_space_re
     done = node.wait_for_state(study.study, "DONE", timeout=30)
     assert done.attempts >= 3 and done.last_error is None
     assert not list((node.data_dir / "outbox").rglob("*.tmp"))
+
+
+def test_sigterm_during_inference_gives_the_lease_back_after_the_grace_period(
+    node_factory, checkpoint, tmp_path
+) -> None:
+    grace = 0.5  # well below the time the study takes (80 images, batch 1)
+    node = _worker_node(node_factory, "sigterm-mid-study", checkpoint)
+    node.sections["worker"]["shutdown_grace_seconds"] = grace
+    node.config_path.write_text(toml_text(node.sections))
+    node.start()
+    study = _send_study(node, tmp_path / "in", 2 * IMAGES, size=512)
+    node.wait_for(lambda: node.events("study_claimed"), "the worker to claim the study")
+    asked = time.monotonic()
+    assert node.stop() == 0
+    assert time.monotonic() - asked < grace + 8
+    given_back = node.study(study.study)
+    assert (given_back.state, given_back.attempts) == ("QUEUED", 0)  # no attempt counted
+    assert [e["study_instance_uid"] for e in node.events("lease_given_back")] == [study.study]
+
+    node.start()
+    assert node.wait_for_state(study.study, "DONE", timeout=60).attempts == 0
+    assert node.events("lease_released") == []  # nothing was left to sweep
+
+
+def test_a_worker_stopped_while_its_model_loads_claims_nothing(database, tmp_path) -> None:
+    import threading
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from dicom_node.settings import Settings
+    from dicom_node.worker import Worker
+    from storage import worklist
+    from storage.spool import Spool
+    from storage.worklist import InstanceRecord
+
+    now = datetime.now(UTC)
+    study = StudyUids()
+    record = InstanceRecord(
+        sop_instance_uid=study.study + ".1", series_instance_uid=study.series,
+        study_instance_uid=study.study, sop_class_uid="1.2.840.10008.5.1.4.1.1.1.1",
+        transfer_syntax_uid="1.2.840.10008.1.2.1", modality="DX", body_part_examined="CHEST",
+        view_position="PA", spool_path="x.dcm", size_bytes=1, calling_ae_title="MOD",
+    )
+    with database.sessions.begin() as session:
+        worklist.record_instance(session, record, now)
+        worklist.queue_stable_studies(session, 0, now)
+    loading, release = threading.Event(), threading.Event()
+
+    def slow_loader(_settings):  # a model that is still loading when SIGTERM arrives
+        loading.set()
+        release.wait(timeout=30)
+        identity = SimpleNamespace(checkpoint_sha256s=["0" * 64])
+        return SimpleNamespace(engine=SimpleNamespace(identity=identity), catalogue=None)
+
+    worker = Worker(settings=Settings(), database=database, spool=Spool(tmp_path / "spool"),
+                    outbox=Spool(tmp_path / "outbox"), clock=lambda: datetime.now(UTC),
+                    model_loader=slow_loader)
+    worker.start()
+    assert loading.wait(timeout=10)
+    stopper = threading.Thread(target=worker.stop)
+    stopper.start()
+    time.sleep(0.2)  # shutdown has begun; now the model finishes loading
+    release.set()
+    stopper.join(timeout=30)
+    assert worker.model_status()[0] == "loaded"
+    with database.read_only() as session:
+        left = worklist.study_detail(session, study.study)[0]
+    assert (left.state, left.attempts) == ("QUEUED", 0)  # never claimed
+
+
+def test_orphan_spool_files_are_recorded_or_removed_at_start_up(
+    node_factory, checkpoint, tmp_path
+) -> None:
+    import shutil
+
+    import pydicom
+
+    node = _worker_node(node_factory, "reconcile", checkpoint)
+    spool = node.data_dir / "spool"
+    study = StudyUids()
+    source = write(make_radiograph(study=study, rows=256, columns=256), tmp_path / "a.dcm")
+    ds = pydicom.dcmread(source)
+    valid = spool / study.study / f"{ds.SOPInstanceUID}.dcm"  # renamed, never committed
+    valid.parent.mkdir(parents=True)
+    shutil.copy(source, valid)
+    corrupt = spool / "1.2.3" / "1.2.3.4.dcm"
+    corrupt.parent.mkdir(parents=True)
+    corrupt.write_bytes(b"not dicom" * 50)
+    temporary = spool / study.study / f".{ds.SOPInstanceUID}.dcm.{2**22 + 7}.7f3a.tmp"
+    temporary.write_bytes(b"half a file")
+
+    node.start()
+    done = node.wait_for_state(study.study, "DONE", timeout=60)
+    assert done.instance_count == 1
+    assert not corrupt.exists() and not temporary.exists() and valid.exists()
+    [line] = node.events("spool_reconciled")
+    assert (line["recorded"], line["removed_invalid"], line["removed_temporary"]) == (1, 1, 1)

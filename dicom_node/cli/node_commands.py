@@ -9,6 +9,7 @@ from typing import Any
 
 import typer
 from pydicom.uid import UID
+from rich.markup import escape
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -57,25 +58,60 @@ def serve(config: Path | None = ConfigOption) -> None:
 
 
 @app.command()
-def status(config: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
-    """Studies per state, spool disk use and free space, the latest arrivals."""
+def status(
+    config: Path | None = ConfigOption,
+    as_json: bool = JsonOption,
+    check: bool = typer.Option(
+        False, "--check", help="Only the verdict and its reasons; exit 0 healthy, 1 degraded, "
+        "2 down (for monitoring and container health checks)."),
+) -> None:
+    """Whether the node is healthy: serve running (heartbeat age), the model, destinations,
+    outbound queue, FAILED studies in 24 h; studies per state, spool disk use, latest arrivals."""
     with user_errors():
         settings = settings_from(config)
         report = _status_report(settings)
+    health = report["health"]
+    if check:
+        if as_json:
+            print_json(health)
+        else:
+            console.print(health["level"], highlight=False)
+            for reason in health["reasons"]:
+                console.print(reason, highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(health["exit_code"])
     if as_json:
         print_json(report)
         return
-    spool = report["spool"]
+    _print_status(settings, report)
+
+
+def _print_status(settings: Settings, report: dict[str, Any]) -> None:
+    from dicom_node.health import age_text
+
+    spool, health, out = report["spool"], report["health"], report["outbound"]
+    colour = {"healthy": "green", "degraded": "yellow", "down": "red"}[health["level"]]
+    oldest = out["oldest_pending_seconds"]
     console.print(
-        f"[bold]{settings.node.ae_title}[/] port {settings.node.port}\n"
+        f"[bold]{settings.node.ae_title}[/] port {settings.node.port}: "
+        f"[bold {colour}]{health['level'].upper()}[/]\n"
+        + "".join(f"  - {escape(reason)}\n" for reason in health["reasons"])
+        + f"service  {_service_line(report['processes'])}\n"
         f"data     {report['data_dir']}\ndatabase {report['database']}\n"
         f"spool    {_mib(spool['used_bytes'])} MiB in {spool['files']} files; free "
         f"{_mib(spool['free_bytes'])} MiB (floor {_mib(spool['min_free_bytes'])} MiB)"
         + ("  [red]BELOW FLOOR: stores are refused[/]" if spool["below_floor"] else "")
-        + "\n" + _model_line(report["model"]),
+        + "\n" + _model_line(report["model"], report["model_state"]) + "\n"
+        f"outbound {out['pending']} PENDING"
+        + (f" (oldest {age_text(oldest)})" if oldest is not None else "")
+        + f", {out['dead']} DEAD, {out['sent']} SENT\n"
+        f"failed   {report['failed_last_24h']} studies FAILED in the last 24 h",
         highlight=False,
         soft_wrap=True,
     )
+    if report["destinations"]:
+        print_table("Destinations", ["destination", "state", "pending", "dead", "last success"],
+                    [[d["name"], d["state"], d["pending"], d["dead"],
+                      _time(d["last_success_at"]) or "never"] for d in report["destinations"]])
     print_table("Studies by state", ["state", "studies"], list(report["states"].items()))
     print_table(
         "Latest arrivals",
@@ -92,6 +128,18 @@ def status(config: Path | None = ConfigOption, as_json: bool = JsonOption) -> No
             for a in report["last_arrivals"]
         ],
     )
+
+
+def _service_line(processes: list[dict[str, Any]]) -> str:
+    from dicom_node.health import age_text
+
+    live = [p for p in processes if p["running"]]
+    if not live:
+        last = min((p["age_seconds"] for p in processes), default=None)
+        return "[red]NOT RUNNING[/]" + (
+            f" (last heartbeat {age_text(last)} ago)" if last is not None else "")
+    return "; ".join(f"{p['role']} running ({p['process']}, beat {age_text(p['age_seconds'])}"
+                     " ago)" for p in live)
 
 
 @studies_app.command("list")
@@ -280,17 +328,20 @@ def _requeue_command(
 
 
 def _status_report(settings: Settings) -> dict[str, Any]:
+    from dicom_node.health import health_report
+
+    spool = Spool(settings.spool_path)
+    used, files = _spool_usage(spool)
+    free = spool.free_bytes()
+    floor = settings.node.min_free_disk_mb * 1024 * 1024
     database = _open(settings)
     with database.read_only() as session:
         counts = worklist.state_counts(session)
         recent = worklist.recent_instances(session, limit=5)
         ignored = sum(ignored_counts(session).values())
+    health = health_report(settings, database, datetime.now(UTC), free < floor)
     database.dispose()
-    spool = Spool(settings.spool_path)
-    used, files = _spool_usage(spool)
-    free = spool.free_bytes()
-    floor = settings.node.min_free_disk_mb * 1024 * 1024
-    return {
+    return health | {
         "ae_title": settings.node.ae_title,
         "port": settings.node.port,
         "data_dir": str(settings.data_path),
@@ -310,10 +361,16 @@ def _status_report(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _model_line(model: dict[str, Any]) -> str:
+def _model_line(model: dict[str, Any], running: dict[str, Any]) -> str:
     caveat = "" if model["clinical_use"] else " (NOT FOR CLINICAL USE)"
     missing = [c["path"] for c in model["checkpoints"] if not c["present"]]
-    if not model["checkpoints"]:
+    if running["state"] == "loaded":
+        state = "[green]loaded[/]"
+    elif running["state"] in ("missing", "corrupt", "failed"):
+        state = f"[red]{running['state'].upper()}: {escape(running['error'] or '')}[/]"
+    elif running["state"] == "loading":
+        state = "loading"
+    elif not model["checkpoints"]:
         state = "[red]no checkpoint configured: studies wait in QUEUED[/]"
     elif missing:
         state = f"[red]MISSING {', '.join(missing)}: studies wait in QUEUED[/]"

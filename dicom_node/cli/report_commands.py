@@ -56,6 +56,7 @@ def worker(
     its own against the same data directory and database.
     """
     from dicom_node.assembler import Assembler
+    from dicom_node.heartbeat import Heartbeat
     from dicom_node.worker import Worker, make_sender, outbox_for
     from storage.spool import Spool
 
@@ -78,7 +79,9 @@ def worker(
         if once:
             _run_once(runner, sender, settings, as_json)
         else:
-            _run_until_signalled(runner, sender)
+            heartbeat = Heartbeat(database, "worker", settings.node.heartbeat_seconds, _now,
+                                  runner.model_status)
+            _run_until_signalled(runner, sender, heartbeat)
         database.dispose()
 
 
@@ -103,10 +106,10 @@ def _run_once(runner: Any, sender: Any, settings: Settings, as_json: bool) -> No
                 [list(r.values()) for r in rows])
 
 
-def _run_until_signalled(runner: Any, sender: Any) -> None:
+def _run_until_signalled(runner: Any, sender: Any, heartbeat: Any) -> None:
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
-    components = [c for c in (sender, runner) if c is not None]
+    components = [c for c in (heartbeat, sender, runner) if c is not None]
     try:
         for component in components:
             component.start()
