@@ -18,10 +18,11 @@ import threading
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from io import BytesIO
+from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Any
 
 from pydicom import uid as uids
@@ -43,7 +44,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node import status
 from dicom_node.logs import log_event
-from dicom_node.settings import NodeSettings
+from dicom_node.settings import NodeSettings, peer_networks
 from storage import worklist
 from storage.db import Database
 from storage.ignored import IgnoredRecord, record_ignored
@@ -91,18 +92,30 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def _address_in(host: str, networks: Sequence[IPv4Network | IPv6Network]) -> bool:
+    try:
+        address = ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)
+
+
 @dataclass(frozen=True)
 class AccessPolicy:
     """Optional allow-lists; an empty list allows everyone."""
 
     calling_ae_titles: frozenset[str] = frozenset()
-    peer_hosts: frozenset[str] = frozenset()
+    peer_networks: tuple[IPv4Network | IPv6Network, ...] = ()
 
     @classmethod
     def from_settings(cls, node: NodeSettings) -> AccessPolicy:
+        """Raises ConfigError naming node.allowed_peer_hosts for an entry that is neither an
+        address, a CIDR network nor a host name that resolves now."""
         return cls(
             calling_ae_titles=frozenset(t.strip() for t in node.allowed_calling_ae_titles),
-            peer_hosts=frozenset(node.allowed_peer_hosts),
+            peer_networks=peer_networks(node.allowed_peer_hosts),
         )
 
     def refusal(
@@ -115,7 +128,7 @@ class AccessPolicy:
             return "called AE title is blank or not a valid AE title"
         if self.calling_ae_titles and calling_ae_title.strip() not in self.calling_ae_titles:
             return "calling AE title not in allowed_calling_ae_titles"
-        if self.peer_hosts and peer_host not in self.peer_hosts:
+        if self.peer_networks and not _address_in(peer_host, self.peer_networks):
             return "peer host not in allowed_peer_hosts"
         return None
 

@@ -8,8 +8,10 @@ An unknown section or key, or a value of the wrong type, raises ConfigError nami
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
+import socket
 import tomllib
 import types
 import typing
@@ -243,11 +245,18 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any], origin: str) -> None:
 
 
 def _environment_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """DICOM_NODE_<SECTION>__<KEY> variables; any other DICOM_NODE_ name is a ConfigError (a
+    single underscore would otherwise be ignored without a word)."""
     found: dict[str, dict[str, Any]] = {}
     for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or "__" not in name[len(ENV_PREFIX):]:
+        if not name.startswith(ENV_PREFIX):
             continue
-        section, key = name[len(ENV_PREFIX):].lower().split("__", 1)
+        section, _, key = name[len(ENV_PREFIX):].lower().partition("__")
+        if not section or not key or "__" in key:
+            raise ConfigError(
+                f"environment variable {name} is not DICOM_NODE_<SECTION>__<KEY> "
+                "(two underscores between section and key, e.g. DICOM_NODE_NODE__PORT)"
+            )
         found.setdefault(section, {})[key] = _parse_env_value(raw)
     return found
 
@@ -336,3 +345,27 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
     if hint in (int, str) and (not isinstance(value, hint) or isinstance(value, bool)):
         raise ConfigError(f"config key {name} must be {hint.__name__}, got {value!r}")
     return value
+
+
+def peer_networks(entries: list[str]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """node.allowed_peer_hosts as networks: an address, a CIDR network (192.0.2.0/24) or a host
+    name resolved now (all its addresses). Raises ConfigError naming the key and the entry."""
+    found: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for entry in entries:
+        text = entry.strip()
+        try:
+            found.append(ipaddress.ip_network(text, strict=False))
+            continue
+        except ValueError:
+            pass
+        if "/" in text:
+            raise ConfigError(f"config key node.allowed_peer_hosts: {text!r} is not a network")
+        try:
+            infos = socket.getaddrinfo(text, None, proto=socket.IPPROTO_TCP)
+        except (OSError, UnicodeError) as exc:
+            raise ConfigError(
+                f"config key node.allowed_peer_hosts: {text!r} is neither an address, a network "
+                f"nor a host name that resolves ({exc})"
+            ) from None
+        found.extend(ipaddress.ip_network(info[4][0].split("%", 1)[0]) for info in infos)
+    return tuple(dict.fromkeys(found))

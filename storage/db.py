@@ -14,9 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -47,6 +45,10 @@ class Database:
         self.engine.dispose()
 
 
+class NoSchemaError(RuntimeError):
+    """A read-only opening found no work-list schema (the node never ran on this database)."""
+
+
 def open_database(url: str, *, migrate: bool = True) -> Database:
     """Create the engine for `url`, upgrade the schema to head and return the Database."""
     engine = _create_engine(url)
@@ -55,8 +57,28 @@ def open_database(url: str, *, migrate: bool = True) -> Database:
     return Database(url=url, engine=engine, sessions=sessionmaker(engine, expire_on_commit=False))
 
 
+def open_read_only(url: str) -> Database:
+    """The Database for queries: no migration (Alembic is not even imported), nothing created.
+
+    Raises NoSchemaError when there is no work list there yet (a SQLite file that does not exist,
+    or a database without the schema).
+    """
+    parsed = make_url(url)
+    on_disk = parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")
+    if on_disk and not Path(str(parsed.database)).expanduser().is_file():
+        raise NoSchemaError(f"no work list at {parsed.database} yet")
+    engine = _create_engine(url)
+    if not inspect(engine).has_table("study"):
+        engine.dispose()
+        raise NoSchemaError("the database has no work-list schema yet")
+    return Database(url=url, engine=engine, sessions=sessionmaker(engine, expire_on_commit=False))
+
+
 def upgrade_to_head(engine: Engine) -> None:
     """Run `alembic upgrade head` on `engine`, programmatically (no alembic.ini needed)."""
+    from alembic import command  # only here: importing Alembic costs more than a CLI query
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))

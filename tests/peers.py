@@ -1,11 +1,14 @@
 """Real peers for tests and benches: the node as a subprocess, dcmtk echoscu/storescu/storescp.
 
 Everything runs on loopback with free ports and temporary directories; every process started
-here is stopped by its owner (fixtures call `stop()` at teardown).
+here is stopped by its owner (fixtures call `stop()` at teardown). A `start()` that fails (the
+peer exits, never answers, or the wait is interrupted) stops its own process before raising, and
+whatever is still running when the interpreter exits is stopped then (`_stop_leftovers`).
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import signal
@@ -22,6 +25,38 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # dcmtk by its path: pynetdicom installs same-named storescu/storescp/echoscu scripts in the venv.
 DCMTK_BIN = Path("/usr/bin")
 START_TIMEOUT_SECONDS = 60.0
+
+# Every process a peer started and has not yet stopped: a safety net for an interrupted run.
+_RUNNING: set[subprocess.Popen[bytes]] = set()
+
+
+def _spawn(argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    """subprocess.Popen, remembered until `_reap` so that nothing outlives the test run."""
+    process = subprocess.Popen(list(argv), **kwargs)
+    _RUNNING.add(process)
+    return process
+
+
+def _reap(process: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM,
+          timeout: float = 60) -> int:
+    """Send `sig` to a still-running process, wait (kill after `timeout` s); its exit status."""
+    if process is None:
+        return 0
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    _RUNNING.discard(process)
+    return int(process.returncode)
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    for process in list(_RUNNING):
+        _reap(process, signal.SIGKILL)
 
 
 def free_port() -> int:
@@ -193,10 +228,16 @@ class NodeProcess:
         node.config_path.write_text(toml_text(merged))
         return node
 
-    def start(self, wait: bool = True, env: Mapping[str, str] | None = None) -> NodeProcess:
-        """Run `dicom-node serve` (extra environment in `env`); wait until it answers C-ECHO."""
+    def start(
+        self,
+        wait: bool = True,
+        env: Mapping[str, str] | None = None,
+        timeout: float = START_TIMEOUT_SECONDS,
+    ) -> NodeProcess:
+        """Run `dicom-node serve` (extra environment in `env`); wait until it answers C-ECHO
+        (up to `timeout` s). If that wait fails, the process is killed before the error rises."""
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
+        self.process = _spawn(
             [*dicom_node_command(), "serve", "--config", str(self.config_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -205,7 +246,11 @@ class NodeProcess:
         )
         log.close()
         if wait:
-            self.wait_until_answering()
+            try:
+                self.wait_until_answering(timeout)
+            except BaseException:  # also KeyboardInterrupt and pytest-timeout: never leave it
+                self.stop(signal.SIGKILL, timeout=10)
+                raise
         return self
 
     def wait_until_answering(self, timeout: float = START_TIMEOUT_SECONDS) -> None:
@@ -221,16 +266,7 @@ class NodeProcess:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         """Send `sig` and wait; returns the exit status (negative: killed by a signal)."""
-        if self.process is None:
-            return 0
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        code = self.process.returncode
+        code = _reap(self.process, sig, timeout)
         self.process = None
         return code
 
@@ -306,7 +342,7 @@ class StoreSCP:
         if not (DCMTK_BIN / "storescp").exists():
             raise RuntimeError("dcmtk storescp is not installed")
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
+        self.process = _spawn(
             [
                 str(DCMTK_BIN / "storescp"),
                 "-aet",
@@ -321,22 +357,21 @@ class StoreSCP:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while time.monotonic() < deadline:
-            if echoscu(self.port, called_ae=self.ae_title).returncode == 0:
-                return self
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("storescp did not start")
+        try:
+            deadline = time.monotonic() + START_TIMEOUT_SECONDS
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"storescp exited with {self.process.returncode}")
+                if echoscu(self.port, called_ae=self.ae_title).returncode == 0:
+                    return self
+                time.sleep(0.1)
+            raise RuntimeError("storescp did not answer C-ECHO")
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        _reap(self.process, timeout=10)
         self.process = None
 
 
@@ -390,13 +425,21 @@ class OrthancPeer:
             raise RuntimeError("Orthanc is not installed (Debian package orthanc)")
         config = self.write_config()
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
+        self.process = _spawn(
             [self.BINARY, str(config)], stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir
         )
         log.close()
+        try:
+            self._wait_until_answering()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_until_answering(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
+            if self.process is None or self.process.poll() is not None:
                 raise RuntimeError(f"Orthanc exited: {self.log_path.read_text(errors='replace')}")
             try:
                 self.get("/system")
@@ -404,18 +447,11 @@ class OrthancPeer:
                 time.sleep(0.1)
                 continue
             if echoscu(self.dicom_port, called_ae=self.ae_title).returncode == 0:
-                return self
-        self.stop()
-        raise RuntimeError("Orthanc did not start")
+                return
+        raise RuntimeError("Orthanc did not answer C-ECHO")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        _reap(self.process, timeout=20)
         self.process = None
 
     # REST API

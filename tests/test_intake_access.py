@@ -24,9 +24,11 @@ def guarded_node(tmp_path_factory: pytest.TempPathFactory):
     node.ae_title = "AINODE"
     # wait_until_answering echoes as ECHOSCU, which this node refuses: start, then probe.
     node.start(wait=False)
-    node.wait_for(lambda: echoscu(node.port, calling_ae="GOODSCU").returncode == 0, "the node")
-    yield node
-    node.stop()
+    try:
+        node.wait_for(lambda: echoscu(node.port, calling_ae="GOODSCU").returncode == 0, "the node")
+        yield node
+    finally:
+        node.stop()
 
 
 def test_known_caller_is_served(guarded_node: NodeProcess) -> None:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import typer
 
-from dicom_node import destinations
 from dicom_node.cli import app
 from dicom_node.cli.common import (
     ConfigOption,
@@ -18,8 +17,6 @@ from dicom_node.cli.common import (
     settings_from,
     user_errors,
 )
-from dicom_node.cli.report_commands import _open, _time, print_notes
-from dicom_node.outcomes import Verdict
 
 destinations_app = typer.Typer(help="Destinations (PACS) and their state.",
                                no_args_is_help=True)
@@ -30,9 +27,12 @@ app.add_typer(destinations_app, name="destinations")
 def destinations_list(config: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
     """Each destination: up, down or refusing (since when, why), last success, and its
     pending and dead deliveries."""
+    from dicom_node import destinations  # pynetdicom and the database only when run
+    from dicom_node.cli.report_commands import _open, _time, print_notes
+
     with user_errors():
         settings = settings_from(config)
-        database = _open(settings)
+        database = _open(settings, read_only=True)
         try:
             rows = destinations.overview(settings, database)
         finally:
@@ -59,6 +59,9 @@ def destinations_echo(
 ) -> None:
     """C-ECHO a destination with the configured AE titles and timeouts; exit 1 when it is
     down or refuses."""
+    from dicom_node import destinations
+    from dicom_node.outcomes import Verdict
+
     with user_errors():
         outcome = destinations.echo(settings_from(config), name)
     ok = outcome.verdict is Verdict.OK

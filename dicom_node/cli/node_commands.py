@@ -5,13 +5,10 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from pydicom.uid import UID
 from rich.markup import escape
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
 
 from dicom_node.cli import app
 from dicom_node.cli.common import (
@@ -24,13 +21,12 @@ from dicom_node.cli.common import (
     settings_from,
     user_errors,
 )
-from dicom_node.logs import configure_logging
 from dicom_node.settings import Settings
-from storage import worklist
-from storage.db import Database, open_database
-from storage.ignored import ignored_counts
-from storage.spool import Spool
-from storage.states import StudyState
+
+if TYPE_CHECKING:
+    from storage.db import Database
+    from storage.spool import Spool
+    from storage.states import StudyState
 
 studies_app = typer.Typer(help="Studies in the work list.", no_args_is_help=True)
 app.add_typer(studies_app, name="studies")
@@ -39,12 +35,24 @@ app.add_typer(studies_app, name="studies")
 @app.command()
 def serve(config: Path | None = ConfigOption) -> None:
     """Run the node: the DICOM listener, study assembly and everything added to the service."""
-    from dicom_node.service import Service  # pynetdicom and the scheduler only when serving
-    from dicom_node.worker import attach as attach_worker_and_sender
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from dicom_node.logs import configure_logging
+    from dicom_node.startup import StartupError, check_clinical_use, check_data_dir, check_port
 
     with user_errors():
         settings = settings_from(config)
         configure_logging(settings.logging)
+        # before the database, the model or any thread: each fails in one line
+        check_data_dir(settings)
+        try:
+            check_port(settings)
+        except StartupError as exc:
+            raise CliError(str(exc)) from None
+        check_clinical_use(settings)
+        from dicom_node.service import Service  # pynetdicom, scheduler, model: only when serving
+        from dicom_node.worker import attach as attach_worker_and_sender
+
         try:
             service = Service(settings)
         except SQLAlchemyError as exc:
@@ -150,9 +158,10 @@ def studies_list(
     as_json: bool = JsonOption,
 ) -> None:
     """Studies, most recent arrival first."""
+    from storage import worklist
     with user_errors():
         wanted = _parse_state(state)
-        database = _open(settings_from(config))
+        database = _open(settings_from(config), read_only=True)
         with database.read_only() as session:
             studies = worklist.list_studies(session, wanted, limit)
         database.dispose()
@@ -184,10 +193,14 @@ def studies_show(
 ) -> None:
     """One study: its state, lease and attempts, its instances, and its current result
     (findings, images scored or skipped, SR/summary UIDs, deliveries)."""
+    from pydicom.uid import UID
+
     from dicom_node.studies import study_result
+    from storage import worklist
+    from storage.ignored import ignored_counts
 
     with user_errors():
-        database = _open(settings_from(config))
+        database = _open(settings_from(config), read_only=True)
         with database.read_only() as session:
             detail = worklist.study_detail(session, uid.strip())
             ignored = ignored_counts(session, uid.strip())
@@ -329,12 +342,15 @@ def _requeue_command(
 
 def _status_report(settings: Settings) -> dict[str, Any]:
     from dicom_node.health import health_report
+    from storage import worklist
+    from storage.ignored import ignored_counts
+    from storage.spool import Spool
 
     spool = Spool(settings.spool_path)
     used, files = _spool_usage(spool)
     free = spool.free_bytes()
     floor = settings.node.min_free_disk_mb * 1024 * 1024
-    database = _open(settings)
+    database = _open(settings, read_only=True)
     with database.read_only() as session:
         counts = worklist.state_counts(session)
         recent = worklist.recent_instances(session, limit=5)
@@ -398,14 +414,25 @@ def _spool_usage(spool: Spool) -> tuple[int, int]:
     return sum(p.stat().st_size for p in files), len(files)
 
 
-def _open(settings: Settings) -> Database:
+def _open(settings: Settings, read_only: bool = False) -> Database:
+    """The work list; `read_only`: no migration and nothing created (empty if there is none)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from storage.db import NoSchemaError, open_database, open_read_only
+
     try:
+        if read_only:
+            return open_read_only(settings.database_url)
         return open_database(settings.database_url)
+    except NoSchemaError:
+        # the node never ran here: show an empty work list, create nothing on disk
+        return open_database("sqlite://")
     except SQLAlchemyError as exc:
         raise CliError(f"cannot open the database {_safe_url(settings)}: {exc}") from None
 
 
 def _parse_state(state: str | None) -> StudyState | None:
+    from storage.states import StudyState
     if state is None:
         return None
     try:
@@ -416,10 +443,12 @@ def _parse_state(state: str | None) -> StudyState | None:
 
 
 def _safe_url(settings: Settings) -> str:
+    from sqlalchemy.engine import make_url
     return make_url(settings.database_url).render_as_string(hide_password=True)
 
 
 def _jsonable(record: Any) -> dict[str, Any]:
+    from storage.states import StudyState
     return {
         k: (_time(v) if isinstance(v, datetime) else v.value if isinstance(v, StudyState) else v)
         for k, v in dataclasses.asdict(record).items()

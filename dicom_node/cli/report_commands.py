@@ -8,7 +8,7 @@ import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
@@ -24,11 +24,12 @@ from dicom_node.cli.common import (
     settings_from,
     user_errors,
 )
-from dicom_node.logs import configure_logging
 from dicom_node.settings import Settings
-from storage import outbound
-from storage.db import Database, open_database
-from storage.models import OutboundState
+
+if TYPE_CHECKING:
+    from storage import outbound
+    from storage.db import Database
+    from storage.models import OutboundState
 
 outbound_app = typer.Typer(help="Deliveries of SRs and summary images.", no_args_is_help=True)
 app.add_typer(outbound_app, name="outbound")
@@ -57,6 +58,7 @@ def worker(
     """
     from dicom_node.assembler import Assembler
     from dicom_node.heartbeat import Heartbeat
+    from dicom_node.logs import configure_logging
     from dicom_node.worker import Worker, make_sender, outbox_for
     from storage.spool import Spool
 
@@ -130,9 +132,11 @@ def outbound_list(
     as_json: bool = JsonOption,
 ) -> None:
     """Deliveries: one row per object (SR, summary image) and destination."""
+    from storage import outbound
+    from storage.models import OutboundState
     with user_errors():
         wanted = _parse_state(state)
-        database = _open(settings_from(config))
+        database = _open(settings_from(config), read_only=True)
         with database.read_only() as session:
             rows = outbound.list_deliveries(session, wanted, limit)
         database.dispose()
@@ -183,6 +187,7 @@ def outbound_retry(
 ) -> None:
     """Send DEAD (or waiting) deliveries again now, with a fresh set of attempts. An object a
     destination acknowledged is never sent to it again."""
+    from storage import outbound
     with user_errors():
         if not ids and not all_dead:
             raise CliError("name delivery ids or use --all-dead")
@@ -210,6 +215,7 @@ def outbound_resend(
     """Queue a study's current SR and summary again, even to a destination that acknowledged
     them (a destination added later, a PACS that lost them, a second PACS)."""
     from dicom_node import destinations
+    from storage import outbound
 
     with user_errors():
         settings = settings_from(config)
@@ -227,16 +233,25 @@ def outbound_resend(
     print_table(f"Queued again for study {study_uid}", ["id"], [[i] for i in queued])
 
 
-def _open(settings: Settings) -> Database:
+def _open(settings: Settings, read_only: bool = False) -> Database:
+    """The work list; `read_only`: no migration and nothing created (empty if there is none)."""
     from sqlalchemy.exc import SQLAlchemyError
 
+    from storage.db import NoSchemaError, open_database, open_read_only
+
     try:
+        if read_only:
+            return open_read_only(settings.database_url)
         return open_database(settings.database_url)
+    except NoSchemaError:
+        # the node never ran here: show an empty work list, create nothing on disk
+        return open_database("sqlite://")
     except SQLAlchemyError as exc:
         raise CliError(f"cannot open the database: {exc}") from None
 
 
 def _parse_state(state: str | None) -> OutboundState | None:
+    from storage.models import OutboundState
     if state is None:
         return None
     try:
@@ -247,6 +262,7 @@ def _parse_state(state: str | None) -> OutboundState | None:
 
 
 def _jsonable(delivery: outbound.Delivery) -> dict[str, Any]:
+    from storage.models import OutboundState
     return {
         k: _time(v) if isinstance(v, datetime) else v.value if isinstance(v, OutboundState) else v
         for k, v in delivery.as_dict().items()

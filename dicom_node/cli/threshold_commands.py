@@ -16,11 +16,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import typer
-from sqlalchemy.orm import Session
 
 from dicom_node.cli import app
 from dicom_node.cli.common import (
@@ -35,21 +34,17 @@ from dicom_node.cli.common import (
     user_errors,
 )
 from dicom_node.settings import Settings
-from ml.calibration import choose_threshold, out_of_bag_operating, parse_method
-from ml.catalogue import MAX_PROBABILITY, MIN_PROBABILITY, Catalogue, load_catalogue
-from ml.evaluation import (
-    EvaluationReport,
-    FindingResult,
-    evaluate_scores,
-    plot_roc,
-    write_metrics_csv,
-    write_metrics_json,
-)
-from ml.labels import BLANK_POLICIES, UNCERTAIN_POLICIES, LabelledSet, LabelPolicy, read_labels
-from ml.metrics import DEFAULT_RESAMPLES, METRIC_NAMES, Interval
-from ml.score_cache import CACHE_FILE_NAME, ScoreCache, file_sha256, model_key, score_paths_cached
-from storage import profiles
-from storage.db import open_database
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from ml.evaluation import EvaluationReport, FindingResult
+    from ml.labels import LabelPolicy
+    from ml.metrics import Interval
+    from storage import profiles
+from ml.catalogue import MAX_PROBABILITY, MIN_PROBABILITY, Catalogue
+from ml.labels import BLANK_POLICIES, UNCERTAIN_POLICIES, LabelledSet
+from ml.metrics import DEFAULT_RESAMPLES
 
 thresholds_app = typer.Typer(
     help="Threshold profiles: immutable versions, one active; set, activate, diff, calibrate.",
@@ -95,6 +90,7 @@ class Context:
 
 
 def _context(config: Path | None) -> Context:
+    from ml.catalogue import load_catalogue
     settings = settings_from(config)
     return Context(settings, load_catalogue(settings.resolve(settings.model.findings_file)))
 
@@ -109,6 +105,8 @@ def _reflow(func: Callable[..., None]) -> Callable[..., None]:
 @contextmanager
 def _session(ctx: Context) -> Iterator[Session]:
     """A session on the node's database with version 1 present (catalogue defaults); commits."""
+    from storage import profiles
+    from storage.db import open_database
     database = open_database(ctx.settings.database_url)
     try:
         with database.sessions() as session:
@@ -144,6 +142,7 @@ def show(
     as_json: bool = JsonOption,
 ) -> None:
     """The thresholds of the active (or a given) profile version."""
+    from storage import profiles
     with user_errors():
         ctx = _context(config)
         with _session(ctx) as session:
@@ -184,6 +183,7 @@ def set_threshold(
     as_json: bool = JsonOption,
 ) -> None:
     """New version = the active one with FINDING at VALUE; active at once unless --no-activate."""
+    from storage import profiles
     with user_errors():
         ctx = _context(config)
         label = _finding_label(ctx.catalogue, finding)
@@ -259,6 +259,7 @@ def activate_version(
     The activation is recorded in the history (who, when, note). Undo is activating the
     version that was active before.
     """
+    from storage import profiles
     with user_errors():
         ctx = _context(config)
         with _session(ctx) as session:
@@ -281,6 +282,7 @@ def diff_versions(
     as_json: bool = JsonOption,
 ) -> None:
     """Findings whose threshold differs between versions A and B, and who made each."""
+    from storage import profiles
     with user_errors():
         ctx = _context(config)
         with _session(ctx) as session:
@@ -314,6 +316,7 @@ def _delta(change: profiles.ThresholdChange) -> str:
 @_reflow
 def show_history(config: Path = ConfigOption, as_json: bool = JsonOption) -> None:
     """Every version created and every activation: when, who, how, what changed, why."""
+    from storage import profiles
     with user_errors():
         ctx = _context(config)
         with _session(ctx) as session:
@@ -374,6 +377,14 @@ def _score_labelled(
     policy: LabelPolicy,
     images_root: Path | None,
 ) -> ScoredSet:
+    from ml.labels import read_labels
+    from ml.score_cache import (
+        CACHE_FILE_NAME,
+        ScoreCache,
+        file_sha256,
+        model_key,
+        score_paths_cached,
+    )
     enabled = [f.label for f in ctx.catalogue.enabled()]
     labelled = read_labels(labels_csv, enabled, policy, images_root)
     findings = tuple(f for f in enabled if f not in labelled.missing_columns)
@@ -442,6 +453,7 @@ def _engine_scorer(ctx: Context, checkpoints: Sequence[Path], conversion: str) -
 
 
 def _policy(uncertain: str, blank: str) -> LabelPolicy:
+    from ml.labels import LabelPolicy
     return LabelPolicy(uncertain=uncertain.strip().lower(), blank=blank.strip().lower())
 
 
@@ -491,6 +503,9 @@ def calibrate(
     both positive and negative labels keep their threshold. --method fixed measures the active
     thresholds and saves nothing.
     """
+    from ml.calibration import parse_method
+    from ml.evaluation import evaluate_scores
+    from storage import profiles
     with user_errors():
         chosen_method = parse_method(method)
         ctx = _context(config)
@@ -542,6 +557,7 @@ def _with_out_of_bag_intervals(
 ) -> EvaluationReport:
     """For thresholds chosen on these images, intervals of what new images will show
     (`out_of_bag_operating`) instead of the optimistic fixed-threshold ones."""
+    from ml.calibration import out_of_bag_operating
     if method.kind == "fixed":
         return report
     results = []
@@ -560,6 +576,7 @@ def _choose(
     scored: ScoredSet, method: Any, base: profiles.ProfileSnapshot, defaults: Mapping[str, float]
 ) -> tuple[dict[str, float], dict[str, str]]:
     """Threshold per finding, and why the findings that kept the base threshold kept it."""
+    from ml.calibration import choose_threshold
     thresholds: dict[str, float] = {}
     kept: dict[str, str] = {}
     for j, finding in enumerate(scored.findings):
@@ -590,6 +607,7 @@ def _save_calibrated(
 ) -> tuple[profiles.ProfileVersion | None, bool, list[profiles.ThresholdChange]]:
     """The new version (None when it would equal its base), whether it was activated, and
     what changed against the base."""
+    from storage import profiles
     changes = {f: t for f, t in thresholds.items() if f not in kept}
     if not changes:
         raise CliError("no finding has both positive and negative labels: nothing to calibrate")
@@ -664,6 +682,7 @@ def _print_calibration(
 
 
 def _calibration_row(r: FindingResult, base: profiles.ProfileSnapshot) -> list[str]:
+    from ml.metrics import METRIC_NAMES
     if r.threshold is None:
         threshold = "-"
     else:
@@ -718,6 +737,8 @@ def evaluate(
     the active (or --profile) version, marked on the ROC figure. A finding whose labels hold a
     single class is reported as not evaluable.
     """
+    from ml.evaluation import evaluate_scores
+    from storage import profiles
     with user_errors():
         ctx = _context(config)
         scored = _score_labelled(
@@ -769,6 +790,7 @@ def _write_evaluation(
     used: profiles.ProfileVersion,
     out: Path,
 ) -> dict[str, str]:
+    from ml.evaluation import plot_roc, write_metrics_csv, write_metrics_json
     out.mkdir(parents=True, exist_ok=True)
     files = {name: str(out / name) for name in ("roc.png", "metrics.csv", "metrics.json")}
     write_metrics_csv(report, out / "metrics.csv")

@@ -1,0 +1,83 @@
+"""Model cards: a small TOML file beside each checkpoint saying what the weights are cleared for.
+
+`<checkpoint>.card.toml` (for `models/x.pt`: `models/x.card.toml`), keys so far:
+
+    name = "demo-synthetic-v2"
+    sha256 = "98a5..."        # the checkpoint file's SHA-256: the card speaks for these weights only
+    clinical_use = false      # true only for a model cleared for clinical use
+    clearance = ""            # what clears it (e.g. a regulatory reference); required when true
+
+Later issues add keys (findings, intended use); unknown keys are kept and ignored here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# The demo checkpoints this project ships (trained on synthetic phantoms): never clinical.
+DEMO_CHECKPOINT_SHA256 = frozenset({
+    "98a57d6d9416704966b273be83dc27f29ad2f8abe01f49317efc4e002e8ef6df",  # demo-synthetic-v2.pt
+})
+_BLOCK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    path: Path
+    values: dict[str, Any]
+
+    @property
+    def clinical_use(self) -> bool:
+        return self.values.get("clinical_use") is True
+
+    @property
+    def sha256(self) -> str:
+        return str(self.values.get("sha256", "")).lower()
+
+    @property
+    def clearance(self) -> str:
+        return str(self.values.get("clearance", "")).strip()
+
+
+def card_path(checkpoint: Path) -> Path:
+    """Where the card of `checkpoint` lives: same folder, suffix replaced by `.card.toml`."""
+    return checkpoint.with_suffix(".card.toml")
+
+
+def read_card(checkpoint: Path) -> ModelCard | None:
+    """The card beside `checkpoint`, or None if there is none. Raises ValueError if it is not
+    valid TOML."""
+    path = card_path(checkpoint)
+    if not path.is_file():
+        return None
+    try:
+        return ModelCard(path, tomllib.loads(path.read_text(encoding="utf-8")))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"model card {path} is not valid TOML: {exc}") from None
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, hex. Raises OSError if it cannot be read."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def clinical_use_refusal(checkpoint: Path, sha256: str) -> str | None:
+    """Why `checkpoint` (whose SHA-256 is `sha256`) may not be used clinically, or None."""
+    if sha256 in DEMO_CHECKPOINT_SHA256:
+        return "is the shipped demo model (trained on synthetic phantoms)"
+    card = read_card(checkpoint)
+    if card is None:
+        return f"has no model card ({card_path(checkpoint).name})"
+    if not card.clinical_use or not card.clearance:
+        return f"its model card {card.path.name} does not clear it for clinical use"
+    if card.sha256 != sha256:
+        return f"its model card {card.path.name} is for other weights (sha256 differs)"
+    return None
