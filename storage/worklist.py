@@ -560,6 +560,10 @@ class StudySummary:
     skip_reason: str | None
     reopened_count: int
     not_before: datetime | None  # a QUEUED study retried after a transient error waits until
+    purged_at: datetime | None = None  # retention deleted its files (see storage.retention)
+    purge_reason: str | None = None
+    purged_files: int | None = None
+    purged_bytes: int | None = None
 
 
 @dataclass(frozen=True)
