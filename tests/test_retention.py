@@ -89,17 +89,18 @@ class Seeded:
 
 
 def seed(database: Database, data_dir: Path, outcome: str, when: datetime, *,
-         images: int = 1, size: int = 4096, destinations=("pacs",)) -> Seeded:
+         images: int = 1, size: int = 4096, destinations=("pacs",), dataset=None) -> Seeded:
     """A study that reached `outcome` at `when`: received, processed, a result, deliveries.
     outcome: sent | pending | dead | failed | queued | skipped. Files hold filler bytes (the
-    purge only deletes them)."""
+    purge only deletes them), or `dataset`'s file (one image, its UIDs)."""
     spool, outbox = Spool(data_dir / "spool"), Spool(data_dir / "outbox")
-    study = generate_uid()
+    study = generate_uid() if dataset is None else dataset.StudyInstanceUID
     spooled = []
     with database.sessions.begin() as session:
         for _ in range(images):
-            sop = generate_uid()
-            entry = spool.write(study, sop, [os.urandom(size)])
+            sop = generate_uid() if dataset is None else dataset.SOPInstanceUID
+            content = os.urandom(size) if dataset is None else dataset.read_bytes()
+            entry = spool.write(study, sop, [content])
             spooled.append(entry.path)
             worklist.record_instance(session, worklist.InstanceRecord(
                 sop, generate_uid(), study, DX, "1.2.840.10008.1.2.1", "DX", "CHEST", "PA",
@@ -329,3 +330,38 @@ def test_disk_pressure_with_nothing_delivered_refuses_and_keeps_the_work(
         assert all(p.is_file() for p in pending.files())
     finally:
         db.dispose()
+
+
+def test_scheduled_purge_in_the_node_and_a_resent_purged_image_is_not_kept_again(
+    node_factory, tmp_path
+) -> None:
+    node = node_factory("scheduled", retention={"interval_minutes": 0.02})  # every 1.2 s
+    image = write(make_radiograph(rows=256, columns=256), tmp_path / "old.dcm")
+    db = open_database(f"sqlite:///{node.data_dir / 'worklist.sqlite'}")
+    try:
+        old = seed(db, node.data_dir, "sent", datetime.now(UTC) - timedelta(days=8),
+                   dataset=_ImageFile(image))
+        young = seed(db, node.data_dir, "sent", datetime.now(UTC) - timedelta(days=1))
+        node.start()
+        node.wait_for(lambda: node.events("retention_purge"), "the scheduled purge", timeout=30)
+        assert not any(p.exists() for p in old.files())
+        assert all(p.is_file() for p in young.files())
+
+        result = storescu(node.port, [image])  # the modality sends it again
+        assert store_responses(result.stdout + result.stderr) == ["Success"]
+        assert node.events("duplicate_instance")[-1]["sop_instance_uid"] == old.spool_files[0].stem
+        assert not old.spool_files[0].exists()
+        assert study_of(db, old.uid).state == "DONE"  # not reopened: nothing new arrived
+    finally:
+        db.dispose()
+
+
+class _ImageFile:
+    """A written radiograph's UIDs and bytes, for `seed(dataset=...)`."""
+
+    def __init__(self, path: Path) -> None:
+        from pydicom import dcmread
+
+        ds = dcmread(path, stop_before_pixels=True)
+        self.StudyInstanceUID, self.SOPInstanceUID = ds.StudyInstanceUID, ds.SOPInstanceUID
+        self.read_bytes = path.read_bytes
