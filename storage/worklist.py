@@ -231,8 +231,13 @@ def claim_next(
 
 
 def _claimed_instances(session: Session, study_id: int) -> tuple[ClaimedInstance, ...]:
+    """The study's instances that still have their file: those retention purged (received
+    before `purged_at`) are left out, so a late instance for a purged study is processed."""
     rows = session.scalars(
-        select(Instance).where(Instance.study_id == study_id).order_by(Instance.id)
+        select(Instance).join(Study, Study.id == Instance.study_id)
+        .where(Instance.study_id == study_id,
+               or_(Study.purged_at.is_(None), Instance.received_at > Study.purged_at))
+        .order_by(Instance.id)
     )
     return tuple(
         ClaimedInstance(

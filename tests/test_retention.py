@@ -221,6 +221,21 @@ def test_rows_go_after_worklist_days_and_a_resent_purged_study_keeps_its_files(
     assert study_of(node_db, resent.uid).purged_at is None
 
 
+def test_a_late_instance_for_a_purged_study_is_processed_alone(node_db, data_dir) -> None:
+    study = seed(node_db, data_dir, "sent", NOW - timedelta(days=10), images=2)
+    retention_at(node_db, data_dir, NOW).run()
+    late = generate_uid()
+    entry = Spool(data_dir / "spool").write(study.uid, late, [b"late"])
+    with node_db.sessions.begin() as session:
+        outcome = worklist.record_instance(session, worklist.InstanceRecord(
+            late, generate_uid(), study.uid, DX, "1.2.840.10008.1.2.1", "DX", "CHEST", "PA",
+            entry.relative_path, 4, "MOD"), NOW + timedelta(hours=1))
+        assert outcome.reopened_from is StudyState.DONE
+        worklist.queue_stable_studies(session, 0, NOW + timedelta(hours=2))
+        claimed = worklist.claim_next(session, "w", 600, NOW + timedelta(hours=2))
+    assert [i.sop_instance_uid for i in claimed.instances] == [late]  # no missing files
+
+
 def test_dry_run_changes_nothing(node_db, data_dir) -> None:
     study = seed(node_db, data_dir, "sent", NOW - timedelta(days=10), images=2)
     before = study_of(node_db, study.uid)
