@@ -236,6 +236,16 @@ def test_a_late_instance_for_a_purged_study_is_processed_alone(node_db, data_dir
     assert [i.sop_instance_uid for i in claimed.instances] == [late]  # no missing files
 
 
+def test_reprocess_of_a_purged_study_is_refused_in_words(node_db, data_dir) -> None:
+    from dicom_node.studies import requeue_studies
+
+    study = seed(node_db, data_dir, "sent", NOW - timedelta(days=10))
+    retention_at(node_db, data_dir, NOW).run()
+    (outcome,) = requeue_studies(node_db, [study.uid], NOW, reprocess=True)
+    assert outcome.previous_state is None and "purged" in outcome.error
+    assert study_of(node_db, study.uid).state == "DONE"
+
+
 def test_dry_run_changes_nothing(node_db, data_dir) -> None:
     study = seed(node_db, data_dir, "sent", NOW - timedelta(days=10), images=2)
     before = study_of(node_db, study.uid)
