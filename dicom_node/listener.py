@@ -48,6 +48,7 @@ from dicom_node.settings import NodeSettings, peer_networks
 from storage import worklist
 from storage.db import Database
 from storage.ignored import IgnoredRecord, record_ignored
+from storage.retention import is_purged_instance
 from storage.spool import Spool, SpoolEntry, checked_uid
 
 LOG = logging.getLogger(__name__)
@@ -153,10 +154,16 @@ class Intake:
         clock: Callable[[], datetime] = utc_now,
         on_stored: Callable[[str, datetime], None] = lambda study_uid, at: None,
         max_inflated_mb: int = 256,
+        pressure_margin_mb: int = 0,
+        relieve_pressure: Callable[[int], int] | None = None,
     ) -> None:
         self.database = database
         self.spool = spool
         self.min_free_bytes = min_free_disk_mb * 1024 * 1024
+        # below floor + margin, `relieve_pressure(wanted_free_bytes) -> free bytes` purges
+        # delivered studies (dicom_node.retention) before a store would be refused
+        self.pressure_bytes = self.min_free_bytes + pressure_margin_mb * 1024 * 1024
+        self.relieve_pressure = relieve_pressure
         self.max_inflated_bytes = max_inflated_mb * 1024 * 1024
         self.clock = clock
         self.on_stored = on_stored  # (study UID, arrival time) after the row is committed
@@ -278,6 +285,10 @@ class Intake:
 
     def _check_free_space(self, incoming_bytes: int) -> None:
         free = self.spool.free_bytes()
+        if free - incoming_bytes >= self.pressure_bytes:
+            return
+        if self.relieve_pressure is not None:
+            free = self.relieve_pressure(self.pressure_bytes + incoming_bytes)
         if free - incoming_bytes < self.min_free_bytes:
             raise status.OutOfResources(
                 f"free disk {free // 2**20} MiB would fall below min_free_disk_mb "
@@ -291,7 +302,9 @@ class Intake:
             if existing is None:
                 return False
             path = self.spool.absolute(existing.spool_path)
-        return path.is_file()
+            # retention deleted it after delivery: a re-sent copy is not kept again
+            purged = not path.is_file() and is_purged_instance(session, sop_uid)
+        return purged or path.is_file()
 
     # -- shutdown coordination ------------------------------------------------------------
 

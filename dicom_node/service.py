@@ -26,6 +26,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from dicom_node.assembler import Assembler
 from dicom_node.listener import AccessPolicy, Intake, Listener, utc_now
 from dicom_node.logs import log_event
+from dicom_node.retention import Retention
 from dicom_node.settings import Settings
 from storage.db import Database, open_database
 from storage.spool import Spool
@@ -33,6 +34,8 @@ from storage.spool import Spool
 LOG = logging.getLogger(__name__)
 ASSEMBLY_JOB_ID = "assemble-studies"
 QUIET_SLACK_S = 0.01  # fire just after the quiet period, not a hair before it
+RETENTION_JOB_ID = "retention-purge"
+RETENTION_FIRST_RUN_MINUTES = 1  # a restarted node purges soon, not a whole interval later
 
 
 class Component(Protocol):
@@ -75,6 +78,15 @@ class Service:
             max_instances=1,
             coalesce=True,
         )
+        self.retention = Retention.for_settings(settings, self.database, clock)
+        if settings.retention.interval_minutes > 0:
+            self.scheduler.add_job(
+                self.retention.run_scheduled, "interval",
+                minutes=settings.retention.interval_minutes, id=RETENTION_JOB_ID,
+                max_instances=1, coalesce=True,
+                next_run_time=utc_now() + timedelta(minutes=min(
+                    settings.retention.interval_minutes, RETENTION_FIRST_RUN_MINUTES)),
+            )
         self.intake = Intake(
             self.database,
             self.spool,
@@ -82,6 +94,8 @@ class Service:
             clock,
             on_stored=self._schedule_quiet_check,
             max_inflated_mb=settings.node.max_inflated_mb,
+            pressure_margin_mb=settings.retention.pressure_margin_mb,
+            relieve_pressure=self.retention.relieve,
         )
         self.listener = Listener(
             settings.node, self.intake, AccessPolicy.from_settings(settings.node)

@@ -112,6 +112,14 @@ class DestinationSettings:
 
 
 @dataclass(frozen=True)
+class RetentionSettings:
+    delivered_days: float = 7  # spool and outbox files kept this long after delivery
+    worklist_days: float = 365  # work-list rows and results (no patient data) kept this long
+    interval_minutes: float = 60  # the scheduled purge inside `serve`; 0: only `dicom-node purge`
+    pressure_margin_mb: int = 512  # purge delivered studies when free disk < floor + this
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     level: str = "INFO"
     format: str = "json"
@@ -126,6 +134,7 @@ class Settings:
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     outbound: OutboundSettings = field(default_factory=OutboundSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
     destinations: list[DestinationSettings] = field(default_factory=list)
     source_files: tuple[str, ...] = ()
 
@@ -190,6 +199,10 @@ _CHECKS: dict[tuple[str, str], typing.Callable[[Any], str | None]] = {
     ("outbound", "probe_max_delay_seconds"): lambda v: None if v > 0 else "must be > 0",
     ("outbound", "poll_interval_seconds"): lambda v: None if v > 0 else "must be > 0",
     ("outbound", "send_lease_seconds"): lambda v: None if v > 0 else "must be > 0",
+    ("retention", "delivered_days"): lambda v: None if v >= 0 else "must be >= 0",
+    ("retention", "worklist_days"): lambda v: None if v >= 0 else "must be >= 0",
+    ("retention", "interval_minutes"): lambda v: None if v >= 0 else "must be >= 0",
+    ("retention", "pressure_margin_mb"): lambda v: None if v >= 0 else "must be >= 0",
     ("destinations[]", "name"): lambda v: None
     if v and v.replace("-", "").replace("_", "").isalnum() and len(v) <= 64
     else "must be 1..64 letters, digits, - or _",

@@ -30,6 +30,12 @@ def requeue_studies(
     supersedes the last. Attempts start again from 0. Returns one line per UID."""
     outcomes = []
     for uid in uids:
+        purged = _purged_at(database, uid) if reprocess else None
+        if purged is not None:
+            when = purged.strftime("%Y-%m-%d %H:%M")
+            outcomes.append(Requeued(uid, None, f"its images were purged at {when} "
+                                                "(retention): nothing to reprocess"))
+            continue
         try:
             with database.sessions.begin() as session:
                 previous = worklist.requeue(session, uid, now, reprocess=reprocess)
@@ -38,6 +44,16 @@ def requeue_studies(
             continue
         outcomes.append(Requeued(uid, previous.value))
     return outcomes
+
+
+def _purged_at(database: Database, uid: str) -> datetime | None:
+    """When retention deleted the study's images, if none arrived since; else None."""
+    with database.read_only() as session:
+        detail = worklist.study_detail(session, uid)
+    if detail is None or detail[0].purged_at is None:
+        return None
+    study = detail[0]
+    return study.purged_at if study.last_arrival_at <= study.purged_at else None
 
 
 def uids_in_state(database: Database, state: StudyState) -> list[str]:

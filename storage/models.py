@@ -99,6 +99,13 @@ class Study(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     skip_reason: Mapped[str | None] = mapped_column(Text)
     reopened_count: Mapped[int] = mapped_column(Integer, default=0)
+    # Retention (migration 0010): when the spool and outbox files were deleted, why
+    # ("retention" | "disk-pressure"), and how many files and bytes went. Files that arrived
+    # after purged_at (a late instance) are not covered by it.
+    purged_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    purge_reason: Mapped[str | None] = mapped_column(String(32))
+    purged_files: Mapped[int | None] = mapped_column(Integer)
+    purged_bytes: Mapped[int | None] = mapped_column(BigInteger)
 
     instances: Mapped[list[Instance]] = relationship(
         back_populates="study", order_by="Instance.id", passive_deletes=True

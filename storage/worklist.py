@@ -231,8 +231,13 @@ def claim_next(
 
 
 def _claimed_instances(session: Session, study_id: int) -> tuple[ClaimedInstance, ...]:
+    """The study's instances that still have their file: those retention purged (received
+    before `purged_at`) are left out, so a late instance for a purged study is processed."""
     rows = session.scalars(
-        select(Instance).where(Instance.study_id == study_id).order_by(Instance.id)
+        select(Instance).join(Study, Study.id == Instance.study_id)
+        .where(Instance.study_id == study_id,
+               or_(Study.purged_at.is_(None), Instance.received_at > Study.purged_at))
+        .order_by(Instance.id)
     )
     return tuple(
         ClaimedInstance(
@@ -574,6 +579,10 @@ class StudySummary:
     skip_reason: str | None
     reopened_count: int
     not_before: datetime | None  # a QUEUED study retried after a transient error waits until
+    purged_at: datetime | None = None  # retention deleted its files (see storage.retention)
+    purge_reason: str | None = None
+    purged_files: int | None = None
+    purged_bytes: int | None = None
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ def _register() -> None:
         destination_commands,  # noqa: F401  destinations
         node_commands,  # noqa: F401  serve, status, studies
         predict_commands,  # noqa: F401  predict
+        purge_commands,  # noqa: F401  purge
         report_commands,  # noqa: F401  worker, outbound
         threshold_commands,  # noqa: F401  thresholds, evaluate
         train_commands,  # noqa: F401  synth, train
