@@ -4,7 +4,7 @@ outbox files (patient data) and keeps its work-list row and results (no patient 
 0009 revision at merge.
 
 Revision ID: 0010_retention
-Revises: 0008_study_retry_at
+Revises: 0009_heartbeat
 Create Date: 2024-01-10
 """
 
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0010_retention"
-down_revision = "0008_study_retry_at"
+down_revision = "0009_heartbeat"
 branch_labels = None
 depends_on = None
 
