@@ -26,6 +26,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from dicom_node.assembler import Assembler
 from dicom_node.listener import AccessPolicy, Intake, Listener, utc_now
 from dicom_node.logs import log_event
+from dicom_node.metrics import NodeMetrics, WorkListCollector
 from dicom_node.settings import Settings
 from storage.db import Database, open_database
 from storage.spool import Spool
@@ -64,6 +65,7 @@ class Service:
         self.database: Database = open_database(settings.database_url)
         self.spool = Spool(settings.spool_path)
         self.study_queued = threading.Event()
+        self.metrics = NodeMetrics()  # the node's own Prometheus registry: service.metrics.registry
         self._queued_callbacks: list[Callable[[Sequence[str]], None]] = []
         self.assembler = Assembler(self.database, settings.worklist, clock, self._announce)
         self.scheduler = BackgroundScheduler(timezone="UTC")
@@ -82,7 +84,11 @@ class Service:
             clock,
             on_stored=self._schedule_quiet_check,
             max_inflated_mb=settings.node.max_inflated_mb,
+            on_answered=self.metrics.instance_answered,
         )
+        self.metrics.watch(WorkListCollector(
+            self.database, self.spool, self.intake.min_free_bytes,
+            [d.name for d in settings.destinations], clock))
         self.listener = Listener(
             settings.node, self.intake, AccessPolicy.from_settings(settings.node)
         )

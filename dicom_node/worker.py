@@ -75,6 +75,19 @@ class WorkOutcome:
     reason: str | None = None
 
 
+@dataclass(frozen=True)
+class ModelState:
+    """What a worker's model is doing: "loading" (not loaded yet), "loaded", or "failed" with
+    the reason (loading is tried again every MODEL_RETRY_SECONDS)."""
+
+    state: str
+    detail: str = ""
+
+    @property
+    def loaded(self) -> bool:
+        return self.state == "loaded"
+
+
 @dataclass
 class LoadedModel:
     engine: Any  # ml.engine.ZeroShotEngine: .identity, .labels, .score_uint8(images)
@@ -142,6 +155,8 @@ class Worker:
         on_result: Callable[[], None] = lambda: None,
         assembler: Assembler | None = None,
         worker_id: str | None = None,
+        on_inference: Callable[[float], None] = lambda seconds: None,
+        on_findings: Callable[[Sequence[FindingOutcome]], None] = lambda findings: None,
     ) -> None:
         self.settings = settings
         self.database = database
@@ -150,10 +165,13 @@ class Worker:
         self.clock = clock
         self.model_loader = model_loader
         self.on_result = on_result
+        self.on_inference = on_inference  # model seconds, once per study scored
+        self.on_findings = on_findings  # the study-level findings of each new result
         self.assembler = assembler  # standalone: this worker also queues and sweeps
         self.worker_id = worker_id or default_worker_id()
         self.node_uid = derived_uid("device-observer", settings.node.ae_title)
         self._model: LoadedModel | None = None
+        self._model_error: str | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -218,9 +236,23 @@ class Worker:
 
     # -- one study --------------------------------------------------------------------------
 
+    @property
+    def model_state(self) -> ModelState:
+        """The model's state, readable from any thread (for /readyz)."""
+        if self._model is not None:
+            return ModelState("loaded", self.settings.model.name)
+        if self._model_error is not None:
+            return ModelState("failed", self._model_error)
+        return ModelState("loading", self.settings.model.name)
+
     def model(self) -> LoadedModel:
         if self._model is None:
-            self._model = self.model_loader(self.settings)
+            try:
+                self._model = self.model_loader(self.settings)
+            except Exception as exc:
+                self._model_error = f"{type(exc).__name__}: {exc}"
+                raise
+            self._model_error = None
             log_event(LOG, "model_loaded", model=self.settings.model.name,
                       checkpoints=list(self._model.engine.identity.checkpoint_sha256s))
         return self._model
@@ -282,6 +314,7 @@ class Worker:
         read = time.perf_counter()
         scores = self._score(claimed, model, eligible)
         seconds = {"read": read - started, "score": time.perf_counter() - read}
+        self.on_inference(seconds["score"])
         study_scores = aggregate(scores, self.settings.worker.study_aggregation)
         return self._report(claimed, model, images, eligible, scores, study_scores, seconds)
 
@@ -435,6 +468,7 @@ class Worker:
                                 algorithm=algorithm, uids=uids.summary, when=now)
         state, more = self._finish(claimed, result_id, [summary])
         seconds["summary"] = time.perf_counter() - mark
+        self.on_findings(findings)
         log_event(LOG, "study_reported", study_instance_uid=claimed.study_instance_uid,
                   state=state.value, version=version, profile=profile.label,
                   sr_sop_instance_uid=uids.sr.sop_instance_uid, deliveries=queued + more,
@@ -668,7 +702,12 @@ def outbox_for(settings: Settings) -> Spool:
     return Spool(settings.data_path / "outbox")
 
 
-def make_sender(settings: Settings, database: Database, clock: Callable[[], datetime]) -> Any:
+def make_sender(
+    settings: Settings,
+    database: Database,
+    clock: Callable[[], datetime],
+    on_delivery: Callable[[str, str], None] = lambda destination, outcome: None,
+) -> Any:
     """The Sender for the configured destinations, or None when there are none."""
     from dicom_node.sender import Sender
 
@@ -677,7 +716,7 @@ def make_sender(settings: Settings, database: Database, clock: Callable[[], date
     return Sender(
         database=database, outbox_root=outbox_for(settings).root,
         destinations=settings.destinations, calling_ae=settings.node.ae_title,
-        settings=settings.outbound, clock=clock,
+        settings=settings.outbound, clock=clock, on_delivery=on_delivery,
     )
 
 
@@ -688,13 +727,15 @@ def attach(service: Any) -> None:
     settings = service.settings
     outbox = outbox_for(settings)
     outbox.prepare()
-    sender = make_sender(settings, service.database, service.clock)
+    metrics = service.metrics
+    sender = make_sender(settings, service.database, service.clock, metrics.delivery)
     if sender is not None:
         service.add(sender)
     if settings.worker.enabled:
         worker = Worker(
             settings=settings, database=service.database, spool=service.spool, outbox=outbox,
             clock=service.clock, on_result=sender.wake if sender is not None else lambda: None,
+            on_inference=metrics.inference, on_findings=metrics.findings,
         )
         service.add(worker)
         service.on_study_queued(worker.wake)

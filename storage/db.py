@@ -16,7 +16,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -42,6 +42,11 @@ class Database:
         with self.sessions() as session:
             session.connection(execution_options={_READ_ONLY: True})
             yield session
+
+    def ping(self) -> None:
+        """One trivial query; raises SQLAlchemyError when the database cannot be reached."""
+        with self.read_only() as session:
+            session.execute(text("SELECT 1"))
 
     def dispose(self) -> None:
         self.engine.dispose()
