@@ -38,6 +38,8 @@ app.add_typer(studies_app, name="studies")
 @app.command()
 def serve(config: Path | None = ConfigOption) -> None:
     """Run the node: the DICOM listener, study assembly and everything added to the service."""
+    from dicom_node.http import attach as attach_http
+    from dicom_node.http.server import HttpStartError
     from dicom_node.service import Service  # pynetdicom and the scheduler only when serving
     from dicom_node.worker import attach as attach_worker_and_sender
 
@@ -48,9 +50,12 @@ def serve(config: Path | None = ConfigOption) -> None:
             service = Service(settings)
         except SQLAlchemyError as exc:
             raise CliError(f"cannot open the database {_safe_url(settings)}: {exc}") from None
+        attach_http(service)
         attach_worker_and_sender(service)
         try:
             service.run_until_signalled()
+        except HttpStartError as exc:
+            raise CliError(str(exc)) from None
         except OSError as exc:
             node = settings.node
             raise CliError(f"cannot listen on {node.host}:{node.port}: {exc}") from None
