@@ -138,8 +138,7 @@ class NodeMetrics:
             for finding in findings:
                 label, present = str(finding.label), bool(finding.present)
                 self.findings_scored.labels(label).inc()
-                if present:
-                    self.findings_positive.labels(label).inc()
+                self.findings_positive.labels(label).inc(int(present))  # 0: the series exists
                 counts = self._finding_counts.setdefault(label, [0, 0])
                 counts[0] += 1
                 counts[1] += int(present)

@@ -6,6 +6,8 @@ It is the only long-lived object of a running node (no module globals). Later pa
   Components start in order after the scheduler and before the listener, and stop in reverse
   (the listener stops first, so no new work arrives while the rest winds down).
 - `service.scheduler`: the APScheduler BackgroundScheduler; add periodic jobs before `start()`.
+- `service.metrics`: the node's NodeMetrics (dicom_node.metrics) and its Prometheus registry,
+  served at /metrics; e.g. `service.metrics.purged("retention", studies, size_bytes)`.
 - `service.study_queued`: a threading.Event set whenever a study becomes QUEUED, and
   `service.on_study_queued(callback)` for a callback with the UIDs; a worker waits on the event
   (with a timeout as a fallback poll), clears it and claims.

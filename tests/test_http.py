@@ -105,6 +105,7 @@ def test_metrics_move_as_a_study_flows_and_readyz_is_ready_with_the_model(
         ratio = value(after, "dicom_node_finding_positive_ratio", finding=finding)
         positive = value(after, "dicom_node_findings_positive_total", finding=finding)
         assert ratio == positive and ratio in (0.0, 1.0)
+        assert ("dicom_node_findings_positive_total", frozenset({("finding", finding)})) in after
     assert value(after, "dicom_node_deliveries_pending", destination="pacs") == 0
     assert value(after, "dicom_node_oldest_pending_delivery_age_seconds", destination="pacs") == 0
     assert value(after, "dicom_node_free_disk_bytes") > 0
