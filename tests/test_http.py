@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -205,3 +206,28 @@ def test_purge_counter_takes_only_known_reasons() -> None:
     assert found[("dicom_node_finding_positive_ratio", ("Edema",))] == 1.0
     with pytest.raises(ValueError, match="reason"):
         metrics.purged("because", 1)
+
+
+def test_http_server_component_serves_on_a_free_port_and_stops_cleanly() -> None:
+    """In-process: port 0 binds a free port; stop() ends uvicorn's thread and frees the port."""
+    from dicom_node.http.app import create_app
+    from dicom_node.http.readiness import Check, Readiness
+    from dicom_node.http.server import HttpServer
+    from dicom_node.settings import HttpSettings
+
+    report = Readiness((Check("database", True, "answers"), Check("disk", False, "below floor")))
+    app = create_app(ae_title="UNIT", readiness=lambda: report, registry=NodeMetrics().registry)
+    server = HttpServer(HttpSettings(port=0), app)
+    server.start()
+    try:
+        port = server.port
+        node = SimpleNamespace(http_url=f"http://127.0.0.1:{port}")
+        assert port != 0 and json.loads(get(node, "/healthz")[1])["ae_title"] == "UNIT"
+        code, body = get(node, "/readyz")
+        assert code == 503 and json.loads(body)["not_ready"] == ["disk"]
+    finally:
+        server.stop()
+    assert not any(t.name == "http" for t in threading.enumerate())
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0
+    server.stop()  # twice is harmless
