@@ -156,6 +156,7 @@ class Intake:
         max_inflated_mb: int = 256,
         pressure_margin_mb: int = 0,
         relieve_pressure: Callable[[int], int] | None = None,
+        on_answered: Callable[[str, str, int], None] = lambda sop_class, calling_ae, code: None,
     ) -> None:
         self.database = database
         self.spool = spool
@@ -167,6 +168,7 @@ class Intake:
         self.max_inflated_bytes = max_inflated_mb * 1024 * 1024
         self.clock = clock
         self.on_stored = on_stored  # (study UID, arrival time) after the row is committed
+        self.on_answered = on_answered  # (SOP Class UID, calling AE, status) for every C-STORE
         self.journal = AssociationJournal()
         self._idle = threading.Condition()
         self._in_flight = 0
@@ -175,6 +177,12 @@ class Intake:
     def store(self, event: evt.Event) -> int | Dataset:
         """The EVT_C_STORE handler body: the status to answer (a Dataset with Status and an
         Error Comment saying why, for a failure)."""
+        answer = self._answer(event)
+        code = answer if isinstance(answer, int) else int(answer.Status)
+        self.on_answered(str(event.request.AffectedSOPClassUID), _calling_ae(event), code)
+        return answer
+
+    def _answer(self, event: evt.Event) -> int | Dataset:
         if not self._enter():
             log_event(LOG, "store_refused_shutting_down", level=logging.WARNING, **_who(event))
             return status.OUT_OF_RESOURCES
@@ -632,6 +640,11 @@ class Listener:
         self.drain_seconds = drain_seconds
         self.ae = build_ae(node)
         self._server: ThreadedAssociationServer | None = None
+
+    @property
+    def serving(self) -> bool:
+        """True between start() and stop(): associations are accepted."""
+        return self._server is not None
 
     @property
     def port(self) -> int:

@@ -83,6 +83,9 @@ class Retention:
         self.policy = RetentionPolicy(settings.delivered_days, settings.worklist_days)
         self.clock = clock
         self.totals: Counter[str] = Counter()  # "<trigger>_studies", "<trigger>_bytes", ...
+        # (reason "retention" | "disk_pressure", studies, bytes) after each purge that removed
+        # something: the service points it at its metrics
+        self.on_purged: Callable[[str, int, int], None] = lambda reason, studies, size: None
         self._lock = threading.Lock()
         self._nothing_until = 0.0  # monotonic time before which `relieve` does not look again
 
@@ -197,6 +200,9 @@ class Retention:
             self.totals[f"{report.trigger}_studies"] += report.studies_purged
             self.totals[f"{report.trigger}_bytes"] += report.size_bytes
             self.totals[f"{report.trigger}_rows_deleted"] += report.rows_deleted
+            if report.studies_purged:
+                self.on_purged(report.trigger.replace("-", "_"), report.studies_purged,
+                               report.size_bytes)
         if not (report.items or report.dry_run or extra):
             return
         pressure = report.trigger == DISK_PRESSURE

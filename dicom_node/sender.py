@@ -53,7 +53,7 @@ from dicom_node.settings import DestinationSettings, OutboundSettings
 from storage import destinations as destination_states
 from storage import outbound
 from storage.db import Database
-from storage.models import DestinationStatus
+from storage.models import DestinationStatus, OutboundState
 from storage.outbound import Delivery
 
 LOG = logging.getLogger(__name__)
@@ -278,6 +278,7 @@ class Sender:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         store: StoreFunction = store_files,
         echo: EchoFunction = echo_destination,
+        on_delivery: Callable[[str, str], None] = lambda destination, outcome: None,
     ) -> None:
         self.database = database
         self.outbox_root = Path(outbox_root)
@@ -291,6 +292,8 @@ class Sender:
         self.clock = clock
         self.store = store
         self.echo = echo
+        # (destination, outcome) per attempt: "sent", "dead" or the verdict ("retry", "down"...)
+        self.on_delivery = on_delivery
         self.id = sender_id()
         self._wake = {name: threading.Event() for name in self.destinations}
         self._stop = threading.Event()
@@ -420,6 +423,7 @@ class Sender:
                 outbound.mark_sent(session, delivery.id, now)
                 self._destination_succeeded(session, destination, "C-STORE")
             log_event(LOG, "delivery_sent", detail=outcome.message, **fields)
+            self.on_delivery(destination.name, "sent")
             return
         attempts = delivery.attempts + 1
         delay = 0.0 if outcome.verdict.about_destination else self.policy.decide(
@@ -427,6 +431,8 @@ class Sender:
         retry_at = None if delay is None else now + timedelta(seconds=delay)
         with self.database.sessions.begin() as session:
             state = outbound.mark_failed(session, delivery.id, outcome.message, retry_at, now)
+        self.on_delivery(destination.name, "dead" if state is OutboundState.DEAD
+                         else str(outcome.verdict))
         log_event(LOG, "delivery_failed", level=logging.WARNING, state=str(state),
                   verdict=str(outcome.verdict), attempts=attempts,
                   retry_in_seconds=None if outcome.verdict.about_destination else delay,

@@ -6,6 +6,8 @@ It is the only long-lived object of a running node (no module globals). Later pa
   Components start in order after the scheduler and before the listener, and stop in reverse
   (the listener stops first, so no new work arrives while the rest winds down).
 - `service.scheduler`: the APScheduler BackgroundScheduler; add periodic jobs before `start()`.
+- `service.metrics`: the node's NodeMetrics (dicom_node.metrics) and its Prometheus registry,
+  served at /metrics; e.g. `service.metrics.purged("retention", studies, size_bytes)`.
 - `service.study_queued`: a threading.Event set whenever a study becomes QUEUED, and
   `service.on_study_queued(callback)` for a callback with the UIDs; a worker waits on the event
   (with a timeout as a fallback poll), clears it and claims.
@@ -26,6 +28,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from dicom_node.assembler import Assembler
 from dicom_node.listener import AccessPolicy, Intake, Listener, utc_now
 from dicom_node.logs import log_event
+from dicom_node.metrics import NodeMetrics, WorkListCollector
 from dicom_node.retention import Retention
 from dicom_node.settings import Settings
 from storage.db import Database, open_database
@@ -67,6 +70,7 @@ class Service:
         self.database: Database = open_database(settings.database_url)
         self.spool = Spool(settings.spool_path)
         self.study_queued = threading.Event()
+        self.metrics = NodeMetrics()  # the node's own Prometheus registry: service.metrics.registry
         self._queued_callbacks: list[Callable[[Sequence[str]], None]] = []
         self.assembler = Assembler(self.database, settings.worklist, clock, self._announce)
         self.scheduler = BackgroundScheduler(timezone="UTC")
@@ -79,6 +83,7 @@ class Service:
             coalesce=True,
         )
         self.retention = Retention.for_settings(settings, self.database, clock)
+        self.retention.on_purged = self.metrics.purged
         if settings.retention.interval_minutes > 0:
             self.scheduler.add_job(
                 self.retention.run_scheduled, "interval",
@@ -96,7 +101,11 @@ class Service:
             max_inflated_mb=settings.node.max_inflated_mb,
             pressure_margin_mb=settings.retention.pressure_margin_mb,
             relieve_pressure=self.retention.relieve,
+            on_answered=self.metrics.instance_answered,
         )
+        self.metrics.watch(WorkListCollector(
+            self.database, self.spool, self.intake.min_free_bytes,
+            [d.name for d in settings.destinations], clock))
         self.listener = Listener(
             settings.node, self.intake, AccessPolicy.from_settings(settings.node)
         )

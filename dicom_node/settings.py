@@ -126,6 +126,13 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True)
+class HttpSettings:
+    enabled: bool = True  # /healthz, /readyz and /metrics inside `dicom-node serve`
+    host: str = "127.0.0.1"  # loopback: expose it deliberately (reverse proxy, 0.0.0.0)
+    port: int = 8080  # 0: any free port (the bound one is logged as http_listening)
+
+
+@dataclass(frozen=True)
 class Settings:
     node: NodeSettings = field(default_factory=NodeSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
@@ -136,6 +143,7 @@ class Settings:
     outbound: OutboundSettings = field(default_factory=OutboundSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     destinations: list[DestinationSettings] = field(default_factory=list)
+    http: HttpSettings = field(default_factory=HttpSettings)
     source_files: tuple[str, ...] = ()
 
     @property
@@ -210,6 +218,8 @@ _CHECKS: dict[tuple[str, str], typing.Callable[[Any], str | None]] = {
     if 0 < len(v) <= 16 and v.isascii() and "\\" not in v
     else "must be 1..16 ASCII characters",
     ("destinations[]", "port"): lambda v: None if 0 < v <= 65535 else "must be 1..65535",
+    ("http", "port"): lambda v: None if 0 <= v <= 65535 else "must be 0..65535",
+    ("http", "host"): lambda v: None if v.strip() else "must not be empty",
     ("logging", "format"): lambda v: None if v in ("json", "text") else "must be json or text",
     ("logging", "level"): lambda v: None
     if v.upper() in ("DEBUG", "INFO", "WARNING", "ERROR")

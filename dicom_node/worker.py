@@ -76,6 +76,19 @@ class WorkOutcome:
     reason: str | None = None
 
 
+@dataclass(frozen=True)
+class ModelState:
+    """What a worker's model is doing: "loading" (not loaded yet), "loaded", or "missing" /
+    "corrupt" / "failed" with the reason (loading is tried again every MODEL_RETRY_SECONDS)."""
+
+    state: str
+    detail: str = ""
+
+    @property
+    def loaded(self) -> bool:
+        return self.state == "loaded"
+
+
 @dataclass
 class LoadedModel:
     engine: Any  # ml.engine.ZeroShotEngine: .identity, .labels, .score_uint8(images)
@@ -144,6 +157,8 @@ class Worker:
         assembler: Assembler | None = None,
         worker_id: str | None = None,
         on_model_state: Callable[[], None] = lambda: None,
+        on_inference: Callable[[float], None] = lambda seconds: None,
+        on_findings: Callable[[Sequence[FindingOutcome]], None] = lambda findings: None,
     ) -> None:
         self.settings = settings
         self.database = database
@@ -152,6 +167,8 @@ class Worker:
         self.clock = clock
         self.model_loader = model_loader
         self.on_result = on_result
+        self.on_inference = on_inference  # model seconds, once per study scored
+        self.on_findings = on_findings  # the study-level findings of each new result
         self.assembler = assembler  # standalone: this worker also queues and sweeps
         self.worker_id = worker_id or default_worker_id()
         self.node_uid = derived_uid("device-observer", settings.node.ae_title)
@@ -232,6 +249,12 @@ class Worker:
             self._wake.wait(timeout=wait)
 
     # -- one study --------------------------------------------------------------------------
+
+    @property
+    def model_state(self) -> ModelState:
+        """`model_status()` as a ModelState, readable from any thread (for /readyz)."""
+        state, reason = self._model_status
+        return ModelState(state, reason or self.settings.model.name)
 
     def model(self) -> LoadedModel:
         """The loaded model (loaded on first use); loading errors propagate and are kept as
@@ -317,6 +340,7 @@ class Worker:
         read = time.perf_counter()
         scores = self._score(claimed, model, eligible)
         seconds = {"read": read - started, "score": time.perf_counter() - read}
+        self.on_inference(seconds["score"])
         study_scores = aggregate(scores, self.settings.worker.study_aggregation)
         return self._report(claimed, model, images, eligible, scores, study_scores, seconds)
 
@@ -470,6 +494,7 @@ class Worker:
                                 algorithm=algorithm, uids=uids.summary, when=now)
         state, more = self._finish(claimed, result_id, [summary])
         seconds["summary"] = time.perf_counter() - mark
+        self.on_findings(findings)
         log_event(LOG, "study_reported", study_instance_uid=claimed.study_instance_uid,
                   state=state.value, version=version, profile=profile.label,
                   sr_sop_instance_uid=uids.sr.sop_instance_uid, deliveries=queued + more,
@@ -703,7 +728,12 @@ def outbox_for(settings: Settings) -> Spool:
     return Spool(settings.data_path / "outbox")
 
 
-def make_sender(settings: Settings, database: Database, clock: Callable[[], datetime]) -> Any:
+def make_sender(
+    settings: Settings,
+    database: Database,
+    clock: Callable[[], datetime],
+    on_delivery: Callable[[str, str], None] = lambda destination, outcome: None,
+) -> Any:
     """The Sender for the configured destinations, or None when there are none."""
     from dicom_node.sender import Sender
 
@@ -712,7 +742,7 @@ def make_sender(settings: Settings, database: Database, clock: Callable[[], date
     return Sender(
         database=database, outbox_root=outbox_for(settings).root,
         destinations=settings.destinations, calling_ae=settings.node.ae_title,
-        settings=settings.outbound, clock=clock,
+        settings=settings.outbound, clock=clock, on_delivery=on_delivery,
     )
 
 
@@ -726,7 +756,8 @@ def attach(service: Any) -> None:
     heartbeat = Heartbeat(service.database, "serve", settings.node.heartbeat_seconds,
                           service.clock)
     service.add(heartbeat)  # first in, last out: it beats while everything else runs
-    sender = make_sender(settings, service.database, service.clock)
+    metrics = service.metrics
+    sender = make_sender(settings, service.database, service.clock, metrics.delivery)
     if sender is not None:
         service.add(sender)
     if settings.worker.enabled:
@@ -734,6 +765,7 @@ def attach(service: Any) -> None:
             settings=settings, database=service.database, spool=service.spool, outbox=outbox,
             clock=service.clock, on_result=sender.wake if sender is not None else lambda: None,
             on_model_state=heartbeat.wake,
+            on_inference=metrics.inference, on_findings=metrics.findings,
         )
         heartbeat.model_status = worker.model_status
         service.add(worker)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -40,6 +40,11 @@ class Database:
         with self.sessions() as session:
             session.connection(execution_options={_READ_ONLY: True})
             yield session
+
+    def ping(self) -> None:
+        """One trivial query; raises SQLAlchemyError when the database cannot be reached."""
+        with self.read_only() as session:
+            session.execute(text("SELECT 1"))
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -197,6 +197,12 @@ class NodeProcess:
         return self.workdir / "data"
 
     @property
+    def http_url(self) -> str:
+        """The node's HTTP server (/healthz, /readyz, /metrics)."""
+        http = self.sections["http"]
+        return f"http://{http['host']}:{http['port']}"
+
+    @property
     def log_path(self) -> Path:
         return self.workdir / "node.log"
 
@@ -216,6 +222,7 @@ class NodeProcess:
             "worklist": {"stable_seconds": 1, "assembly_interval_seconds": 0.25},
             "logging": {"format": "json", "level": "INFO"},
             "worker": {"enabled": False},
+            "http": {"host": "127.0.0.1", "port": free_port()},
         }
         for name, values in sections.items():
             merged.setdefault(name, {}).update(values)
@@ -394,6 +401,12 @@ class OrthancPeer:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def http_url(self) -> str:
+        """The node's HTTP server (/healthz, /readyz, /metrics)."""
+        http = self.sections["http"]
+        return f"http://{http['host']}:{http['port']}"
 
     @property
     def log_path(self) -> Path:

@@ -50,6 +50,8 @@ def serve(config: Path | None = ConfigOption) -> None:
         except StartupError as exc:
             raise CliError(str(exc)) from None
         check_clinical_use(settings)
+        from dicom_node.http import attach as attach_http
+        from dicom_node.http.server import HttpStartError
         from dicom_node.service import Service  # pynetdicom, scheduler, model: only when serving
         from dicom_node.worker import attach as attach_worker_and_sender
 
@@ -57,9 +59,12 @@ def serve(config: Path | None = ConfigOption) -> None:
             service = Service(settings)
         except SQLAlchemyError as exc:
             raise CliError(f"cannot open the database {_safe_url(settings)}: {exc}") from None
+        attach_http(service)
         attach_worker_and_sender(service)
         try:
             service.run_until_signalled()
+        except HttpStartError as exc:
+            raise CliError(str(exc)) from None
         except OSError as exc:
             node = settings.node
             raise CliError(f"cannot listen on {node.host}:{node.port}: {exc}") from None
