@@ -403,12 +403,6 @@ class OrthancPeer:
         return f"http://127.0.0.1:{self.http_port}"
 
     @property
-    def http_url(self) -> str:
-        """The node's HTTP server (/healthz, /readyz, /metrics)."""
-        http = self.sections["http"]
-        return f"http://{http['host']}:{http['port']}"
-
-    @property
     def log_path(self) -> Path:
         return self.workdir / "orthanc.log"
 
