@@ -121,9 +121,10 @@ def test_readyz_is_unready_while_the_model_checkpoint_is_missing(node_factory, t
 
     def failed() -> dict | None:
         code, body = readiness(node)
-        return body if code == 503 and "failed" in body["checks"]["model"]["detail"] else None
+        detail = body["checks"]["model"]["detail"]
+        return body if code == 503 and detail.startswith("missing") else None
 
-    body = node.wait_for(failed, "/readyz to report the model failed to load")
+    body = node.wait_for(failed, "/readyz to report the model checkpoint missing")
     assert body["status"] == "not ready" and body["not_ready"] == ["model"]
     assert str(missing) in body["checks"]["model"]["detail"]
     assert all(body["checks"][name]["ok"] for name in ("listener", "database", "disk"))
