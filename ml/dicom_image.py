@@ -57,6 +57,7 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder, pixel
 from pydicom.uid import (
     JPEG2000,
     UID,
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -189,10 +190,32 @@ def read_dataset(path: str | Path) -> Dataset:
     if headerless:
         _infer_transfer_syntax(ds)
     try:
-        check_lengths(ds, path.stat().st_size)
+        check_lengths(ds, stream_size(ds, path))
     except ImageReadError as exc:
         raise ImageReadError(f"{path}: {exc}") from None
     return ds
+
+
+def stream_size(ds: Dataset, path: Path) -> int | None:
+    """Bytes of the stream that the positions (`value_tell`) of `ds`'s elements refer to, for
+    `check_lengths` and `check_pixel_data`: the file's size, except for a Deflated data set,
+    which pydicom inflates into memory (`ds.buffer`, where its deferred values are read from):
+    the inflated size there (None if that buffer is gone). The node's intake caps the inflated
+    size at `[node] max_inflated_mb`."""
+    if _transfer_syntax_or_none(ds) != DeflatedExplicitVRLittleEndian:
+        return path.stat().st_size
+    buffer = getattr(ds, "buffer", None)
+    if buffer is None or getattr(buffer, "closed", False):
+        return None
+    position = buffer.tell()
+    size = buffer.seek(0, 2)
+    buffer.seek(position)
+    return int(size)
+
+
+def _transfer_syntax_or_none(ds: Dataset) -> str | None:
+    meta = getattr(ds, "file_meta", None)
+    return meta.get("TransferSyntaxUID") if meta is not None else None
 
 
 def _infer_transfer_syntax(ds: Dataset) -> None:
@@ -215,7 +238,7 @@ def read_image_uint8(path: str | Path, conversion: Conversion = "equalize") -> n
         return read_bitmap_uint8(path)
     ds = read_dataset(path)
     try:
-        check_pixel_data(ds, path.stat().st_size, single_frame_grey=False, path=path)
+        check_pixel_data(ds, stream_size(ds, path), single_frame_grey=False, path=path)
         return pixels_to_uint8(ds, decode_pixels(ds, pixel_source(ds, path)), conversion)
     except ImageReadError as exc:
         raise ImageReadError(f"{path}: {exc}") from None
@@ -237,7 +260,7 @@ def prepare_radiograph(ds: Dataset, path: Path, conversion: Conversion) -> Radio
     frame decoded to its Bits Stored bits and converted to 8 bits. Never raises for a bad image:
     every problem becomes the `reason` (a multi-frame or colour image is not scored here, where
     `predict` would use its first frame or its luma)."""
-    size = path.stat().st_size
+    size = stream_size(ds, path)
     try:
         check_lengths(ds, size)
     except ImageReadError as exc:
@@ -332,7 +355,10 @@ def _undecodable(syntax: UID, exc: BaseException) -> ImageReadError:
 
 def pixel_source(ds: Dataset, path: Path) -> Dataset | Path:
     """Decode straight from the file when it has a preamble: pydicom then reads only the pixel
-    data into the array, without a second copy held in the dataset."""
+    data into the array, without a second copy held in the dataset. A Deflated data set is
+    decoded from `ds` (already inflated in memory; pydicom cannot decode the file itself)."""
+    if _transfer_syntax_or_none(ds) == DeflatedExplicitVRLittleEndian:
+        return ds
     return path if getattr(ds, "preamble", None) is not None else ds
 
 
