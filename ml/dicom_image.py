@@ -68,6 +68,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
+from ml.dicom_anatomy import body_part
 from ml.dicom_view import FRONTAL, LATERAL, infer_view
 from ml.pixel_data import ImageReadError, check_lengths, check_pixel_data, fit_bits_stored
 
@@ -81,7 +82,6 @@ MAX_PIXELS = 100_000_000  # a 10k x 10k radiograph; anything larger is refused, 
 ELIGIBLE_MODALITIES = ("CR", "DX")
 FRONTAL_VIEWS = ("PA", "AP")
 LATERAL_VIEWS = ("LL", "RL", "LAT", "LATERAL", "LLD", "RLD", "LLO", "RLO")
-CHEST_BODY_PARTS = ("CHEST",)
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 _COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT", "YBR_PARTIAL_420")
 
@@ -106,7 +106,9 @@ class Eligibility:
 
 
 def check_eligibility(ds: Dataset) -> Eligibility:
-    """Whether a dataset is a frontal chest radiograph we score; never silent about why not."""
+    """Whether a dataset is a frontal chest radiograph we score; never silent about why not.
+    The view comes from ml.dicom_view when ViewPosition is missing; the region from Body Part
+    Examined or Anatomic Region Sequence (ml.dicom_anatomy: CHEST, THORAX, chest codes)."""
     flags: list[str] = []
     if "PixelData" not in ds:
         return Eligibility(False, "no pixel data (not an image)", ())
@@ -124,11 +126,13 @@ def check_eligibility(ds: Dataset) -> Eligibility:
         return Eligibility(False, f"lateral view (ViewPosition {view}); only PA/AP are scored", ())
     elif view not in FRONTAL_VIEWS:
         return Eligibility(False, f"ViewPosition {view} is not a frontal view (PA/AP)", ())
-    body_part = _text(ds, "BodyPartExamined")
-    if not body_part:
+    region = body_part(ds)
+    if region is None:
         flags.append("body_part_missing")
-    elif body_part not in CHEST_BODY_PARTS:
-        return Eligibility(False, f"BodyPartExamined {body_part} is not CHEST", ())
+    elif not region.chest:
+        return Eligibility(False, region.refusal, ())
+    elif region.source == "anatomic_region":
+        flags.append("body_part_from_anatomic_region")
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
         flags.append("multi_frame_first_frame_used")
     return Eligibility(True, None, tuple(flags))
