@@ -138,6 +138,21 @@ def check_eligibility(ds: Dataset) -> Eligibility:
     return Eligibility(True, None, tuple(flags))
 
 
+def is_chest_radiograph(ds: Dataset) -> bool:
+    """True when `ds` is a CR/DX image whose region is the chest or not stated: an image the
+    node is meant to score, whether or not it can (a lateral, unreadable pixels...)."""
+    if _text(ds, "Modality") not in ELIGIBLE_MODALITIES:
+        return False
+    region = body_part(ds)
+    return region is None or region.chest
+
+
+def states_chest(ds: Dataset) -> bool:
+    """True when Body Part Examined or Anatomic Region Sequence says the chest."""
+    region = body_part(ds)
+    return region is not None and region.chest
+
+
 def _inferred_view(ds: Dataset, flags: list[str]) -> Eligibility | None:
     """ViewPosition is missing: the projection other attributes state (ml.dicom_view). A
     frontal one adds its source to `flags`; any other refuses the image (returned)."""
