@@ -9,9 +9,14 @@ is gone or is not DICOM) fails the study at once, with its reason, instead of co
 
 from __future__ import annotations
 
+from pathlib import PurePath
+
 from pydicom.errors import InvalidDicomError
 
 from dicom_node.logs import redact
+from storage.spool import is_valid_uid
+
+_NODE_FILE_ROOTS = {"spool": "spool", "outbox": "outbox"}  # <data_dir>/<root>/<study>/<sop>.dcm
 
 # Deterministic: the same inputs raise them again. FileNotFoundError before OSError: a spool
 # file that is gone does not come back.
@@ -38,5 +43,24 @@ def is_permanent(exc: BaseException) -> bool:
 
 def describe(exc: BaseException) -> str:
     """The reason recorded and logged for a failed attempt: the exception type and message,
-    with the values in the message redacted (libraries quote the header value they refused)."""
+    with the values in the message redacted (libraries quote the header value they refused).
+    A spool or outbox file that is gone is named by its path under that folder (UIDs only, no
+    patient data), e.g. "the spool file 1.2.3/1.2.3.4.dcm is missing (deleted outside the
+    node?)"."""
+    missing = _missing_node_file(exc)
+    if missing is not None:
+        return missing
     return redact(f"{type(exc).__name__}: {exc}")
+
+
+def _missing_node_file(exc: BaseException) -> str | None:
+    if not isinstance(exc, FileNotFoundError) or not exc.filename:
+        return None
+    path = PurePath(str(exc.filename))
+    if len(path.parts) < 3 or path.parent.parent.name not in _NODE_FILE_ROOTS:
+        return None
+    study, sop = path.parent.name, path.name.removesuffix(".dcm")
+    if not (is_valid_uid(study) and is_valid_uid(sop)):
+        return None
+    root = _NODE_FILE_ROOTS[path.parent.parent.name]
+    return f"the {root} file {study}/{path.name} is missing (deleted outside the node?)"

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from dicom_node.settings import LoggingSettings
+from storage.spool import is_valid_uid
 
 _FIELDS_ATTR = "dicom_node_fields"
 _EVENT_ATTR = "dicom_node_event"
@@ -33,6 +34,8 @@ _VRS = frozenset((
     "UR", "US", "UT", "UV",
 ))
 _WORD = re.compile(r"\b[A-Z][A-Za-z0-9]{3,}\b")
+# pydicom's PS3.5 complaint about a UI value (warn_and_log: a "pydicom" log line and a warning)
+_UID_COMPLAINT = re.compile(r"Invalid value for VR UI: b?'([^']*)'")
 
 
 def log_event(
@@ -128,9 +131,27 @@ def _module_name(filename: str) -> str:
 
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                   file: Any = None, line: str | None = None) -> None:
-    """`warnings.showwarning` replacement: one structured, redacted line instead of raw stderr."""
+    """`warnings.showwarning` replacement: one structured, redacted line instead of raw stderr
+    (none for a UID the node accepts on purpose: `is_accepted_uid_complaint`)."""
+    if is_accepted_uid_complaint(str(message)):
+        return
     log_event(logging.getLogger("py.warnings"), "python_warning", level=logging.WARNING,
               **warning_fields(str(message), category, filename))
+
+
+def is_accepted_uid_complaint(message: str) -> bool:
+    """True for pydicom's "Invalid value for VR UI" about a UID that storage.spool.is_valid_uid
+    accepts (digits and dots, <= 64, components with leading zeros as real devices make them):
+    the node takes those on purpose, and each instance would otherwise log ~15 such lines."""
+    match = _UID_COMPLAINT.match(message)
+    return match is not None and is_valid_uid(match.group(1))
+
+
+class _AcceptedUidNoise(logging.Filter):
+    """Drops pydicom's log line about an accepted UID (`is_accepted_uid_complaint`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not is_accepted_uid_complaint(str(record.msg))
 
 
 class JsonFormatter(logging.Formatter):
@@ -168,6 +189,9 @@ def configure_logging(settings: LoggingSettings, stream: TextIO | None = None) -
     for library in ("apscheduler", "alembic", "highdicom"):
         logging.getLogger(library).setLevel(logging.WARNING)
     quiet_peer_network_errors()
+    pydicom_logger = logging.getLogger("pydicom")
+    if not any(isinstance(f, _AcceptedUidNoise) for f in pydicom_logger.filters):
+        pydicom_logger.addFilter(_AcceptedUidNoise())
     # Third-party warnings (pydicom, highdicom) quote header values; log them redacted as JSON.
     warnings.showwarning = _show_warning
 

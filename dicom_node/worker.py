@@ -378,15 +378,12 @@ class Worker:
     ) -> WorkOutcome:
         """No eligible image: SKIPPED with the reasons, and with `report_skipped` a "not
         analysed" SR and summary image queued for the destinations (one commit)."""
+        from ml.dicom_image import is_chest_radiograph, states_chest
+
         reason = _skip_reason(images)
         evidence = [image.dataset for image in images if image.dataset is not None]
-        if not self.settings.worker.report_skipped or not evidence:
-            with self.database.sessions.begin() as session:
-                state = worklist.skip(session, claimed.study_id, self.worker_id, reason,
-                                      self.clock())
-            log_event(LOG, "study_skipped", study_instance_uid=claimed.study_instance_uid,
-                      state=state.value, reason=reason)
-            return WorkOutcome(claimed.study_instance_uid, state, reason=reason)
+        if not self.settings.worker.report_skipped or not any(map(is_chest_radiograph, evidence)):
+            return self._skip_silently(claimed, reason, bool(evidence))
         algorithm = self._algorithm(model, "")
         with self.database.sessions.begin() as session:
             previous = results.latest_result(session, claimed.study_id)
@@ -408,11 +405,23 @@ class Worker:
         written = write_not_analysed(
             self.outbox, evidence=tolerant_headers(evidence), reasons=[reason],
             algorithm=algorithm, uids=uids, node_uid=self.node_uid,
-            previous=_previous_reports(previous), when=now,
+            previous=_previous_reports(previous), when=now, chest=any(map(states_chest, evidence)),
         )
         new = self._new_result(claimed, key, version, previous, algorithm, None, uids, [],
                                _image_records(images, [], np.empty((0, 0)), []))
         return self._finish_skipped(claimed, new, written, reason, version, now)
+
+    def _skip_silently(self, claimed: worklist.ClaimedStudy, reason: str, read: bool) -> WorkOutcome:
+        """SKIPPED with nothing sent: `report_skipped` is off, no image could be read, or
+        (`read`) none is a CR/DX of the chest or of an unstated region, so the study is not one
+        the node was expected to analyse (an extremity study routed here gets no result)."""
+        with self.database.sessions.begin() as session:
+            state = worklist.skip(session, claimed.study_id, self.worker_id, reason, self.clock())
+        unsent = ("report_skipped is false" if not self.settings.worker.report_skipped
+                  else "no CR/DX image of the chest" if read else "no readable image")
+        log_event(LOG, "study_skipped", study_instance_uid=claimed.study_instance_uid,
+                  state=state.value, reason=reason, not_reported=unsent)
+        return WorkOutcome(claimed.study_instance_uid, state, reason=reason)
 
     def _finish_skipped(
         self,

@@ -57,6 +57,7 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder, pixel
 from pydicom.uid import (
     JPEG2000,
     UID,
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -67,6 +68,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
+from ml.dicom_anatomy import body_part
 from ml.dicom_view import FRONTAL, LATERAL, infer_view
 from ml.pixel_data import ImageReadError, check_lengths, check_pixel_data, fit_bits_stored
 
@@ -80,7 +82,6 @@ MAX_PIXELS = 100_000_000  # a 10k x 10k radiograph; anything larger is refused, 
 ELIGIBLE_MODALITIES = ("CR", "DX")
 FRONTAL_VIEWS = ("PA", "AP")
 LATERAL_VIEWS = ("LL", "RL", "LAT", "LATERAL", "LLD", "RLD", "LLO", "RLO")
-CHEST_BODY_PARTS = ("CHEST",)
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 _COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT", "YBR_PARTIAL_420")
 
@@ -105,7 +106,9 @@ class Eligibility:
 
 
 def check_eligibility(ds: Dataset) -> Eligibility:
-    """Whether a dataset is a frontal chest radiograph we score; never silent about why not."""
+    """Whether a dataset is a frontal chest radiograph we score; never silent about why not.
+    The view comes from ml.dicom_view when ViewPosition is missing; the region from Body Part
+    Examined or Anatomic Region Sequence (ml.dicom_anatomy: CHEST, THORAX, chest codes)."""
     flags: list[str] = []
     if "PixelData" not in ds:
         return Eligibility(False, "no pixel data (not an image)", ())
@@ -123,14 +126,31 @@ def check_eligibility(ds: Dataset) -> Eligibility:
         return Eligibility(False, f"lateral view (ViewPosition {view}); only PA/AP are scored", ())
     elif view not in FRONTAL_VIEWS:
         return Eligibility(False, f"ViewPosition {view} is not a frontal view (PA/AP)", ())
-    body_part = _text(ds, "BodyPartExamined")
-    if not body_part:
+    region = body_part(ds)
+    if region is None:
         flags.append("body_part_missing")
-    elif body_part not in CHEST_BODY_PARTS:
-        return Eligibility(False, f"BodyPartExamined {body_part} is not CHEST", ())
+    elif not region.chest:
+        return Eligibility(False, region.refusal, ())
+    elif region.source == "anatomic_region":
+        flags.append("body_part_from_anatomic_region")
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
         flags.append("multi_frame_first_frame_used")
     return Eligibility(True, None, tuple(flags))
+
+
+def is_chest_radiograph(ds: Dataset) -> bool:
+    """True when `ds` is a CR/DX image whose region is the chest or not stated: an image the
+    node is meant to score, whether or not it can (a lateral, unreadable pixels...)."""
+    if _text(ds, "Modality") not in ELIGIBLE_MODALITIES:
+        return False
+    region = body_part(ds)
+    return region is None or region.chest
+
+
+def states_chest(ds: Dataset) -> bool:
+    """True when Body Part Examined or Anatomic Region Sequence says the chest."""
+    region = body_part(ds)
+    return region is not None and region.chest
 
 
 def _inferred_view(ds: Dataset, flags: list[str]) -> Eligibility | None:
@@ -189,10 +209,32 @@ def read_dataset(path: str | Path) -> Dataset:
     if headerless:
         _infer_transfer_syntax(ds)
     try:
-        check_lengths(ds, path.stat().st_size)
+        check_lengths(ds, stream_size(ds, path))
     except ImageReadError as exc:
         raise ImageReadError(f"{path}: {exc}") from None
     return ds
+
+
+def stream_size(ds: Dataset, path: Path) -> int | None:
+    """Bytes of the stream that the positions (`value_tell`) of `ds`'s elements refer to, for
+    `check_lengths` and `check_pixel_data`: the file's size, except for a Deflated data set,
+    which pydicom inflates into memory (`ds.buffer`, where its deferred values are read from):
+    the inflated size there (None if that buffer is gone). The node's intake caps the inflated
+    size at `[node] max_inflated_mb`."""
+    if _transfer_syntax_or_none(ds) != DeflatedExplicitVRLittleEndian:
+        return path.stat().st_size
+    buffer = getattr(ds, "buffer", None)
+    if buffer is None or getattr(buffer, "closed", False):
+        return None
+    position = buffer.tell()
+    size = buffer.seek(0, 2)
+    buffer.seek(position)
+    return int(size)
+
+
+def _transfer_syntax_or_none(ds: Dataset) -> str | None:
+    meta = getattr(ds, "file_meta", None)
+    return meta.get("TransferSyntaxUID") if meta is not None else None
 
 
 def _infer_transfer_syntax(ds: Dataset) -> None:
@@ -215,7 +257,7 @@ def read_image_uint8(path: str | Path, conversion: Conversion = "equalize") -> n
         return read_bitmap_uint8(path)
     ds = read_dataset(path)
     try:
-        check_pixel_data(ds, path.stat().st_size, single_frame_grey=False, path=path)
+        check_pixel_data(ds, stream_size(ds, path), single_frame_grey=False, path=path)
         return pixels_to_uint8(ds, decode_pixels(ds, pixel_source(ds, path)), conversion)
     except ImageReadError as exc:
         raise ImageReadError(f"{path}: {exc}") from None
@@ -237,7 +279,7 @@ def prepare_radiograph(ds: Dataset, path: Path, conversion: Conversion) -> Radio
     frame decoded to its Bits Stored bits and converted to 8 bits. Never raises for a bad image:
     every problem becomes the `reason` (a multi-frame or colour image is not scored here, where
     `predict` would use its first frame or its luma)."""
-    size = path.stat().st_size
+    size = stream_size(ds, path)
     try:
         check_lengths(ds, size)
     except ImageReadError as exc:
@@ -332,7 +374,10 @@ def _undecodable(syntax: UID, exc: BaseException) -> ImageReadError:
 
 def pixel_source(ds: Dataset, path: Path) -> Dataset | Path:
     """Decode straight from the file when it has a preamble: pydicom then reads only the pixel
-    data into the array, without a second copy held in the dataset."""
+    data into the array, without a second copy held in the dataset. A Deflated data set is
+    decoded from `ds` (already inflated in memory; pydicom cannot decode the file itself)."""
+    if _transfer_syntax_or_none(ds) == DeflatedExplicitVRLittleEndian:
+        return ds
     return path if getattr(ds, "preamble", None) is not None else ds
 
 

@@ -36,6 +36,7 @@ from ml.dicom_image import (
     read_bitmap_uint8,
     read_dataset,
     sniff_kind,
+    stream_size,
 )
 from ml.preprocess import ImageShapeError, to_canvas
 
@@ -66,7 +67,7 @@ def prepare_file(path: str | Path, conversion: Conversion = "equalize") -> Prepa
         eligibility = check_eligibility(ds)
         if not eligibility.eligible:
             return PreparedImage(str(path), None, eligibility.reason, eligibility.flags)
-        check_pixel_data(ds, path.stat().st_size, single_frame_grey=False, path=path)
+        check_pixel_data(ds, stream_size(ds, path), single_frame_grey=False, path=path)
         image = pixels_to_uint8(ds, decode_pixels(ds, pixel_source(ds, path)), conversion)
         return PreparedImage(str(path), to_canvas(image), None, eligibility.flags)
     except (ImageReadError, ImageShapeError) as exc:

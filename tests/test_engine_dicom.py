@@ -198,6 +198,50 @@ def test_eligibility_says_why(attributes, eligible, reason, flags):
     assert verdict.flags == flags
 
 
+def _region(value: str, scheme: str, meaning: str) -> list[Dataset]:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+    return [item]
+
+
+KNEE = _region("72696002", "SCT", "Knee")
+
+
+@pytest.mark.parametrize(
+    ("attributes", "chest", "reason", "flags"),
+    [
+        ({"BodyPartExamined": "CHEST"}, True, None, ()),
+        ({"BodyPartExamined": "THORAX"}, True, None, ()),
+        ({"BodyPartExamined": "CHEST_PA"}, True, None, ()),
+        ({"BodyPartExamined": "THORAX AP"}, True, None, ()),
+        ({"BodyPartExamined": "CHEST PORTABLE"}, True, None, ()),
+        ({"BodyPartExamined": "CHESTABDOMEN"}, False,
+         "BodyPartExamined CHESTABDOMEN is not CHEST or THORAX", ()),
+        ({"BodyPartExamined": "CHEST WALL"}, False, "is not CHEST or THORAX", ()),
+        ({"BodyPartExamined": "LEG"}, False, "BodyPartExamined LEG is not CHEST or THORAX", ()),
+        ({"BodyPartExamined": "LEG", "AnatomicRegionSequence": KNEE}, False,
+         "BodyPartExamined LEG is not CHEST or THORAX", ()),
+        ({"BodyPartExamined": None, "AnatomicRegionSequence": KNEE}, False,
+         "Anatomic Region Sequence Knee (SCT 72696002) is not the chest", ()),
+        *[({"BodyPartExamined": body, "AnatomicRegionSequence": _region(code, scheme, "Chest")},
+           True, None, ("body_part_from_anatomic_region",))
+          for body in (None, "TX", "POUMONS")
+          for code, scheme in (("816094009", "SCT"), ("51185008", "SCT"), ("43799004", "SCT"),
+                               ("T-D3000", "SRT"), ("T-D3200", "SRT"))],
+        ({"BodyPartExamined": None, "AnatomicRegionSequence": _region("T-D3000", "LN", "X")},
+         False, "Anatomic Region Sequence X (LN T-D3000) is not the chest", ()),
+        ({"BodyPartExamined": None}, True, None, ("body_part_missing",)),
+    ],
+)
+def test_chest_is_recognised_by_its_terms_and_codes(attributes, chest, reason, flags):
+    """CHEST (the DICOM defined term), THORAX (what many vendors write), either followed by
+    projection words only; else a chest code in Anatomic Region Sequence (SCT or SRT)."""
+    verdict = check_eligibility(dx_dataset(column([1, 2]), **attributes))
+    assert verdict.eligible is chest
+    assert (verdict.reason is None) if reason is None else (reason in verdict.reason)
+    assert verdict.flags == flags
+
+
 def test_dataset_without_pixels_is_not_eligible():
     ds = dx_dataset(column([1, 2]))
     del ds.PixelData

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from engine_samples import radiograph_pixels, textured_image, write_dx
 from PIL import Image
@@ -50,6 +51,20 @@ def test_json_has_one_object_per_image_with_identity_and_skips(inputs, checkpoin
     assert lateral["probabilities"] is None and "lateral view" in lateral["skipped_reason"]
     above = frontal["above_threshold"]["Edema"]
     assert above == (frontal["probabilities"]["Edema"] >= frontal["thresholds"]["Edema"])
+
+
+def test_deflated_dicom_gives_the_findings_of_the_uncompressed_file(inputs, checkpoint, tmp_path):
+    """Deflated Explicit VR Little Endian was refused as "truncated" (element positions in the
+    inflated data were compared with the compressed file's size)."""
+    plain = pydicom.dcmread(inputs / "nested" / "frontal.dcm")
+    plain.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    plain.save_as(tmp_path / "deflated.dcm", enforce_file_format=True)
+    paths = [str(inputs / "nested" / "frontal.dcm"), str(tmp_path / "deflated.dcm")]
+    result = runner.invoke(app, ["predict", *paths, "--checkpoint", str(checkpoint), "--json"])
+    assert result.exit_code == 0, result.output
+    frontal, deflated = json.loads(result.stdout)
+    assert deflated["skipped_reason"] is None
+    assert deflated["probabilities"] == pytest.approx(frontal["probabilities"], abs=1e-6)
 
 
 def test_table_for_people_carries_the_banner(inputs, checkpoint):

@@ -10,14 +10,24 @@ Then a table of corrupt and odd files against `prepare_radiograph`, the worker's
 from __future__ import annotations
 
 import tracemalloc
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+from pydicom import uid as uids
 from pydicom.encaps import encapsulate
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
 
-from ml.dicom_image import DEFER_SIZE, check_eligibility, decode_frame, prepare_radiograph
+from ml.dicom_image import (
+    DEFER_SIZE,
+    check_eligibility,
+    decode_frame,
+    prepare_radiograph,
+    read_image_uint8,
+)
 from storage import results
 from storage.db import open_database
 from tests.dicom_factory import (
@@ -83,6 +93,7 @@ class _Studies:
         self.pa_and_lateral, self.pa_alone = StudyUids(), StudyUids()
         self.clean, self.overlaid = StudyUids(), StudyUids()
         self.wider, self.odd = StudyUids(), StudyUids()
+        self.explicit, self.deflated = StudyUids(), StudyUids()
 
     def datasets(self) -> list[pydicom.Dataset]:
         return [
@@ -91,6 +102,8 @@ class _Studies:
             _radiograph(self.clean, seed=3), _overlaid_j2k(self.overlaid, seed=3),
             _wider_than_bits_stored(self.wider),
             _radiograph(self.odd, seed=4), _multi_frame(self.odd), _colour(self.odd),
+            _radiograph(self.explicit, seed=6),
+            _radiograph(self.deflated, seed=6, transfer_syntax=uids.DeflatedExplicitVRLittleEndian),
         ]
 
 
@@ -104,13 +117,15 @@ def sent(tmp_path_factory):
         studies = _Studies()
         datasets = studies.datasets()
         paths = [write(ds, workdir / "in" / f"{i:02d}.dcm") for i, ds in enumerate(datasets)]
-        compressed = [p for p, ds in zip(paths, datasets, strict=True)
-                      if ds.file_meta.TransferSyntaxUID.is_encapsulated]
-        for group, options in ((set(paths) - set(compressed), ()), (compressed, ("-xv",))):
+        syntaxes = [ds.file_meta.TransferSyntaxUID for ds in datasets]
+        compressed = [p for p, ts in zip(paths, syntaxes, strict=True) if ts.is_encapsulated]
+        deflated = [p for p, ts in zip(paths, syntaxes, strict=True) if ts.is_deflated]
+        native = set(paths) - set(compressed) - set(deflated)
+        for group, options in ((native, ()), (compressed, ("-xv",)), (deflated, ("-xd",))):
             answer = storescu(node.port, sorted(group), called_ae=node.ae_title, options=options)
             assert answer.returncode == 0, answer.stdout + answer.stderr
         for study in (studies.pa_and_lateral, studies.pa_alone, studies.clean,
-                      studies.overlaid, studies.odd):
+                      studies.overlaid, studies.odd, studies.explicit, studies.deflated):
             node.wait_for_state(study.study, "DONE", timeout=180)
         node.wait_for_state(studies.wider.study, "SKIPPED", timeout=180)
         yield node, studies, datasets
@@ -141,6 +156,16 @@ def test_lateral_known_only_by_its_view_code_is_not_scored(sent):
     assert image.eligible is False
     assert image.reason == "lateral view (View Code Sequence: left lateral); only PA/AP are scored"
     assert image.flags == ("view_position_missing", "view_from_view_code_sequence")
+
+
+def test_deflated_radiograph_is_scored_like_the_same_image_sent_uncompressed(sent):
+    """Deflated Explicit VR Little Endian: element positions are in the inflated data, not in
+    the file; the image was once refused as "truncated" (positions checked against the file)."""
+    node, studies, _ = sent
+    explicit, deflated = _result(node, studies.explicit), _result(node, studies.deflated)
+    (instance,) = node.cli_json("studies", "show", studies.deflated.study)["instances"]
+    assert instance["transfer_syntax_uid"] == uids.DeflatedExplicitVRLittleEndian
+    assert np.abs(_findings(explicit) - _findings(deflated)).max() <= 1e-6
 
 
 def test_overlay_bits_in_jpeg_2000_do_not_change_the_findings(sent):
@@ -247,6 +272,28 @@ def _huge_header_length(tmp_path):
     return _patched(_file(tmp_path, ds), b"\x29\x00\x10\x10OB\x00\x00", 0x7FFFFFF0)
 
 
+def _deflated(build):
+    """The file `build` makes, rewritten as Deflated Explicit VR Little Endian: its data set
+    bytes as they are (a corrupt length included) raw-deflated after a file meta naming
+    Deflated. Element positions are then in the inflated data, never file offsets."""
+
+    def rebuild(tmp_path):
+        path = build(tmp_path)
+        data = path.read_bytes()
+        meta_end = 144 + int.from_bytes(data[140:144], "little")  # after the meta group
+        meta = pydicom.dcmread(path, stop_before_pixels=True).file_meta
+        meta.TransferSyntaxUID = uids.DeflatedExplicitVRLittleEndian
+        out = DicomBytesIO()
+        out.is_little_endian, out.is_implicit_VR = True, False
+        write_file_meta_info(out, meta)
+        deflate = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+        body = deflate.compress(data[meta_end:]) + deflate.flush()
+        path.write_bytes(data[:132] + out.getvalue() + body)
+        return path
+
+    return rebuild
+
+
 def _with(**attributes):
     def build(tmp_path):
         ds = make_radiograph(rows=64, columns=64)
@@ -282,6 +329,11 @@ def _wide(tmp_path):
     ("build", "reason"),
     [
         (_empty, "Pixel Data is empty"),
+        (_deflated(_with(PixelData=b"\x00" * 4096)), (
+            "the file is truncated: Pixel Data is shorter than Rows x Columns x Bits Allocated"
+            " (4096 of 8192 bytes)")),
+        (_deflated(_huge_pixel_length), ("the file is truncated or corrupt: Pixel Data claims"
+                                         " 4294967280 bytes but only 131072 remain")),
         (_cut, "the file is truncated"),  # Pixel Data 126072 of 131072 bytes, in either words
         (_huge_pixel_length, ("the file is truncated or corrupt: Pixel Data claims 4294967280"
                               " bytes but only 131072 remain in the file")),
@@ -299,7 +351,7 @@ def _wide(tmp_path):
         (_wide, ("the pixel values use 14 bits but Bits Stored is 12: the header does not"
                  " describe the pixel data (the extra bits are not overlay graphics)")),
     ],
-    ids=["empty", "cut", "pixel-length", "header-length", "rows-0", "bits-stored",
+    ids=["empty", "deflated-short", "deflated-pixel-length", "cut", "pixel-length", "header-length", "rows-0", "bits-stored",
          "bits-allocated", "no-fragment", "fragment-length", "bad-codestream", "wide"],
 )
 @pytest.mark.parametrize("defer_size", [DEFER_SIZE, 64], ids=["read", "left-on-disk"])
@@ -325,6 +377,19 @@ def test_compressed_pixel_data_left_on_disk_is_scored(tmp_path):
     prepared = prepare_radiograph(ds, path, "equalize")
     assert prepared.reason is None
     assert prepared.pixels.shape == (64, 64)
+
+
+def test_deflated_file_is_read_whole_by_predict_and_the_worker(tmp_path):
+    """The same image Deflated and uncompressed reads to the same 8-bit pixels, both by
+    `predict`'s reader and by the worker's (deferred values come from the inflated data)."""
+    plain = make_radiograph(rows=SIZE, columns=SIZE, seed=2)
+    deflated = make_radiograph(rows=SIZE, columns=SIZE, seed=2,
+                               transfer_syntax=uids.DeflatedExplicitVRLittleEndian)
+    expected = read_image_uint8(write(plain, tmp_path / "plain.dcm"))
+    path = write(deflated, tmp_path / "deflated.dcm")
+    assert np.array_equal(read_image_uint8(path), expected)
+    prepared = prepare_radiograph(pydicom.dcmread(path, defer_size=64), path, "equalize")
+    assert prepared.reason is None and np.array_equal(prepared.pixels, expected)
 
 
 def test_signed_values_are_sign_extended_from_bits_stored():

@@ -63,3 +63,24 @@ def test_level_filters(capture: io.StringIO) -> None:
     log_event(logging.getLogger("dicom_node.test"), "quiet")
     log_event(logging.getLogger("dicom_node.test"), "loud", level=logging.WARNING)
     assert [json.loads(x)["event"] for x in capture.getvalue().splitlines()] == ["loud"]
+
+
+def test_only_the_complaint_about_an_accepted_uid_is_silenced(capture: io.StringIO) -> None:
+    """pydicom's warn_and_log (a "pydicom" line and a Python warning) for a leading-zero UID the
+    node accepts is dropped; the same complaint about a UID it refuses, and other warnings, stay."""
+    import warnings
+
+    from pydicom.dataset import Dataset
+
+    with warnings.catch_warnings():  # restores warnings.showwarning on exit
+        warnings.simplefilter("always")
+        configure_logging(LoggingSettings(level="INFO", format="json"), stream=capture)
+        Dataset().StudyInstanceUID = "1.2.826.0.1.3680043.8.498.2026.011.029.7.01"
+        Dataset().StudyInstanceUID = "1.2..3"  # an empty component: refused at intake
+        Dataset().BodyPartExamined = "chest"  # lower case: not a CS value
+    lines = [json.loads(line) for line in capture.getvalue().splitlines()]
+    texts = [line.get("message", "") + line.get("text", "") for line in lines]
+    assert not any("011.029" in t for t in texts)
+    assert sum("Invalid value for VR UI" in t for t in texts) == 2  # the log line and warning
+    assert sum("Invalid value for VR CS" in t for t in texts) == 2
+    assert all("'chest'" not in t and "1.2..3" not in t for t in texts)

@@ -153,6 +153,7 @@ def test_lateral_only_study_gets_a_not_analysed_result_then_a_superseding_one(tm
         assert any(t.startswith("Not analysed: ") and "lateral view" in t for t in texts)
         assert "Not analysed: " in na_sc.ImageComments and "lateral view" in na_sc.ImageComments
         assert na_sr.ContentQualification == "RESEARCH"
+        assert "36554-4" in _procedure_codes(na_sr)  # XR Chest Single view: it is a chest
 
         _send(node, tmp_path, make_radiograph(view="PA", study=study, rows=256, columns=256,
                                               instance_number=2, seed=3))
@@ -167,6 +168,62 @@ def test_lateral_only_study_gets_a_not_analysed_result_then_a_superseding_one(tm
     predecessor = findings_sr.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0]
     assert predecessor.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == na_sr.SOPInstanceUID
     assert findings_sr.InstanceNumber == 2 and na_sr.InstanceNumber == 1
+
+
+def _knee(study: StudyUids, number: int, view: str = "AP"):
+    ds = make_radiograph(kind="CR", view=view, study=study, rows=256, columns=256,
+                         instance_number=number, seed=number)
+    ds.BodyPartExamined = "KNEE"
+    ds.AnatomicRegionSequence = [_code("72696002", "SCT", "Knee")]
+    return ds
+
+
+def _code(value: str, scheme: str, meaning: str) -> pydicom.Dataset:
+    item = pydicom.Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+    return item
+
+
+def _procedure_codes(sr: pydicom.Dataset) -> list[str]:
+    return [item.ConceptCodeSequence[0].CodeValue for item in sr.ContentSequence
+            if item.ConceptNameCodeSequence[0].CodeValue == "121058"]  # Procedure reported
+
+
+@pytest.mark.slow
+def test_a_study_of_another_body_part_is_skipped_and_nothing_is_sent(tmp_path):
+    """A site whose PACS routes every CR here: a knee study is not one the node was meant to
+    analyse, so no "not analysed" SR and summary land in it."""
+    scp = StoreSCP(tmp_path / "pacs").start()
+    node = _node(tmp_path / "node", scp)
+    study = StudyUids()
+    try:
+        node.start()
+        _send(node, tmp_path, _knee(study, 1))
+        _send(node, tmp_path, _knee(study, 2, view="LL"))
+        skipped = node.wait_for_state(study.study, "SKIPPED", timeout=120)
+        assert "BodyPartExamined KNEE is not CHEST or THORAX" in skipped.skip_reason
+        time.sleep(3)  # three outbound polls: anything queued would have gone by now
+        assert node.cli_json("outbound", "list") == []
+        (event,) = node.events("study_skipped")
+        assert event["not_reported"] == "no CR/DX image of the chest"
+    finally:
+        node.stop()
+        scp.stop()
+    assert list(scp.output_dir.iterdir()) == []
+
+
+def test_not_analysed_sr_claims_a_chest_procedure_only_for_a_chest(tmp_path):
+    ds = _lateral_header(generate_uid())
+    key = ResultKey.of(study_instance_uid=ds.StudyInstanceUID, model_name="m",
+                       checkpoint_sha256s=["a" * 64], profile="",
+                       source_sop_instance_uids=[ds.SOPInstanceUID], not_analysed=REASON)
+    uids = report_uids(key, version=1, labels=[])
+    built = {chest: build_not_analysed_sr(evidence=[ds], reasons=[REASON], algorithm=algorithm(),
+                                          uids=uids.sr, node_uid="1.2.3", chest=chest,
+                                          content_datetime=WHEN)
+             for chest in (True, False)}
+    assert _procedure_codes(built[True]) == ["43468-8", "36554-4"]  # unspecified; chest 1 view
+    assert _procedure_codes(built[False]) == ["43468-8"]  # XR unspecified body region only
 
 
 @pytest.mark.slow

@@ -244,3 +244,13 @@ def test_node_reports_a_study_whose_header_highdicom_refuses(tmp_path: Path):
     assert person_name and REDACTED in person_name[0]["text"]
     assert person_name[0]["category"] == "UserWarning"
     assert person_name[0]["module"].startswith("highdicom")
+
+
+def test_a_missing_spool_or_outbox_file_is_named_by_its_uids():
+    gone = FileNotFoundError(2, "No such file or directory",
+                             "/var/lib/dicom-node/spool/1.2.3/1.2.3.4.dcm")
+    assert describe(gone) == "the spool file 1.2.3/1.2.3.4.dcm is missing (deleted outside the node?)"
+    sent = FileNotFoundError(2, "No such file or directory", "/data/outbox/1.2.3/1.2.9.dcm")
+    assert describe(sent).startswith("the outbox file 1.2.3/1.2.9.dcm is missing")
+    other = FileNotFoundError(2, "No such file or directory", "/home/Smith^John/x.dcm")
+    assert "Smith" not in describe(other) and describe(other).startswith("FileNotFoundError")

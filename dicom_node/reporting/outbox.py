@@ -100,12 +100,14 @@ def write_not_analysed(
     node_uid: str,
     previous: Sequence[PreviousReport],
     when: datetime.datetime,
+    chest: bool = True,
 ) -> list[WrittenObject]:
     """Build and write the "not analysed" SR and summary image of a skipped study (durable on
-    return); the same inputs write the same bytes."""
+    return); the same inputs write the same bytes. `chest`: the images say they are of the
+    chest (else the SR's procedure is only "XR unspecified body region")."""
     sr = build_not_analysed_sr(evidence=evidence, reasons=reasons, algorithm=algorithm,
                                uids=uids.sr, node_uid=node_uid, previous=previous,
-                               content_datetime=when)
+                               content_datetime=when, chest=chest)
     summary = build_not_analysed_sc(evidence=evidence, reasons=reasons, algorithm=algorithm,
                                     uids=uids.summary, content_datetime=when)
     return [_write(outbox, SR, sr), _write(outbox, SUMMARY, summary)]

@@ -110,11 +110,13 @@ def build_not_analysed_sr(
     node_uid: str,
     previous: Sequence[PreviousReport] = (),
     content_datetime: datetime.datetime | None = None,
+    chest: bool = True,
 ) -> Dataset:
     """The SR of a study the node did not analyse: a Comprehensive SR in the findings' series
     whose root container (titled like the findings report, but claiming no template) holds
     the device observer, the procedure, the caveat and one TEXT item "Not analysed: <reasons>".
-    `evidence`: headers of the study's images; `reasons`: sentences saying why. Raises
+    `evidence`: headers of the study's images; `reasons`: sentences saying why; `chest`: the
+    images say they are of the chest (else no chest X-ray procedure is claimed). Raises
     ValueError without evidence or reasons."""
     headers = _check_evidence(evidence)
     if not reasons:
@@ -127,7 +129,7 @@ def build_not_analysed_sr(
         *(
             hd.sr.CodeContentItem(name=codes.DCM.ProcedureReported, value=code,
                                   relationship_type=hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD)
-            for code in _procedures(headers)
+            for code in _procedures(headers, chest=chest)
         ),
     ]
     if not algorithm.clinical_use:
@@ -238,7 +240,9 @@ def _observation_context(node_uid: str, algorithm: AlgorithmInfo) -> hd.sr.Obser
     )
 
 
-def _procedures(headers: Sequence[Dataset]) -> list[Code]:
+def _procedures(headers: Sequence[Dataset], *, chest: bool = True) -> list[Code]:
+    if not chest:
+        return [codes.LN.XRUnspecifiedBodyRegion]
     views = {str(ds.get("ViewPosition", "") or "") for ds in headers}
     chest = XR_CHEST_SINGLE_VIEW if len(views) == 1 else XR_CHEST_TWO_VIEWS
     return [codes.LN.XRUnspecifiedBodyRegion, chest]
