@@ -119,7 +119,7 @@ class Heartbeat:
     def _forget_gone(self) -> None:
         """Rows of this host whose process no longer runs (a kill -9) are deleted at start-up;
         rows of other hosts are left to age out."""
-        from dicom_node.sender import gone_holders
+        from dicom_node.processes import gone_holders
 
         with self.database.sessions.begin() as session:
             ids = [h.process_id for h in heartbeats.list_heartbeats(session)]

@@ -16,6 +16,7 @@ import pydicom
 
 from dicom_node.listener import STORAGE_SOP_CLASSES, Header, _checked_header
 from dicom_node.logs import log_event
+from dicom_node.processes import is_running
 from storage import worklist
 from storage.db import Database
 from storage.spool import Spool
@@ -45,7 +46,7 @@ def reconcile(
         counts["recorded"] += 1
     for store in (spool, outbox):
         for path, pid in store.temporaries():
-            if pid == os.getpid() or not _running(pid):
+            if pid == os.getpid() or not is_running(pid):
                 path.unlink(missing_ok=True)
                 counts["removed_temporary"] += 1
     log_event(LOG, "spool_reconciled", host=socket.gethostname(), **counts)
@@ -77,15 +78,4 @@ def _record_for(path: os.PathLike[str], relative: str) -> worklist.InstanceRecor
         spool_path=relative, size_bytes=os.path.getsize(path),
         calling_ae_title=calling[:16] or None,
     )
-
-
-def _running(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True

@@ -49,6 +49,7 @@ from dicom_node.outcomes import (
     Verdict,
     classify,
 )
+from dicom_node.processes import gone_holders
 from dicom_node.settings import DestinationSettings, OutboundSettings
 from storage import destinations as destination_states
 from storage import outbound
@@ -235,31 +236,6 @@ def _no_delay(assoc: Association) -> None:
 def sender_id() -> str:
     """This process as a claim holder: "host:pid" (the same form as worker ids)."""
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def gone_holders(holders: Sequence[str], host: str, own_pid: int) -> list[str]:
-    """Of `holders` ("host:pid" senders, "host:pid:thread" workers), those on `host` whose
-    process no longer runs, plus this process's own ids (a new process holds nothing yet; in a
-    container the pid repeats). Holders on other hosts are left to their leases."""
-    gone = []
-    for holder in holders:
-        parts = holder.split(":")
-        holder_host, pid = (parts[0], parts[1]) if len(parts) in (2, 3) else ("", "")
-        if holder_host != host or not pid.isdigit():
-            continue
-        if int(pid) == own_pid or not _running(int(pid)):
-            gone.append(holder)
-    return gone
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Sender:

@@ -191,7 +191,7 @@ class Worker:
         """Studies leased to a worker of this host whose process no longer runs (a kill -9
         mid-study) go back to the queue at once instead of after `lease_seconds`; attempts + 1
         as for an expired lease. Returns how many."""
-        from dicom_node.sender import gone_holders
+        from dicom_node.processes import gone_holders
 
         with self.database.sessions.begin() as session:
             gone = gone_holders(worklist.lease_holders(session), socket.gethostname(),

@@ -30,7 +30,8 @@ from dicom_node.outcomes import (
     Verdict,
     classify,
 )
-from dicom_node.sender import Sender, gone_holders
+from dicom_node.processes import gone_holders
+from dicom_node.sender import Sender
 from dicom_node.settings import OutboundSettings
 from storage import destinations, outbound
 from storage.db import open_database

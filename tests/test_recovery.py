@@ -62,7 +62,7 @@ def test_kill_9_during_inference_is_done_within_a_minute_of_the_restart(
 
 
 def test_gone_holders_reads_worker_and_sender_ids() -> None:
-    from dicom_node.sender import gone_holders
+    from dicom_node.processes import gone_holders
 
     dead = 2**22 + 12345  # above any pid_max this test runs under: no such process
     holders = [f"h:{dead}:7f3a", f"h:{dead}", "h:1:7f3a", f"other:{dead}:7f3a", "h:99:x",

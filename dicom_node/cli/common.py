@@ -56,11 +56,15 @@ def print_json(payload: Any) -> None:
 
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    table = Table(title=title, title_justify="left")
+    """A titled table for people. At any width nothing is cut off: a value too long for its
+    column (a 64-character UID at 80 columns) folds onto the next line instead of ending in an
+    ellipsis, so it can still be read and copied; the title is a line of its own."""
+    table = Table(title_justify="left")
     for column in columns:
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(*("" if v is None else str(v) for v in row))
+    console.print(title, style="italic", highlight=False, markup=False, soft_wrap=True)
     console.print(table)
 
 

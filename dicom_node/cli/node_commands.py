@@ -117,7 +117,9 @@ def _print_status(settings: Settings, report: dict[str, Any]) -> None:
         f"outbound {out['pending']} PENDING"
         + (f" (oldest {age_text(oldest)})" if oldest is not None else "")
         + f", {out['dead']} DEAD, {out['sent']} SENT\n"
-        f"failed   {report['failed_last_24h']} studies FAILED in the last 24 h",
+        f"failed   {report['failed_last_24h']} studies FAILED in the last 24 h\n"
+        f"ignored  {report['ignored_instances']} instances of other SOP classes "
+        "acknowledged, not kept",
         highlight=False,
         soft_wrap=True,
     )
@@ -225,31 +227,14 @@ def studies_show(
     rows = [[k, v] for k, v in _jsonable(study).items()]
     rows += [[f"ignored {UID(k).name}", n] for k, n in ignored.items()]
     print_table("Study", ["field", "value"], rows)
+    # series, transfer syntax UID and arrival times are in --json; at 80 columns the table keeps
+    # what tells the instances apart, with the SOP Instance UID whole
     print_table(
         "Instances",
+        ["SOP Instance UID", "modality", "view", "body part", "encoding", "bytes", "from AE"],
         [
-            "SOP Instance UID",
-            "series",
-            "modality",
-            "view",
-            "body part",
-            "transfer syntax",
-            "bytes",
-            "received",
-            "calling AE",
-        ],
-        [
-            [
-                i.sop_instance_uid,
-                i.series_instance_uid,
-                i.modality,
-                i.view_position,
-                i.body_part_examined,
-                i.transfer_syntax_uid,
-                i.size_bytes,
-                _time(i.received_at),
-                i.calling_ae_title,
-            ]
+            [i.sop_instance_uid, i.modality, i.view_position, i.body_part_examined,
+             _syntax_name(i.transfer_syntax_uid), i.size_bytes, i.calling_ae_title]
             for i in instances
         ],
     )
@@ -343,6 +328,14 @@ def _requeue_command(
         )
     if any(o.error for o in outcomes):
         raise typer.Exit(1)
+
+
+def _syntax_name(uid: str) -> str:
+    """"Explicit VR Little Endian" for 1.2.840.10008.1.2.1 (the UID itself when unknown)."""
+    from pydicom.uid import UID
+
+    name = UID(uid).name
+    return name if name != uid else uid
 
 
 def _status_report(settings: Settings) -> dict[str, Any]:

@@ -257,10 +257,10 @@ def _library_images(headers: Sequence[Dataset]) -> list[Dataset]:
     for ds in headers:
         modality = ds.get("Modality", "")
         projection = modality in ("CR", "DX", "IO", "MG", "PX", "RF", "RG", "XA")
-        if projection and (_count(ds, "PatientOrientation") != 2
-                           or _count(ds, "ImagerPixelSpacing") != 2):
+        lacking = [k for k in ("PatientOrientation", "ImagerPixelSpacing") if _count(ds, k) != 2]
+        if projection and lacking:
             log_event(LOG, "image_library_skipped", sop_instance_uid=ds.SOPInstanceUID,
-                      reason="no two-valued PatientOrientation or ImagerPixelSpacing")
+                      reason=f"no two-valued {' or '.join(lacking)}")
             continue
         usable.append(ds)
     return usable
