@@ -1,7 +1,7 @@
 """Node configuration: shipped TOML defaults, a user file and environment overrides, merged and
 validated once at start-up into one typed, immutable object that is passed down.
 
-Precedence (last wins): config/node.toml < --config PATH < DICOM_NODE_<SECTION>__<KEY>.
+Precedence (last wins): the shipped dicom_node/shipped/config/node.toml < --config PATH < DICOM_NODE_<SECTION>__<KEY>.
 An unknown section or key, or a value of the wrong type, raises ConfigError naming it.
 """
 
@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dicom_node.shipped import defaults_file
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-CONFIG_DIR = REPO_ROOT / "config"
-DEFAULTS_FILE = CONFIG_DIR / "node.toml"
 ENV_PREFIX = "DICOM_NODE_"
 
 
@@ -66,7 +66,7 @@ class ModelSettings:
     name: str = "chexzero-demo-synthetic"
     checkpoints: list[str] = field(default_factory=list)  # relative paths are from the repo root
     clinical_use: bool = False  # false: every output carries the not-for-clinical-use statement
-    findings_file: str = "config/findings.toml"
+    findings_file: str = "dicom_node/shipped/config/findings.toml"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     cpu_threads: int = 0  # 0: torch's default
     batch_size: int = 16
@@ -234,8 +234,9 @@ def load_settings(
 ) -> Settings:
     """Merge defaults, the user file, the environment and explicit overrides; validate."""
     environ = os.environ if environ is None else environ
-    merged = _read_toml(DEFAULTS_FILE)
-    sources = [str(DEFAULTS_FILE)]
+    shipped = defaults_file()
+    merged = _read_toml(shipped)
+    sources = [str(shipped)]
     if user_file is not None:
         _merge(merged, _read_toml(Path(user_file)), origin=str(user_file))
         sources.append(str(user_file))

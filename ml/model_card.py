@@ -1,6 +1,6 @@
 """Model cards: a small TOML file beside each checkpoint saying what the weights are cleared for.
 
-`<checkpoint>.card.toml` (for `models/x.pt`: `models/x.card.toml`), keys so far:
+`<checkpoint>.card.toml` (for `x.pt`: `x.card.toml` in the same folder), keys so far:
 
     name = "demo-synthetic-v2"
     sha256 = "98a5..."        # the checkpoint file's SHA-256: the card speaks for these weights only
