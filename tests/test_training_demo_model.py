@@ -1,6 +1,7 @@
 """The committed demo model, through the zero-shot engine with the catalogue's prompts, on fresh
 synthetic DICOM studies it never saw (another seed, DICOM rather than the PNGs it trained on):
-AUROC >= 0.85 per synthetic finding. dicom_node/shipped/models/README.md has the full table on 600 studies."""
+AUROC >= 0.85 per synthetic finding. dicom_node/shipped/models/README.md has the full table on
+600 studies."""
 
 from __future__ import annotations
 
