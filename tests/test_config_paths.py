@@ -80,3 +80,4 @@ def test_status_shows_the_absolute_data_dir_of_a_relative_setting(tmp_path: Path
     assert json.loads(result.stdout)["data_dir"] == str(tmp_path / "site" / "data")
     text = run_cli("status", "--config", str(config))
     assert f"data     {tmp_path / 'site' / 'data'}" in text.stdout
+    assert not (tmp_path / "site" / "data").exists()  # a read-only command creates nothing

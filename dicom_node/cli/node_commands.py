@@ -354,7 +354,7 @@ def _status_report(settings: Settings) -> dict[str, Any]:
 
     spool = Spool(settings.spool_path)
     used, files = _spool_usage(spool)
-    free = spool.free_bytes()
+    free = _free_bytes(spool.root)
     floor = settings.node.min_free_disk_mb * 1024 * 1024
     database = _open(settings, read_only=True)
     with database.read_only() as session:
@@ -416,6 +416,16 @@ def _model_report(settings: Settings) -> dict[str, Any]:
         "checkpoints": checkpoints,
         "ready": bool(checkpoints) and all(c["present"] for c in checkpoints),
     }
+
+
+def _free_bytes(path: Path) -> int:
+    """Free bytes on the file system where `path` is or would be, creating nothing (status is
+    read-only: it must not make the data directory of a node that never ran)."""
+    import shutil
+
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
 
 
 def _spool_usage(spool: Spool) -> tuple[int, int]:
