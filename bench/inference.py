@@ -41,6 +41,7 @@ from pydicom.uid import (
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from dicom_node.shipped import findings_file
 from ml.architecture import ClipArchitecture
 from ml.catalogue import load_catalogue
 from ml.engine import ZeroShotEngine
@@ -168,7 +169,7 @@ def main() -> None:
         folder = Path(tmp)
         checkpoint = write_random_checkpoint(folder / "vit-b32.pt", ClipArchitecture(), seed=0)
         engine = ZeroShotEngine(
-            [checkpoint], load_catalogue(REPO / "config" / "findings.toml"), device=args.device,
+            [checkpoint], load_catalogue(findings_file()), device=args.device,
             batch_size=args.batch_size, prepare_workers=args.workers,
         )
         print(f"device {engine.device} ({engine.precision}), torch threads "

@@ -10,7 +10,6 @@ from datetime import datetime
 from typing import Any
 
 from dicom_node.outcomes import Outcome
-from dicom_node.sender import echo_destination
 from dicom_node.settings import DestinationSettings, Settings
 from storage import destinations as destination_states
 from storage import outbound
@@ -81,6 +80,8 @@ def overview(settings: Settings, database: Database) -> list[DestinationOverview
 def echo(settings: Settings, name: str) -> Outcome:
     """C-ECHO the configured destination `name` with the node's AE title and the
     destination's timeouts. Raises UnknownDestination."""
+    from dicom_node.sender import echo_destination  # pynetdicom: not for `status` (start-up time)
+
     return echo_destination(find(settings, name), settings.node.ae_title)
 
 

@@ -22,8 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from pydicom.uid import UID
-
 from dicom_node.status import OUT_OF_RESOURCES, PROCESSING_FAILURE, SOP_CLASS_NOT_SUPPORTED
 
 SUCCESS = 0x0000
@@ -163,6 +161,8 @@ def classify(event: Event) -> Outcome:
 
 def sop_class_name(uid: str) -> str:
     """'Comprehensive SR Storage (1.2.840.10008.5.1.4.1.1.88.33)'; the UID alone if unknown."""
+    from pydicom.uid import UID  # pydicom costs ~0.15 s: not imported by status and studies list
+
     name = UID(uid).name
     return uid if not name or name == uid else f"{name} ({uid})"
 

@@ -167,6 +167,9 @@ class Service:
             data_dir=str(self.settings.data_path),
             database=self.database.dialect,
         )
+        from dicom_node.startup import log_clinical_use_off
+
+        log_clinical_use_off(self.settings)
 
     def stop(self) -> None:
         """Stop components in reverse order, then close the database. Safe to call twice."""

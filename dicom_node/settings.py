@@ -1,8 +1,14 @@
 """Node configuration: shipped TOML defaults, a user file and environment overrides, merged and
 validated once at start-up into one typed, immutable object that is passed down.
 
-Precedence (last wins): config/node.toml < --config PATH < DICOM_NODE_<SECTION>__<KEY>.
-An unknown section or key, or a value of the wrong type, raises ConfigError naming it.
+Precedence (last wins): the shipped dicom_node/shipped/config/node.toml < --config PATH <
+DICOM_NODE_<SECTION>__<KEY>. An unknown section or key, or a value of the wrong type, raises
+ConfigError naming it.
+
+Paths (node.data_dir, model.findings_file, model.checkpoints) are made absolute as each layer is
+read: a relative path in a file is from that file's folder (the shipped defaults' from the
+installed package), one from the environment or `overrides` from the current directory; `~` is
+expanded. So the same config file means the same files whatever directory a command runs in.
 """
 
 from __future__ import annotations
@@ -20,10 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CONFIG_DIR = REPO_ROOT / "config"
-DEFAULTS_FILE = CONFIG_DIR / "node.toml"
+from dicom_node.shipped import defaults_file, findings_file
+
 ENV_PREFIX = "DICOM_NODE_"
+# Keys naming files or folders (str or list of str): anchored where their layer was written.
+_PATH_KEYS = (("node", "data_dir"), ("model", "findings_file"), ("model", "checkpoints"))
+DEFAULT_DATA_DIR = "~/.local/share/dicom-node"
 
 
 class ConfigError(ValueError):
@@ -35,7 +43,7 @@ class NodeSettings:
     ae_title: str = "AINODE"
     host: str = "0.0.0.0"
     port: int = 11112
-    data_dir: str = "data"
+    data_dir: str = DEFAULT_DATA_DIR
     max_pdu_bytes: int = 1048576
     min_free_disk_mb: int = 1024
     allowed_calling_ae_titles: list[str] = field(default_factory=list)
@@ -64,9 +72,9 @@ class WorklistSettings:
 @dataclass(frozen=True)
 class ModelSettings:
     name: str = "chexzero-demo-synthetic"
-    checkpoints: list[str] = field(default_factory=list)  # relative paths are from the repo root
+    checkpoints: list[str] = field(default_factory=list)
     clinical_use: bool = False  # false: every output carries the not-for-clinical-use statement
-    findings_file: str = "config/findings.toml"
+    findings_file: str = field(default_factory=lambda: str(findings_file()))
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     cpu_threads: int = 0  # 0: torch's default
     batch_size: int = 16
@@ -157,9 +165,9 @@ class Settings:
         return f"sqlite:///{self.data_path / 'worklist.sqlite'}"
 
     def resolve(self, path: str) -> Path:
-        """A configured path: absolute as given, else relative to the repository root."""
-        candidate = Path(path).expanduser()
-        return candidate if candidate.is_absolute() else REPO_ROOT / candidate
+        """A configured path as an absolute Path. Loading made configured paths absolute
+        already; a relative one (Settings built in code) is from the current directory."""
+        return Path(os.path.abspath(Path(path).expanduser()))
 
     @property
     def spool_path(self) -> Path:
@@ -181,6 +189,8 @@ _CHECKS: dict[tuple[str, str], typing.Callable[[Any], str | None]] = {
     else "must be ignore or refuse",
     ("node", "max_inflated_mb"): lambda v: None if v >= 1 else "must be >= 1",
     ("node", "heartbeat_seconds"): lambda v: None if v > 0 else "must be > 0",
+    ("node", "data_dir"): lambda v: None if v.strip() else "must not be empty",
+    ("model", "findings_file"): lambda v: None if v.strip() else "must not be empty",
     ("worker", "shutdown_grace_seconds"): lambda v: None if v >= 0 else "must be >= 0",
     ("outbound", "pending_alert_seconds"): lambda v: None if v > 0 else "must be > 0",
     ("worklist", "stable_seconds"): lambda v: None if v >= 0 else "must be >= 0",
@@ -234,15 +244,45 @@ def load_settings(
 ) -> Settings:
     """Merge defaults, the user file, the environment and explicit overrides; validate."""
     environ = os.environ if environ is None else environ
-    merged = _read_toml(DEFAULTS_FILE)
-    sources = [str(DEFAULTS_FILE)]
+    shipped = defaults_file()
+    merged = _read_file(shipped)
+    sources = [str(shipped)]
     if user_file is not None:
-        _merge(merged, _read_toml(Path(user_file)), origin=str(user_file))
+        _merge(merged, _read_file(Path(user_file)), origin=str(user_file))
         sources.append(str(user_file))
-    _merge(merged, _environment_overrides(environ), origin="environment")
+    here = Path.cwd()
+    _merge(merged, _anchor_paths(_environment_overrides(environ), here), origin="environment")
     if overrides:
-        _merge(merged, {k: dict(v) for k, v in overrides.items()}, origin="overrides")
+        extra = {k: dict(v) for k, v in overrides.items()}
+        _merge(merged, _anchor_paths(extra, here), origin="overrides")
     return _build(Settings, merged, sources=tuple(sources))
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    """A config file's tables, its relative paths made absolute against its own folder."""
+    return _anchor_paths(_read_toml(path), Path(os.path.abspath(path)).parent)
+
+
+def _anchor_paths(values: dict[str, Any], base: Path) -> dict[str, Any]:
+    """`values` with the _PATH_KEYS that are relative joined to `base` (in place; returned).
+    Values of the wrong type are left for validation to name."""
+    for section, key in _PATH_KEYS:
+        table = values.get(section)
+        if not isinstance(table, dict) or key not in table:
+            continue
+        value = table[key]
+        if isinstance(value, str):
+            table[key] = _anchor(value, base)
+        elif isinstance(value, list):
+            table[key] = [_anchor(v, base) if isinstance(v, str) else v for v in value]
+    return values
+
+
+def _anchor(text: str, base: Path) -> str:
+    if not text.strip():
+        return text  # empty: refused by validation, not turned into `base` itself
+    path = Path(text).expanduser()
+    return os.path.normpath(path if path.is_absolute() else base / path)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -74,3 +74,16 @@ def check_clinical_use(settings: Settings) -> None:
         raise ConfigError("config key model.clinical_use = true refused: no checkpoint configured")
     log_event(LOG, "clinical_use_enabled", level=logging.WARNING, model=settings.model.name,
               checkpoints_sha256=hashes, message="clinical use is ON for these checkpoints")
+
+
+def log_clinical_use_off(settings: Settings) -> None:
+    """With model.clinical_use = false, one clinical_use_off line quoting what each checkpoint's
+    model card says (the demo model's: why it is not for clinical use). Logged once the node
+    has started, so that a start-up that fails still says one line only."""
+    from ml.model_card import card_statement
+
+    if settings.model.clinical_use:
+        return
+    cards = {p: card_statement(settings.resolve(p)) for p in settings.model.checkpoints}
+    log_event(LOG, "clinical_use_off", model=settings.model.name, cards=cards,
+              message="NOT FOR CLINICAL USE: every result, SR and summary image says so")

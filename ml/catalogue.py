@@ -1,8 +1,8 @@
 """The findings catalogue: which findings are scored, with which prompt pair, coded how.
 
-One `[[finding]]` table per finding in a TOML file (`config/findings.toml` ships the 14 CheXpert
-findings). Adding a finding is adding a table; nothing in code lists findings. The file is
-validated completely on load and every error names the entry and the key.
+One `[[finding]]` table per finding in a TOML file (`dicom_node/shipped/config/findings.toml`
+ships the 14 CheXpert findings). Adding a finding is adding a table; nothing in code lists
+findings. The file is validated completely on load and every error names the entry and the key.
 """
 
 from __future__ import annotations

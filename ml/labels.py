@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-UNCERTAIN_POLICIES = ("exclude", "positive", "negative")
-BLANK_POLICIES = ("negative", "exclude")
+from ml.defaults import BLANK_POLICIES, UNCERTAIN_POLICIES
+
 PATH_COLUMNS = ("path", "image", "filename", "file")
 METADATA_COLUMNS = ("sex", "age", "frontal/lateral", "ap/pa")
 _VALUES = {"1": 1.0, "1.0": 1.0, "0": 0.0, "0.0": 0.0, "-1": -1.0, "-1.0": -1.0}

@@ -34,8 +34,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ml.defaults import DEFAULT_RESAMPLES  # noqa: F401  part of this module's interface
+
 METRIC_NAMES = ("sensitivity", "specificity", "ppv", "npv", "f1", "mcc")
-DEFAULT_RESAMPLES = 1000
 DEFAULT_CONFIDENCE = 0.95
 _CHUNK_CELLS = 4_000_000  # resamples x images per vectorised block (32 MB of float64)
 

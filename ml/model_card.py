@@ -1,13 +1,15 @@
 """Model cards: a small TOML file beside each checkpoint saying what the weights are cleared for.
 
-`<checkpoint>.card.toml` (for `models/x.pt`: `models/x.card.toml`), keys so far:
+`<checkpoint>.card.toml` (for `x.pt`: `x.card.toml` in the same folder), keys so far:
 
     name = "demo-synthetic-v2"
     sha256 = "98a5..."        # the checkpoint file's SHA-256: the card speaks for these weights only
     clinical_use = false      # true only for a model cleared for clinical use
     clearance = ""            # what clears it (e.g. a regulatory reference); required when true
 
-Later issues add keys (findings, intended use); unknown keys are kept and ignored here.
+With clinical_use = false, `clearance` says why not (the shipped demo model's card does); status
+and the start-up log quote it. Later issues add keys (findings, intended use); unknown keys are
+kept and ignored here.
 """
 
 from __future__ import annotations
@@ -60,6 +62,21 @@ def read_card(checkpoint: Path) -> ModelCard | None:
         raise ValueError(f"model card {path} is not valid TOML: {exc}") from None
 
 
+def card_statement(checkpoint: Path) -> str:
+    """One line saying what the card beside `checkpoint` says about clinical use, for `status`
+    and the start-up log, e.g. "not for clinical use (x.card.toml: none: demo model ...)".
+    Reads only the card (no hash), never raises."""
+    try:
+        card = read_card(checkpoint)
+    except (ValueError, OSError) as exc:
+        return f"not for clinical use (model card unreadable: {exc})"
+    if card is None:
+        return f"not for clinical use (no model card {card_path(checkpoint).name})"
+    verdict = "card says cleared for clinical use" if card.clinical_use and card.clearance \
+        else "not for clinical use"
+    return f"{verdict} ({card.path.name}: {card.clearance or 'no clearance given'})"
+
+
 def file_sha256(path: Path) -> str:
     """SHA-256 of a file, hex. Raises OSError if it cannot be read."""
     digest = hashlib.sha256()
@@ -77,7 +94,8 @@ def clinical_use_refusal(checkpoint: Path, sha256: str) -> str | None:
     if card is None:
         return f"has no model card ({card_path(checkpoint).name})"
     if not card.clinical_use or not card.clearance:
-        return f"its model card {card.path.name} does not clear it for clinical use"
+        why = f" ({card.clearance})" if card.clearance else ""
+        return f"its model card {card.path.name} does not clear it for clinical use{why}"
     if card.sha256 != sha256:
         return f"its model card {card.path.name} is for other weights (sha256 differs)"
     return None

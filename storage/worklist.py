@@ -18,7 +18,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Select, func, insert, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from storage.models import Instance, Study
@@ -533,6 +532,9 @@ def _insert_ignoring_conflict(
     session: Session, model: type[Study | Instance], values: dict[str, Any], unique: str
 ) -> bool:
     """INSERT ... ON CONFLICT (unique) DO NOTHING; True when a row was inserted."""
+    # the dialect modules load only here: read-only commands (studies list) start faster
+    from sqlalchemy.dialects import postgresql, sqlite
+
     dialect = _dialect(session)
     if dialect == "sqlite":
         statement: Any = (

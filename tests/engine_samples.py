@@ -13,11 +13,11 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from dicom_node.shipped import findings_file
 from ml.architecture import ClipArchitecture
 from ml.testing import TINY, random_model, save_released_layout
 
-REPO = Path(__file__).resolve().parent.parent
-FINDINGS_FILE = REPO / "config" / "findings.toml"
+FINDINGS_FILE = findings_file()
 
 # CheXzero's other geometry: ViT-B/16 at 320 (no step-B resize), kept narrow and shallow.
 TINY_320 = ClipArchitecture(

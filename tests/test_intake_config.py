@@ -95,4 +95,6 @@ def test_status_says_when_the_model_is_missing_and_studies_will_wait(tmp_path: P
     assert f"MISSING {tmp_path / 'absent.pt'}: studies wait in QUEUED" in result.stdout
     report = json.loads(run_cli("status", "--config", str(config), "--json").stdout)
     assert report["model"]["ready"] is False
-    assert report["model"]["checkpoints"] == [{"path": str(tmp_path / "absent.pt"), "present": False}]
+    assert report["model"]["checkpoints"] == [{
+        "path": str(tmp_path / "absent.pt"), "present": False,
+        "card": "not for clinical use (no model card absent.card.toml)"}]

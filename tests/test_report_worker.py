@@ -321,7 +321,7 @@ def test_pending_deliveries_survive_for_the_sender(node):
 
 def test_without_a_model_studies_wait_in_the_queue(node, caplog):
     def missing(_settings):
-        raise FileNotFoundError("models/demo-synthetic-v2.pt")
+        raise FileNotFoundError("dicom_node/shipped/models/demo-synthetic-v2.pt")
 
     worker = Worker(settings=node.settings, database=node.database, spool=node.spool,
                     outbox=node.outbox, clock=node.clock, model_loader=missing)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ml.model_card import file_sha256
+from dicom_node.shipped import demo_checkpoint
+from ml.model_card import DEMO_CHECKPOINT_SHA256, file_sha256, read_card
 from tests.peers import echoscu, run_cli, toml_text
 
 
@@ -92,6 +93,38 @@ def test_clinical_use_needs_a_model_card_that_clears_the_same_weights(tmp_path):
     card = tmp_path / "site-model.card.toml"
     card.write_text('clinical_use = true\nclearance = "site approval 42"\nsha256 = "00"\n')
     _one_line_error(run_cli("serve", "--config", str(config)), "other weights")
+
+
+def test_a_card_that_does_not_clear_its_model_is_quoted_in_the_refusal(tmp_path):
+    checkpoint = tmp_path / "research.pt"
+    checkpoint.write_bytes(b"research weights")
+    sha256 = file_sha256(checkpoint)
+    (tmp_path / "research.card.toml").write_text(
+        f'clinical_use = false\nclearance = "research use only"\nsha256 = "{sha256}"\n')
+    config = _config(tmp_path, model={"clinical_use": True, "checkpoints": [str(checkpoint)]})
+    _one_line_error(run_cli("serve", "--config", str(config)), "does not clear it",
+                    "(research use only)")
+
+
+def test_the_demo_model_ships_a_card_for_its_own_weights():
+    card = read_card(demo_checkpoint())
+    assert card is not None and card.clinical_use is False
+    assert card.sha256 == file_sha256(demo_checkpoint())  # retrained weights need a new card
+    assert card.sha256 in DEMO_CHECKPOINT_SHA256
+    assert card.clearance.startswith("none: demo model")
+
+
+def test_status_and_start_up_say_demo_model_not_for_clinical_use_from_the_card(tmp_path,
+                                                                               node_factory):
+    statement = ("not for clinical use (demo-synthetic-v2.card.toml: none: demo model trained "
+                 "by dicom-node's own code")
+    result = run_cli("status", "--config", str(_config(tmp_path)))  # the shipped model
+    assert result.returncode == 0, result.stderr
+    assert f"card     {statement}" in result.stdout.replace("\n", " ")
+    node = node_factory("demo").start()
+    (event,) = node.events("clinical_use_off")
+    (said,) = event["cards"].values()
+    assert said.startswith(statement)
 
 
 def test_clinical_use_with_a_clearing_card_starts_and_logs_the_hashes(tmp_path, node_factory):

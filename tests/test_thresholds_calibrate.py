@@ -16,7 +16,7 @@ from sklearn.metrics import matthews_corrcoef, recall_score, roc_auc_score
 from typer.testing import CliRunner
 
 from dicom_node.cli import app
-from dicom_node.settings import load_settings
+from dicom_node.shipped import findings_file
 from ml.catalogue import load_catalogue
 from ml.testing import write_random_checkpoint
 
@@ -48,7 +48,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("calibrate")
     paths = _images(root)
     checkpoint = write_random_checkpoint(root / "tiny.pt", seed=3)
-    catalogue = load_catalogue(load_settings().resolve("config/findings.toml"))
+    catalogue = load_catalogue(findings_file())
     engine = ZeroShotEngine([checkpoint], catalogue, device="cpu")
     scored = engine.score_paths(paths, "equalize")
     scores = {f: np.array([s.probabilities[f] for s in scored]) for f in ("Edema", "Pneumothorax")}

@@ -32,7 +32,7 @@ def run_json(*args: str) -> dict:
 @pytest.fixture(scope="module")
 def synthetic_sets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     if not DEMO_CHECKPOINT.is_file():
-        pytest.skip(f"{DEMO_CHECKPOINT.name} is not in models/ yet")
+        pytest.skip(f"{DEMO_CHECKPOINT.name} is not in dicom_node/shipped/models/ yet")
     root = tmp_path_factory.mktemp("demo")
     for name, seed, studies in (("calibration", 601, 150), ("second", 602, 300)):
         run_json(

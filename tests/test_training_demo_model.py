@@ -1,6 +1,7 @@
 """The committed demo model, through the zero-shot engine with the catalogue's prompts, on fresh
 synthetic DICOM studies it never saw (another seed, DICOM rather than the PNGs it trained on):
-AUROC >= 0.85 per synthetic finding. models/README.md has the full table on 600 studies."""
+AUROC >= 0.85 per synthetic finding. dicom_node/shipped/models/README.md has the full table on
+600 studies."""
 
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from dicom_node.settings import load_settings
+from dicom_node.shipped import findings_file
 from ml.catalogue import load_catalogue
 from ml.engine import ZeroShotEngine
 from ml.synth.dataset import SynthOptions, generate
 from ml.synth.spec import PRESENT, SYNTH_FINDINGS
 
-ROOT = Path(__file__).resolve().parents[1]
 _SHIPPED = load_settings(environ={})
 DEMO = _SHIPPED.resolve(_SHIPPED.model.checkpoints[0])  # the node's default model
 TARGET_AUROC = 0.85
@@ -34,7 +35,7 @@ def aurocs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, float]:
 
 def _aurocs(workdir: Path) -> dict[str, float]:
     written = generate(SynthOptions(workdir, 120, 424242, "dicom", height=512, laterals=False))
-    catalogue = load_catalogue(ROOT / "config" / "findings.toml")
+    catalogue = load_catalogue(findings_file())
     engine = ZeroShotEngine([DEMO], catalogue, device="cpu", cpu_threads=2)
     paths = [workdir / s.images[0].relpath for s in written]
     scores = engine.score_paths(paths, "equalize")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from dicom_node.shipped import findings_file
 from ml.architecture import ClipArchitecture, model_from_state_dict
 from ml.catalogue import load_catalogue
 from ml.checkpoint import load_checkpoint
@@ -24,7 +25,6 @@ from ml.training.impression import extract_impression
 from ml.training.loop import PairEncoder, focus_sentence, mixed_precision_dtype, train
 from ml.training.text import tokenize_reports
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ClipArchitecture(embed_dim=32, image_size=64, patch_size=32, vision_width=64,
                         vision_layers=1, text_width=64, text_layers=1)
 TINY_RESNET = ClipArchitecture(embed_dim=32, image_size=64, patch_size=32, vision_width=8,
@@ -74,7 +74,7 @@ def test_loss_falls_and_the_checkpoint_loads_through_the_engine(data, tmp_path):
 
     loaded = load_checkpoint(result.checkpoint)
     assert loaded.architecture == TINY
-    catalogue = load_catalogue(ROOT / "config" / "findings.toml")
+    catalogue = load_catalogue(findings_file())
     engine = ZeroShotEngine([result.checkpoint], catalogue, device="cpu", cpu_threads=1)
     scores = engine.score_uint8([np.full((80, 70), 128, np.uint8)])
     assert scores.shape == (1, len(engine.labels)) and np.isfinite(scores).all()
@@ -91,7 +91,7 @@ def test_a_resnet_image_tower_trains_and_loads_through_the_engine(data, tmp_path
     assert _train_loss(state, data) < before - 0.3
     loaded = load_checkpoint(result.checkpoint)
     assert loaded.architecture == TINY_RESNET
-    catalogue = load_catalogue(ROOT / "config" / "findings.toml")
+    catalogue = load_catalogue(findings_file())
     engine = ZeroShotEngine([result.checkpoint], catalogue, device="cpu", cpu_threads=1)
     assert np.isfinite(engine.score_uint8([np.full((80, 70), 128, np.uint8)])).all()
 

@@ -114,7 +114,8 @@ def _print_status(settings: Settings, report: dict[str, Any]) -> None:
         f"{_mib(spool['free_bytes'])} MiB (floor {_mib(spool['min_free_bytes'])} MiB)"
         + ("  [red]BELOW FLOOR: stores are refused[/]" if spool["below_floor"] else "")
         + "\n" + _model_line(report["model"], report["model_state"]) + "\n"
-        f"outbound {out['pending']} PENDING"
+        + "".join(f"card     {escape(c['card'])}\n" for c in report["model"]["checkpoints"])
+        + f"outbound {out['pending']} PENDING"
         + (f" (oldest {age_text(oldest)})" if oldest is not None else "")
         + f", {out['dead']} DEAD, {out['sent']} SENT\n"
         f"failed   {report['failed_last_24h']} studies FAILED in the last 24 h\n"
@@ -346,7 +347,7 @@ def _status_report(settings: Settings) -> dict[str, Any]:
 
     spool = Spool(settings.spool_path)
     used, files = _spool_usage(spool)
-    free = spool.free_bytes()
+    free = _free_bytes(spool.root)
     floor = settings.node.min_free_disk_mb * 1024 * 1024
     database = _open(settings, read_only=True)
     with database.read_only() as session:
@@ -394,9 +395,12 @@ def _model_line(model: dict[str, Any], running: dict[str, Any]) -> str:
 
 
 def _model_report(settings: Settings) -> dict[str, Any]:
-    """Whether the configured checkpoints are there: without them studies wait QUEUED."""
+    """Whether the configured checkpoints are there (without them studies wait QUEUED), and
+    what each one's model card says about clinical use."""
+    from ml.model_card import card_statement
+
     checkpoints = [
-        {"path": str(path), "present": path.is_file()}
+        {"path": str(path), "present": path.is_file(), "card": card_statement(path)}
         for path in (settings.resolve(p) for p in settings.model.checkpoints)
     ]
     return {
@@ -405,6 +409,16 @@ def _model_report(settings: Settings) -> dict[str, Any]:
         "checkpoints": checkpoints,
         "ready": bool(checkpoints) and all(c["present"] for c in checkpoints),
     }
+
+
+def _free_bytes(path: Path) -> int:
+    """Free bytes on the file system where `path` is or would be, creating nothing (status is
+    read-only: it must not make the data directory of a node that never ran)."""
+    import shutil
+
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
 
 
 def _spool_usage(spool: Spool) -> tuple[int, int]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import getpass
 import inspect
+import math
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -18,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import typer
 
 from dicom_node.cli import app
@@ -36,15 +36,15 @@ from dicom_node.cli.common import (
 from dicom_node.settings import Settings
 
 if TYPE_CHECKING:
+    import numpy as np
     from sqlalchemy.orm import Session
 
     from ml.evaluation import EvaluationReport, FindingResult
-    from ml.labels import LabelPolicy
+    from ml.labels import LabelledSet, LabelPolicy
     from ml.metrics import Interval
     from storage import profiles
 from ml.catalogue import MAX_PROBABILITY, MIN_PROBABILITY, Catalogue
-from ml.labels import BLANK_POLICIES, UNCERTAIN_POLICIES, LabelledSet
-from ml.metrics import DEFAULT_RESAMPLES
+from ml.defaults import BLANK_POLICIES, DEFAULT_RESAMPLES, UNCERTAIN_POLICIES
 
 thresholds_app = typer.Typer(
     help="Threshold profiles: immutable versions, one active; set, activate, diff, calibrate.",
@@ -128,7 +128,7 @@ def _author(author: str | None) -> str:
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
-    return "-" if value is None or np.isnan(value) else f"{value:.{digits}f}"
+    return "-" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
 # --- profiles ---------------------------------------------------------------------------------
@@ -377,6 +377,8 @@ def _score_labelled(
     policy: LabelPolicy,
     images_root: Path | None,
 ) -> ScoredSet:
+    import numpy as np  # numpy only for the commands that compute: `status` starts faster
+
     from ml.labels import read_labels
     from ml.score_cache import (
         CACHE_FILE_NAME,
@@ -557,6 +559,8 @@ def _with_out_of_bag_intervals(
 ) -> EvaluationReport:
     """For thresholds chosen on these images, intervals of what new images will show
     (`out_of_bag_operating`) instead of the optimistic fixed-threshold ones."""
+    import numpy as np
+
     from ml.calibration import out_of_bag_operating
     if method.kind == "fixed":
         return report
@@ -576,6 +580,8 @@ def _choose(
     scored: ScoredSet, method: Any, base: profiles.ProfileSnapshot, defaults: Mapping[str, float]
 ) -> tuple[dict[str, float], dict[str, str]]:
     """Threshold per finding, and why the findings that kept the base threshold kept it."""
+    import numpy as np
+
     from ml.calibration import choose_threshold
     thresholds: dict[str, float] = {}
     kept: dict[str, str] = {}

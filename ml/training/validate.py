@@ -18,6 +18,11 @@ from ml.synth.spec import SYNTH_FINDINGS
 from ml.tokenizer import tokenize
 from ml.training.images import model_input
 
+# The node's shipped catalogue, found by path (ml/ does not import dicom_node): beside ml/ in a
+# checkout and in an installed wheel alike. Its prompts are CheXzero's templates anyway.
+_SHIPPED_CATALOGUE = (Path(__file__).resolve().parents[2] / "dicom_node" / "shipped" / "config"
+                      / "findings.toml")
+
 
 @dataclass(frozen=True)
 class PromptPair:
@@ -33,7 +38,7 @@ def default_prompts(labels: Sequence[str]) -> list[PromptPair]:
     try:
         from ml.catalogue import load_catalogue
 
-        catalogue = load_catalogue(Path(__file__).resolve().parents[2] / "config" / "findings.toml")
+        catalogue = load_catalogue(_SHIPPED_CATALOGUE)
         for f in catalogue.findings:
             by_label[f.label.lower()] = PromptPair(f.label, f.positive_prompt, f.negative_prompt)
     except (ImportError, OSError, ValueError):
