@@ -62,6 +62,17 @@ def open_database(url: str, *, migrate: bool = True) -> Database:
     return Database(url=url, engine=engine, sessions=sessionmaker(engine, expire_on_commit=False))
 
 
+def open_empty() -> Database:
+    """An in-memory work list with the current schema and no rows: what read-only commands show
+    where the node never ran. Built from the models, without Alembic (0.4 s of imports)."""
+    from storage.models import Base
+
+    engine = _create_engine("sqlite://")
+    Base.metadata.create_all(engine)
+    return Database(url="sqlite://", engine=engine,
+                    sessions=sessionmaker(engine, expire_on_commit=False))
+
+
 def open_read_only(url: str) -> Database:
     """The Database for queries: no migration (Alembic is not even imported), nothing created.
 

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -22,6 +22,9 @@ from rich.progress import (
 from rich.table import Table
 
 from dicom_node.settings import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from storage.db import Database
 
 ConfigOption = typer.Option(None, "--config", help="TOML file overriding the shipped defaults.")
 JsonOption = typer.Option(False, "--json", help="Machine-readable output.")
@@ -49,6 +52,26 @@ def user_errors() -> Iterator[None]:
 
 def settings_from(config: Path | None) -> Settings:
     return load_settings(config)
+
+
+def open_worklist(settings: Settings, read_only: bool = False) -> Database:
+    """The node's work list for a command; `read_only`: no migration and nothing created (an
+    empty in-memory work list where the node never ran). Raises CliError naming the database
+    (password hidden) when it cannot be opened."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from storage.db import NoSchemaError, open_database, open_empty, open_read_only
+
+    try:
+        if read_only:
+            return open_read_only(settings.database_url)
+        return open_database(settings.database_url)
+    except NoSchemaError:
+        return open_empty()
+    except SQLAlchemyError as exc:
+        shown = make_url(settings.database_url).render_as_string(hide_password=True)
+        raise CliError(f"cannot open the database {shown}: {exc}") from None
 
 
 def print_json(payload: Any) -> None:

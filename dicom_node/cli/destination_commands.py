@@ -12,6 +12,7 @@ from dicom_node.cli.common import (
     ConfigOption,
     JsonOption,
     console,
+    open_worklist,
     print_json,
     print_table,
     settings_from,
@@ -28,11 +29,11 @@ def destinations_list(config: Path | None = ConfigOption, as_json: bool = JsonOp
     """Each destination: up, down or refusing (since when, why), last success, and its
     pending and dead deliveries."""
     from dicom_node import destinations  # pynetdicom and the database only when run
-    from dicom_node.cli.report_commands import _open, _time, print_notes
+    from dicom_node.cli.report_commands import _time, print_notes
 
     with user_errors():
         settings = settings_from(config)
-        database = _open(settings, read_only=True)
+        database = open_worklist(settings, read_only=True)
         try:
             rows = destinations.overview(settings, database)
         finally:

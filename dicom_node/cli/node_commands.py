@@ -16,6 +16,7 @@ from dicom_node.cli.common import (
     ConfigOption,
     JsonOption,
     console,
+    open_worklist,
     print_json,
     print_table,
     settings_from,
@@ -24,7 +25,6 @@ from dicom_node.cli.common import (
 from dicom_node.settings import Settings
 
 if TYPE_CHECKING:
-    from storage.db import Database
     from storage.spool import Spool
     from storage.states import StudyState
 
@@ -169,7 +169,7 @@ def studies_list(
     from storage import worklist
     with user_errors():
         wanted = _parse_state(state)
-        database = _open(settings_from(config), read_only=True)
+        database = open_worklist(settings_from(config), read_only=True)
         with database.read_only() as session:
             studies = worklist.list_studies(session, wanted, limit)
         database.dispose()
@@ -208,7 +208,7 @@ def studies_show(
     from storage.ignored import ignored_counts
 
     with user_errors():
-        database = _open(settings_from(config), read_only=True)
+        database = open_worklist(settings_from(config), read_only=True)
         with database.read_only() as session:
             detail = worklist.study_detail(session, uid.strip())
             ignored = ignored_counts(session, uid.strip())
@@ -314,7 +314,7 @@ def _requeue_command(
         wanted = _parse_state(state)
         if bool(uids) == every or every != (wanted is not None):
             raise CliError("give Study Instance UIDs, or --state STATE --all (not both)")
-        database = _open(settings_from(config))
+        database = open_worklist(settings_from(config))
         targets = uids_in_state(database, wanted) if wanted else [u.strip() for u in uids or []]
         outcomes = requeue_studies(database, targets, datetime.now(UTC), reprocess=reprocess)
         database.dispose()
@@ -349,7 +349,7 @@ def _status_report(settings: Settings) -> dict[str, Any]:
     used, files = _spool_usage(spool)
     free = _free_bytes(spool.root)
     floor = settings.node.min_free_disk_mb * 1024 * 1024
-    database = _open(settings, read_only=True)
+    database = open_worklist(settings, read_only=True)
     with database.read_only() as session:
         counts = worklist.state_counts(session)
         recent = worklist.recent_instances(session, limit=5)
@@ -424,23 +424,6 @@ def _free_bytes(path: Path) -> int:
 def _spool_usage(spool: Spool) -> tuple[int, int]:
     files = [p for p in spool.root.rglob("*.dcm") if p.is_file()] if spool.root.is_dir() else []
     return sum(p.stat().st_size for p in files), len(files)
-
-
-def _open(settings: Settings, read_only: bool = False) -> Database:
-    """The work list; `read_only`: no migration and nothing created (empty if there is none)."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from storage.db import NoSchemaError, open_database, open_read_only
-
-    try:
-        if read_only:
-            return open_read_only(settings.database_url)
-        return open_database(settings.database_url)
-    except NoSchemaError:
-        # the node never ran here: show an empty work list, create nothing on disk
-        return open_database("sqlite://")
-    except SQLAlchemyError as exc:
-        raise CliError(f"cannot open the database {_safe_url(settings)}: {exc}") from None
 
 
 def _parse_state(state: str | None) -> StudyState | None:

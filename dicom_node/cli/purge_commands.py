@@ -16,11 +16,11 @@ from dicom_node.cli.common import (
     ConfigOption,
     JsonOption,
     console,
+    open_worklist,
     print_json,
     settings_from,
     user_errors,
 )
-from dicom_node.cli.node_commands import _open
 
 
 @app.command()
@@ -36,7 +36,7 @@ def purge(
 
     with user_errors():
         settings = settings_from(config)
-        database = _open(settings)
+        database = open_worklist(settings)
         try:
             report = Retention.for_settings(settings, database, lambda: datetime.now(UTC)).run(
                 dry_run=dry_run)

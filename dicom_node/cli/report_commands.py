@@ -19,6 +19,7 @@ from dicom_node.cli.common import (
     ConfigOption,
     JsonOption,
     console,
+    open_worklist,
     print_json,
     print_table,
     settings_from,
@@ -28,7 +29,6 @@ from dicom_node.settings import Settings
 
 if TYPE_CHECKING:
     from storage import outbound
-    from storage.db import Database
     from storage.models import OutboundState
 
 outbound_app = typer.Typer(help="Deliveries of SRs and summary images.", no_args_is_help=True)
@@ -65,7 +65,7 @@ def worker(
     with user_errors():
         settings = settings_from(config)
         configure_logging(settings.logging)
-        database = _open(settings)
+        database = open_worklist(settings)
         outbox = outbox_for(settings)
         outbox.prepare()
         sender = make_sender(settings, database, _now) if send else None
@@ -136,7 +136,7 @@ def outbound_list(
     from storage.models import OutboundState
     with user_errors():
         wanted = _parse_state(state)
-        database = _open(settings_from(config), read_only=True)
+        database = open_worklist(settings_from(config), read_only=True)
         with database.read_only() as session:
             rows = outbound.list_deliveries(session, wanted, limit)
         database.dispose()
@@ -191,7 +191,7 @@ def outbound_retry(
     with user_errors():
         if not ids and not all_dead:
             raise CliError("name delivery ids or use --all-dead")
-        database = _open(settings_from(config))
+        database = open_worklist(settings_from(config))
         try:
             with database.sessions.begin() as session:
                 retried = outbound.retry(session, _now(), ids=ids or (), all_dead=all_dead)
@@ -219,7 +219,7 @@ def outbound_resend(
 
     with user_errors():
         settings = settings_from(config)
-        database = _open(settings)
+        database = open_worklist(settings)
         try:
             queued = destinations.resend(settings, database, study_uid, _now(),
                                          destination or ())
@@ -231,23 +231,6 @@ def outbound_resend(
         print_json({"queued": queued})
         return
     print_table(f"Queued again for study {study_uid}", ["id"], [[i] for i in queued])
-
-
-def _open(settings: Settings, read_only: bool = False) -> Database:
-    """The work list; `read_only`: no migration and nothing created (empty if there is none)."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from storage.db import NoSchemaError, open_database, open_read_only
-
-    try:
-        if read_only:
-            return open_read_only(settings.database_url)
-        return open_database(settings.database_url)
-    except NoSchemaError:
-        # the node never ran here: show an empty work list, create nothing on disk
-        return open_database("sqlite://")
-    except SQLAlchemyError as exc:
-        raise CliError(f"cannot open the database: {exc}") from None
 
 
 def _parse_state(state: str | None) -> OutboundState | None:
