@@ -3,6 +3,7 @@ a peer whose start-up fails leaves no process behind."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -30,8 +31,12 @@ def _processes_mentioning(text: str) -> list[int]:
 
 
 def _make_peers(*variables: str) -> subprocess.CompletedProcess[str]:
+    """`make peers` as a user types it: when the suite itself runs under `make test` (as CI
+    does), make's own variables are dropped so this is not a sub-make ("make[1]: ...")."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
     return subprocess.run(["make", "-s", "--no-print-directory", "peers", *variables],
-                          cwd=REPO_ROOT, capture_output=True, text=True, check=False, timeout=60)
+                          cwd=REPO_ROOT, capture_output=True, text=True, check=False, timeout=60,
+                          env=env)
 
 
 @pytest.mark.skipif(shutil.which("make") is None or shutil.which("dpkg-query") is None,
