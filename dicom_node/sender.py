@@ -419,9 +419,11 @@ class Sender:
         now = self.clock()
         if destination_states.record_success(session, destination.name, now,
                                              delivered=how == "C-STORE"):
-            made_due = outbound.make_due(session, destination.name, now)
+            outbound.make_due(session, destination.name, now)
+            counts = outbound.destination_counts(session).get(destination.name)
             log_event(LOG, "destination_up", destination=destination.name,
-                      called_ae=destination.ae_title, by=how, pending_made_due=made_due)
+                      called_ae=destination.ae_title, by=how,
+                      pending_now_due=counts.pending if counts else 0)
 
     def _destination_failed(self, destination: DestinationSettings, outcome: Outcome) -> None:
         status = (DestinationStatus.DOWN if outcome.verdict is Verdict.DOWN

@@ -239,7 +239,8 @@ def test_pacs_down_at_first_gets_every_object_exactly_once(tmp_path):
         assert orthanc.instance_count() == 2
         sent = Counter(e["sop_instance_uid"] for e in node.events("delivery_sent"))
         assert sorted(sent.values()) == [1, 1]  # each object acknowledged exactly once
-        assert [e["by"] for e in node.events("destination_up")] == ["C-ECHO"]
+        (up,) = node.events("destination_up")
+        assert (up["by"], up["pending_now_due"]) == ("C-ECHO", 2)  # the SR and the summary
         # the outage is told once per probe in the node's words, not in pynetdicom's as well
         assert "TCP Initialisation Error" not in node.log()
         assert "Association request failed" not in node.log()
