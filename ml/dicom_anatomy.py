@@ -20,13 +20,14 @@ from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 
+from ml.dicom_view import SNOMED_SCHEMES, first_code
+
 CHEST_TERMS = ("CHEST", "THORAX")
 _PROJECTION_WORDS = frozenset({
     "PA", "AP", "LAT", "LATERAL", "LL", "RL", "FRONTAL", "PORTABLE", "ERECT", "UPRIGHT",
     "SUPINE", "VIEW", "VIEWS", "1", "2",
 })
 _CHEST_CODES = frozenset({"816094009", "51185008", "43799004", "T-D3000", "T-D3200"})
-_SNOMED_SCHEMES = ("SCT", "SRT", "SNM3", "99SDM")
 
 
 @dataclass(frozen=True)
@@ -68,15 +69,10 @@ def body_part(ds: Dataset) -> RegionEvidence | None:
 
 
 def _anatomic_region(ds: Dataset) -> RegionEvidence | None:
-    items = ds.get("AnatomicRegionSequence")
-    if not items:
+    found = first_code(ds, "AnatomicRegionSequence")
+    if found is None:
         return None
-    item = items[0]
-    code = str(item.get("CodeValue", "") or "").strip()
-    scheme = str(item.get("CodingSchemeDesignator", "") or "").strip().upper()
-    meaning = str(item.get("CodeMeaning", "") or "").strip()
-    if not code and not meaning:
-        return None
-    chest = scheme in _SNOMED_SCHEMES and code in _CHEST_CODES
+    code, scheme, meaning = found
+    chest = scheme in SNOMED_SCHEMES and code in _CHEST_CODES
     shown = f"{meaning or 'code'} ({scheme or 'no scheme'} {code or 'missing'})"
     return RegionEvidence(chest, f"Anatomic Region Sequence {shown}", "anatomic_region")

@@ -45,7 +45,7 @@ _VIEW_CODES: dict[str, tuple[str, str]] = {
     "399260004": (LATERAL, "medial-lateral"),
     "R-10224": (LATERAL, "medial-lateral"),
 }
-_SNOMED_SCHEMES = ("SCT", "SRT", "SNM3", "99SDM")
+SNOMED_SCHEMES = ("SCT", "SRT", "SNM3", "99SDM")  # SNOMED CT and its older designators
 
 _FRONTAL_WORDS = frozenset({"PA", "AP", "FRONTAL", "POSTEROANTERIOR", "ANTEROPOSTERIOR"})
 _LATERAL_WORDS = frozenset({"LAT", "LATERAL", "LL", "RL", "LLAT", "RLAT", "LATERALMEDIAL"})
@@ -81,19 +81,30 @@ def infer_view(ds: Dataset) -> ViewEvidence | None:
 
 
 def _from_view_code(ds: Dataset) -> ViewEvidence | None:
-    items = ds.get("ViewCodeSequence")
+    found = first_code(ds, "ViewCodeSequence")
+    if found is None:
+        return None
+    code, scheme, meaning = found
+    known = _VIEW_CODES.get(code) if scheme in SNOMED_SCHEMES else None
+    if known is not None:
+        return ViewEvidence(known[0], f"View Code Sequence: {known[1]}", "view_code_sequence")
+    kind = _kind_of_text(meaning)
+    shown = meaning or f"code {code or 'missing'} ({scheme or 'no scheme'})"
+    return ViewEvidence(kind or OTHER, f"View Code Sequence: {shown}", "view_code_sequence")
+
+
+def first_code(ds: Dataset, keyword: str) -> tuple[str, str, str] | None:
+    """(Code Value, Coding Scheme Designator upper-cased, Code Meaning) of the first item of the
+    code sequence `keyword`, stripped; None when the sequence is absent, empty, or its item has
+    neither a code nor a meaning."""
+    items = ds.get(keyword)
     if not items:
         return None
     item = items[0]
     code = str(item.get("CodeValue", "") or "").strip()
     scheme = str(item.get("CodingSchemeDesignator", "") or "").strip().upper()
     meaning = str(item.get("CodeMeaning", "") or "").strip()
-    known = _VIEW_CODES.get(code) if scheme in _SNOMED_SCHEMES else None
-    if known is not None:
-        return ViewEvidence(known[0], f"View Code Sequence: {known[1]}", "view_code_sequence")
-    kind = _kind_of_text(meaning)
-    shown = meaning or f"code {code or 'missing'} ({scheme or 'no scheme'})"
-    return ViewEvidence(kind or OTHER, f"View Code Sequence: {shown}", "view_code_sequence")
+    return (code, scheme, meaning) if code or meaning else None
 
 
 def _from_patient_orientation(ds: Dataset) -> ViewEvidence | None:
