@@ -92,8 +92,9 @@ def resend(
     now: datetime,
     names: Sequence[str] = (),
 ) -> list[int]:
-    """Queue the study's current SR and summary again for the named destinations (default:
-    every configured one), as each destination's send_sr/send_summary allows. Even objects
+    """Queue the study's current SR, summary and text report again for the named destinations
+    (default: every configured one), as each destination's send_sr/send_summary/
+    send_text_report allows. Even objects
     a destination acknowledged go again: this is the explicit admin act. Returns the
     delivery ids queued; raises UnknownDestination or storage.outbound.OutboundError."""
     targets = [find(settings, n) for n in names] if names else list(settings.destinations)
@@ -106,4 +107,5 @@ def resend(
 
 def _kinds(destination: DestinationSettings) -> set[str]:
     return {kind for kind, on in (("sr", destination.send_sr),
-                                  ("summary", destination.send_summary)) if on}
+                                  ("summary", destination.send_summary),
+                                  ("text", destination.send_text_report)) if on}

@@ -114,6 +114,7 @@ class DestinationSettings:
     port: int
     send_sr: bool = True
     send_summary: bool = True
+    send_text_report: bool = True  # the text report SR (what OHIF and other viewers render)
     connect_timeout_seconds: float = 10
     network_timeout_seconds: float = 60
     dimse_timeout_seconds: float = 120

@@ -1,6 +1,6 @@
 """The inference worker: claims QUEUED studies, scores their eligible images, records a Result,
 writes the SR to the outbox and queues its deliveries (the sender starts on it at once), then
-does the same for the summary image and finishes the study.
+does the same for the summary image and the text report and finishes the study.
 
 Study-level probability: the mean (default) or max over the study's eligible frontal images of
 each image's probability, per finding (`[worker] study_aggregation`); every image's own scores
@@ -12,7 +12,7 @@ attempts + 1, not claimed again before a doubling `[worklist] retry_delay_second
 ends FAILED after `max_attempts`, or at once when retrying cannot help
 (`dicom_node.failures.is_permanent`: a build error, a spool file that is gone or is not DICOM).
 A study without any eligible image ends SKIPPED with the reasons and, with `[worker]
-report_skipped`, a "not analysed" SR and summary image for the same destinations; a later
+report_skipped`, a "not analysed" SR, summary image and text report for the same destinations; a later
 findings SR for the study names it as its predecessor.
 """
 
@@ -32,25 +32,28 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom import Dataset
-from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage
+from pydicom.uid import ComprehensiveSRStorage, EnhancedSRStorage, SecondaryCaptureImageStorage
 
 from dicom_node.assembler import Assembler
 from dicom_node.failures import describe, is_permanent
 from dicom_node.heartbeat import LOADED, LOADING, Heartbeat, model_failure
 from dicom_node.logs import log_event
-from dicom_node.reporting.content import AlgorithmInfo, FindingOutcome
+from dicom_node.reporting.content import AlgorithmInfo, FindingOutcome, ImageUse
 from dicom_node.reporting.evidence import tolerant_headers
 from dicom_node.reporting.outbox import (
     SR,
     SUMMARY,
+    TEXT,
     WrittenObject,
     write_not_analysed,
     write_sr,
     write_summary,
+    write_text_report,
 )
 from dicom_node.reporting.sr import PreviousReport
 from dicom_node.reporting.uids import (
     SUMMARY_SERIES_NUMBER,
+    TEXT_REPORT_SERIES_NUMBER,
     InstanceUids,
     ReportUids,
     ResultKey,
@@ -406,6 +409,7 @@ class Worker:
             self.outbox, evidence=tolerant_headers(evidence), reasons=[reason],
             algorithm=algorithm, uids=uids, node_uid=self.node_uid,
             previous=_previous_reports(previous), when=now, chest=any(map(states_chest, evidence)),
+            images=_image_uses(images), previous_text=_previous_text_reports(previous),
         )
         new = self._new_result(claimed, key, version, previous, algorithm, None, uids, [],
                                _image_records(images, [], np.empty((0, 0)), []))
@@ -460,9 +464,9 @@ class Worker:
         seconds: dict[str, float],
     ) -> WorkOutcome:
         """Record the result and send the SR first: its outbound row commits (and the sender is
-        woken) before the summary image is rendered, which follows in a second commit that also
-        finishes the study. A crash between the two leaves the study leased; whoever takes it
-        next finds the same inputs and `_redeliver` renders the missing summary image."""
+        woken) before the summary image and the text report are built, which follow in a second
+        commit that also finishes the study. A crash between the two leaves the study leased;
+        whoever takes it next finds the same inputs and `_redeliver` builds the missing ones."""
         catalogue, labels = model.catalogue, list(model.engine.labels)
         defaults = {f.label: f.default_threshold for f in catalogue.enabled()}
         with self.database.sessions.begin() as session:
@@ -499,9 +503,13 @@ class Worker:
         seconds["sr"], mark = time.perf_counter() - mark, time.perf_counter()
         log_event(LOG, "sr_queued", study_instance_uid=claimed.study_instance_uid,
                   sr_sop_instance_uid=uids.sr.sop_instance_uid, deliveries=queued)
+        uses = _image_uses(images)
         summary = write_summary(self.outbox, evidence=evidence, findings=findings,
-                                algorithm=algorithm, uids=uids.summary, when=now)
-        state, more = self._finish(claimed, result_id, [summary])
+                                algorithm=algorithm, uids=uids.summary, when=now, images=uses)
+        text = write_text_report(self.outbox, evidence=evidence, findings=findings,
+                                 algorithm=algorithm, uids=uids.text, node_uid=self.node_uid,
+                                 previous=_previous_text_reports(previous), when=now, images=uses)
+        state, more = self._finish(claimed, result_id, [summary, text])
         seconds["summary"] = time.perf_counter() - mark
         self.on_findings(findings)
         log_event(LOG, "study_reported", study_instance_uid=claimed.study_instance_uid,
@@ -547,6 +555,8 @@ class Worker:
             sr_sop_instance_uid=uids.sr.sop_instance_uid,
             summary_series_instance_uid=uids.summary.series_instance_uid,
             summary_sop_instance_uid=uids.summary.sop_instance_uid,
+            text_series_instance_uid=uids.text.series_instance_uid,
+            text_sop_instance_uid=uids.text.sop_instance_uid,
             findings=tuple(
                 results.FindingRecord(f.label, f.probability, f.threshold, f.present)
                 for f in findings
@@ -564,7 +574,8 @@ class Worker:
     ) -> WorkOutcome:
         """Nothing changed since the study's last result (same images, model and profile):
         finish with that result; destinations added since then get it queued, and a summary
-        image that a crash kept from being written is rendered now from the stored findings."""
+        image or text report that a crash kept from being written is built now from the stored
+        findings."""
         self._restore_summary(previous, evidence, algorithm, catalogue)
         objects = _stored_objects(self.outbox, previous)
         state, queued = self._finish(claimed, previous.id, objects)
@@ -579,19 +590,37 @@ class Worker:
         algorithm: AlgorithmInfo,
         catalogue: Any,
     ) -> None:
-        if self.outbox.exists(previous.study_instance_uid, previous.summary_sop_instance_uid):
+        study = previous.study_instance_uid
+        summary_missing = not self.outbox.exists(study, previous.summary_sop_instance_uid)
+        text_missing = bool(previous.text_sop_instance_uid) and not self.outbox.exists(
+            study, str(previous.text_sop_instance_uid))
+        if not (summary_missing or text_missing):
             return
         findings = [
             FindingOutcome.from_catalogue(catalogue.by_label(f.label), f.probability, f.threshold)
             for f in previous.findings
         ]
-        uids = InstanceUids(previous.summary_series_instance_uid,
-                            previous.summary_sop_instance_uid, SUMMARY_SERIES_NUMBER,
-                            previous.version)
-        write_summary(self.outbox, evidence=evidence, findings=findings, algorithm=algorithm,
-                      uids=uids, when=previous.created_at)
-        log_event(LOG, "summary_restored", study_instance_uid=previous.study_instance_uid,
-                  sop_instance_uid=previous.summary_sop_instance_uid, version=previous.version)
+        uses = _recorded_uses(previous, evidence)
+        if summary_missing:
+            uids = InstanceUids(previous.summary_series_instance_uid,
+                                previous.summary_sop_instance_uid, SUMMARY_SERIES_NUMBER,
+                                previous.version)
+            write_summary(self.outbox, evidence=evidence, findings=findings, algorithm=algorithm,
+                          uids=uids, when=previous.created_at, images=uses)
+            log_event(LOG, "summary_restored", study_instance_uid=study,
+                      sop_instance_uid=previous.summary_sop_instance_uid, version=previous.version)
+        if text_missing:
+            uids = InstanceUids(str(previous.text_series_instance_uid),
+                                str(previous.text_sop_instance_uid), TEXT_REPORT_SERIES_NUMBER,
+                                previous.version)
+            with self.database.sessions.begin() as session:
+                before = results.result_by_id(session, previous.supersedes_id)
+            write_text_report(self.outbox, evidence=evidence, findings=findings,
+                              algorithm=algorithm, uids=uids, node_uid=self.node_uid,
+                              previous=_previous_text_reports(before), when=previous.created_at,
+                              images=uses)
+            log_event(LOG, "text_report_restored", study_instance_uid=study,
+                      sop_instance_uid=previous.text_sop_instance_uid, version=previous.version)
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -604,6 +633,8 @@ class Worker:
             clinical_use=settings.clinical_use,
             caveat=settings.caveat,
             catalogue_version=model.catalogue.version,
+            aggregation=self.settings.worker.study_aggregation,
+            conversion=settings.dicom_conversion,
         )
 
     def _key(
@@ -650,11 +681,20 @@ class Worker:
 
 
 def _wants(destination: DestinationSettings, kind: str) -> bool:
-    return destination.send_sr if kind == SR else destination.send_summary
+    wanted = {SR: destination.send_sr, SUMMARY: destination.send_summary,
+              TEXT: destination.send_text_report}
+    return wanted[kind]
 
 
 def _stored_objects(outbox: Spool, previous: results.ResultView) -> list[WrittenObject]:
-    """The SR and summary image of a stored result, as written to the outbox."""
+    """The SR, summary image and (when it has one) text report of a stored result, as written
+    to the outbox."""
+    text = []
+    if previous.text_series_instance_uid and previous.text_sop_instance_uid:
+        text = [WrittenObject(TEXT, previous.study_instance_uid, previous.text_series_instance_uid,
+                              previous.text_sop_instance_uid, EnhancedSRStorage,
+                              outbox.relative_path(previous.study_instance_uid,
+                                                   previous.text_sop_instance_uid))]
     return [
         WrittenObject(SR, previous.study_instance_uid, previous.sr_series_instance_uid,
                       previous.sr_sop_instance_uid, ComprehensiveSRStorage,
@@ -665,6 +705,7 @@ def _stored_objects(outbox: Spool, previous: results.ResultView) -> list[Written
                       SecondaryCaptureImageStorage,
                       outbox.relative_path(previous.study_instance_uid,
                                            previous.summary_sop_instance_uid)),
+        *text,
     ]
 
 
@@ -693,6 +734,31 @@ def _previous_reports(previous: results.ResultView | None) -> list[PreviousRepor
             previous.sr_sop_instance_uid,
         )
     ]
+
+
+def _previous_text_reports(previous: results.ResultView | None) -> list[PreviousReport]:
+    """The text report a new one supersedes: the previous result's (none before it existed)."""
+    if previous is None or not previous.text_sop_instance_uid:
+        return []
+    return [PreviousReport(previous.study_instance_uid, str(previous.text_series_instance_uid),
+                           previous.text_sop_instance_uid, EnhancedSRStorage)]
+
+
+def _image_uses(images: Sequence[_Image]) -> list[ImageUse]:
+    """How the reports name the study's images: scored, or left out and why."""
+    return [ImageUse(image.sop_instance_uid, image.reason is None, image.reason,
+                     _view(image.dataset)) for image in images]
+
+
+def _recorded_uses(previous: results.ResultView, evidence: Sequence[Dataset]) -> list[ImageUse]:
+    """`_image_uses` from a stored result (views only known for the scored images' headers)."""
+    views = {str(ds.SOPInstanceUID): _view(ds) for ds in evidence}
+    return [ImageUse(i.sop_instance_uid, i.eligible, i.reason, views.get(i.sop_instance_uid, ""))
+            for i in previous.images]
+
+
+def _view(ds: Dataset | None) -> str:
+    return "" if ds is None else str(ds.get("ViewPosition", "") or "").strip()
 
 
 def _skip_reason(images: Sequence[_Image]) -> str:

@@ -194,6 +194,9 @@ class Result(Base):
     sr_sop_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH), unique=True)
     summary_series_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
     summary_sop_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH), unique=True)
+    # The text report (migration 0011_text_report); None for results made before it existed.
+    text_series_instance_uid: Mapped[str | None] = mapped_column(String(UID_LENGTH))
+    text_sop_instance_uid: Mapped[str | None] = mapped_column(String(UID_LENGTH), unique=True)
 
     findings: Mapped[list[ResultFinding]] = relationship(
         order_by="ResultFinding.position", passive_deletes=True
@@ -241,7 +244,7 @@ class Outbound(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     result_id: Mapped[int] = mapped_column(ForeignKey("result.id", ondelete="CASCADE"), index=True)
     destination: Mapped[str] = mapped_column(String(64))
-    kind: Mapped[str] = mapped_column(String(16))  # sr | summary
+    kind: Mapped[str] = mapped_column(String(16))  # sr | summary | text
     study_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
     sop_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
     sop_class_uid: Mapped[str] = mapped_column(String(UID_LENGTH))

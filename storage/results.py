@@ -59,6 +59,8 @@ class NewResult:
     summary_sop_instance_uid: str
     findings: tuple[FindingRecord, ...]
     images: tuple[ImageRecord, ...]
+    text_series_instance_uid: str | None = None  # the text report; None: none was made
+    text_sop_instance_uid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,8 @@ class ResultView:
     summary_sop_instance_uid: str
     findings: tuple[FindingRecord, ...]
     images: tuple[ImageRecord, ...]
+    text_series_instance_uid: str | None = None  # the text report; None: none was made
+    text_sop_instance_uid: str | None = None
 
     @property
     def analysed(self) -> bool:
@@ -110,6 +114,8 @@ def add_result(session: Session, new: NewResult, now: datetime) -> int:
         sr_sop_instance_uid=new.sr_sop_instance_uid,
         summary_series_instance_uid=new.summary_series_instance_uid,
         summary_sop_instance_uid=new.summary_sop_instance_uid,
+        text_series_instance_uid=new.text_series_instance_uid,
+        text_sop_instance_uid=new.text_sop_instance_uid,
     )
     session.add(row)
     session.flush()
@@ -138,6 +144,12 @@ def latest_result(session: Session, study_id: int) -> ResultView | None:
     row = session.scalars(
         select(Result).where(Result.study_id == study_id).order_by(Result.version.desc()).limit(1)
     ).first()
+    return None if row is None else _view(row)
+
+
+def result_by_id(session: Session, result_id: int | None) -> ResultView | None:
+    """The result with this id (None for None or an id that is not there)."""
+    row = None if result_id is None else session.get(Result, result_id)
     return None if row is None else _view(row)
 
 
@@ -187,6 +199,8 @@ def _view(row: Result) -> ResultView:
             )
             for s in row.image_scores
         ),
+        text_series_instance_uid=row.text_series_instance_uid,
+        text_sop_instance_uid=row.text_sop_instance_uid,
     )
 
 

@@ -189,18 +189,18 @@ class StudyFiles:
 
 
 def study_files(session: Session, study_id: int, study_instance_uid: str) -> StudyFiles:
-    """The files a study's rows point at: its instances in the spool, and every result's SR and
-    summary image in the outbox (`<study>/<sop>.dcm`, queued or not)."""
+    """The files a study's rows point at: its instances in the spool, and every result's SR,
+    summary image and text report in the outbox (`<study>/<sop>.dcm`, queued or not)."""
     spool = session.scalars(
         select(Instance.spool_path).where(Instance.study_id == study_id).order_by(Instance.id)
     ).all()
     outbox: dict[str, None] = {}
-    for sr, summary in session.execute(
-        select(Result.sr_sop_instance_uid, Result.summary_sop_instance_uid)
+    for sops in session.execute(
+        select(Result.sr_sop_instance_uid, Result.summary_sop_instance_uid,
+               Result.text_sop_instance_uid)
         .where(Result.study_id == study_id).order_by(Result.id)
     ):
-        outbox |= {f"{study_instance_uid}/{sr}.dcm": None,
-                   f"{study_instance_uid}/{summary}.dcm": None}
+        outbox |= {f"{study_instance_uid}/{sop}.dcm": None for sop in sops if sop}
     outbox |= dict.fromkeys(session.scalars(
         select(Outbound.file_path).join(Result, Result.id == Outbound.result_id)
         .where(Result.study_id == study_id)

@@ -78,6 +78,8 @@ def algorithm(*, clinical_use: bool = False, profile: str = "v3") -> AlgorithmIn
         profile=profile,
         clinical_use=clinical_use,
         catalogue_version="cat0001",
+        aggregation="mean",
+        conversion="equalize",
     )
 
 

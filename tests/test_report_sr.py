@@ -112,7 +112,17 @@ def test_algorithm_identification_names_checkpoints_threshold_and_profile(saved)
     parameters = [text for code, text in items if code == "111002"]
     assert "threshold=0.430;profile=v3" in parameters
     assert f"checkpoint_sha256={'a1' * 32}" in parameters
-    assert any("not calibrated probabilities" in p for p in parameters)
+    assert "study_aggregation=mean" in parameters
+    assert "dicom_conversion=equalize" in parameters  # moves scores by up to 0.12
+    # The coded concept stays "Certainty of Finding"; the parameters say what it really holds.
+    assert any("uncalibrated CheXzero score" in p and "not a probability" in p
+               for p in parameters)
+
+
+def test_series_and_content_carry_the_result_time(saved):
+    sr = pydicom.dcmread(saved)
+    assert (sr.SeriesDate, sr.SeriesTime) == ("20240301", "093000")
+    assert (sr.ContentDate, sr.ContentTime) == ("20240301", "093000")
 
 
 def test_rebuilding_the_same_result_gives_the_same_instance(evidence):

@@ -1,9 +1,13 @@
-"""What a report says, independent of how it is encoded: the findings of one result and the
-algorithm that produced them. The SR and the summary image are both built from these."""
+"""What a report says, independent of how it is encoded: the findings of one result, the
+algorithm that produced them and which images it scored. The findings SR, the text report and
+the summary image are all built from these, and share the sentences below so that they say the
+same thing in the same words."""
 
 from __future__ import annotations
 
+import datetime
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -12,9 +16,15 @@ from pydicom.sr.coding import Code
 
 DEFAULT_CAVEAT = "NOT FOR CLINICAL USE — demo model trained on synthetic data"
 SCORE_NOTE = (
-    "scores are a softmax over a positive/negative prompt pair per finding, "
-    "not calibrated probabilities"
+    "uncalibrated CheXzero scores (a softmax over a positive/negative prompt pair per "
+    "finding), not probabilities"
 )
+# The DICOM -> 8-bit conversions of ml.dicom_image (`[model] dicom_conversion`), as reports name
+# them; switching between them moves scores by up to 0.12, so every report says which was used.
+CONVERSIONS = {
+    "equalize": "histogram equalisation (as MIMIC-CXR-JPG)",
+    "voi": "the image's own VOI LUT / window",
+}
 PRIVATE_SCHEME = "99DCMNODE"
 MANUFACTURER = "dicom-node"
 
@@ -56,11 +66,82 @@ class AlgorithmInfo:
     clinical_use: bool
     caveat: str = DEFAULT_CAVEAT
     catalogue_version: str = ""
+    aggregation: str = ""  # image -> study rule: mean | max ("" when not known)
+    conversion: str = ""  # DICOM -> 8-bit: equalize | voi ("" when not known)
 
     @property
     def version(self) -> str:
         """Short checkpoint hashes, ensemble members joined by '+'."""
         return "+".join(sha[:12] for sha in self.checkpoint_sha256s)
+
+
+@dataclass(frozen=True)
+class ImageUse:
+    """One image of the study as a report names it: scored, or left out and why (`reason`, a
+    sentence from ml.dicom_image). `view`: its ViewPosition ("" when not stated)."""
+
+    sop_instance_uid: str
+    scored: bool
+    reason: str | None = None
+    view: str = ""
+
+
+def ordered(findings: Sequence[FindingOutcome]) -> list[FindingOutcome]:
+    """Findings called present first, each group in catalogue order (the order given)."""
+    return [f for f in findings if f.present] + [f for f in findings if not f.present]
+
+
+def finding_line(finding: FindingOutcome) -> str:
+    """"Pleural Effusion: PRESENT, score 0.71, threshold 0.55" (two decimals, as 0..1)."""
+    decision = "PRESENT" if finding.present else "absent"
+    return (f"{finding.label}: {decision}, score {finding.probability:.2f}, "
+            f"threshold {finding.threshold:.2f}")
+
+
+def images_line(images: Sequence[ImageUse]) -> str:
+    """"1 of 2 images scored (PA); not used: lateral view (...)" for the images of a result."""
+    scored = [image for image in images if image.scored]
+    views = sorted({image.view for image in scored if image.view})
+    line = f"{len(scored)} of {len(images)} image{'s' if len(images) != 1 else ''} scored"
+    if views:
+        line += f" ({', '.join(views)})"
+    reasons = Counter(image.reason or "not scored" for image in images if not image.scored)
+    if reasons:
+        line += "; not used: " + "; ".join(
+            f"{reason} (x{n})" if n > 1 else reason for reason, n in reasons.items()
+        )
+    return line
+
+
+def aggregation_line(rule: str, scored: int) -> str:
+    """How image scores became the study's score, e.g. "study score = mean over 2 images"."""
+    if scored == 1:
+        return "study score = the score of the one scored image"
+    if rule in ("mean", "max"):
+        return f"study score = {rule} of the scores of the {scored} scored images"
+    return ""
+
+
+def conversion_line(conversion: str) -> str:
+    """"DICOM to 8-bit: equalize (histogram equalisation ...)" or "" when not known."""
+    if not conversion:
+        return ""
+    return f"DICOM to 8-bit: {conversion} ({CONVERSIONS.get(conversion, 'as configured')})"
+
+
+def analysis_time(when: datetime.datetime) -> str:
+    """"2024-03-01 09:30 UTC" (a naive time is taken as UTC, as the node's clock is)."""
+    aware = when if when.tzinfo else when.replace(tzinfo=datetime.UTC)
+    return aware.astimezone(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def images_of(evidence: Sequence[Any], images: Sequence[ImageUse]) -> list[ImageUse]:
+    """`images` when given, else every evidence image as scored (a result made without the
+    left-out images' names)."""
+    if images:
+        return list(images)
+    return [ImageUse(str(ds.SOPInstanceUID), True, None, str(ds.get("ViewPosition", "") or ""))
+            for ds in evidence]
 
 
 def check_findings(findings: Sequence[FindingOutcome]) -> None:

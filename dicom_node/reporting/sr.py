@@ -24,7 +24,6 @@ from dicom_node.logs import log_event
 from dicom_node.reporting.content import (
     MANUFACTURER,
     PRIVATE_SCHEME,
-    SCORE_NOTE,
     AlgorithmInfo,
     FindingOutcome,
     check_algorithm,
@@ -43,7 +42,12 @@ ENGLISH = hd.sr.CodedConcept("en-US", "RFC5646", "English (United States)")  # a
 XR_CHEST_SINGLE_VIEW = Code("36554-4", "LN", "XR Chest Single view")
 XR_CHEST_TWO_VIEWS = Code("36643-5", "LN", "XR Chest 2 Views")
 CHARACTER_SET = "ISO_IR 192"  # UTF-8: the caveat text is not Latin-1
-
+# DICOM has no concept for an uncalibrated score; the coded "Certainty of Finding" is kept (it is
+# what readers look for) and this parameter says what its value really is.
+CERTAINTY_NOTE = (
+    "Certainty of Finding holds an uncalibrated CheXzero score (a softmax over a "
+    "positive/negative prompt pair per finding), not a probability"
+)
 
 
 @dataclass(frozen=True)
@@ -152,10 +156,14 @@ def _document(
     uids: InstanceUids,
     previous: Sequence[PreviousReport],
     content_datetime: datetime.datetime | None,
+    *,
+    sr_class: type[hd.sr.ComprehensiveSR | hd.sr.EnhancedSR] = hd.sr.ComprehensiveSR,
+    series_description: str | None = None,
 ) -> Dataset:
-    """Wrap `root` in the Comprehensive SR document both kinds of result use."""
+    """Wrap `root` in an SR document (Comprehensive for the findings SR, Enhanced for the text
+    report) with the result's time as Content, Series and Instance Creation Date/Time."""
     when = content_datetime or datetime.datetime.now(datetime.UTC)
-    sr = hd.sr.ComprehensiveSR(
+    sr = sr_class(
         evidence=headers,
         content=_without_children(root),
         series_instance_uid=uids.series_instance_uid,
@@ -168,7 +176,7 @@ def _document(
         is_complete=True,
         is_final=False,
         is_verified=False,
-        series_description=_series_description(algorithm),
+        series_description=series_description or _series_description(algorithm),
         content_qualification="PRODUCT" if algorithm.clinical_use else "RESEARCH",
         coding_schemes=[
             CodingSchemeIdentificationItem(
@@ -202,9 +210,12 @@ def _without_children(root: Dataset) -> Dataset:
 
 
 def _pin_timestamps(sr: Dataset, when: datetime.datetime) -> None:
-    """highdicom stamps creation times with the wall clock; use the result's time instead."""
+    """highdicom stamps creation times with the wall clock; use the result's time instead. The
+    series gets it too (archives file a series without Series Date under an unknown date)."""
     sr.InstanceCreationDate = when.strftime("%Y%m%d")
     sr.InstanceCreationTime = when.strftime("%H%M%S")
+    sr.SeriesDate = sr.InstanceCreationDate
+    sr.SeriesTime = sr.InstanceCreationTime
     for item in sr.get("ContributingEquipmentSequence", []):
         if "ContributionDateTime" in item:
             item.ContributionDateTime = when.strftime("%Y%m%d%H%M%S")
@@ -278,7 +289,11 @@ def _algorithm_id(finding: FindingOutcome, algorithm: AlgorithmInfo) -> hd.sr.Al
     parameters += [f"checkpoint_sha256={sha}" for sha in algorithm.checkpoint_sha256s]
     if algorithm.catalogue_version:
         parameters.append(f"catalogue={algorithm.catalogue_version}")
-    parameters.append(SCORE_NOTE)
+    if algorithm.aggregation:
+        parameters.append(f"study_aggregation={algorithm.aggregation}")
+    if algorithm.conversion:
+        parameters.append(f"dicom_conversion={algorithm.conversion}")
+    parameters.append(CERTAINTY_NOTE)
     return hd.sr.AlgorithmIdentification(
         name=algorithm.name,
         version=algorithm.version,

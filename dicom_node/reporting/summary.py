@@ -21,9 +21,16 @@ from dicom_node.reporting.content import (
     SCORE_NOTE,
     AlgorithmInfo,
     FindingOutcome,
+    ImageUse,
+    aggregation_line,
+    analysis_time,
     check_algorithm,
     check_findings,
+    conversion_line,
+    images_line,
+    images_of,
     not_analysed_text,
+    ordered,
 )
 from dicom_node.reporting.evidence import tolerant_headers
 from dicom_node.reporting.uids import InstanceUids
@@ -66,14 +73,20 @@ def _fonts() -> _Fonts:
     )
 
 
-def render_summary(findings: Sequence[FindingOutcome], algorithm: AlgorithmInfo) -> np.ndarray:
-    """The findings table as a 2-D uint8 array (white on black)."""
+def render_summary(
+    findings: Sequence[FindingOutcome],
+    algorithm: AlgorithmInfo,
+    images: Sequence[ImageUse] = (),
+    when: datetime.datetime | None = None,
+) -> np.ndarray:
+    """The findings table as a 2-D uint8 array (white on black): present findings first, then
+    the model, what the scores are, which `images` were scored (and why others were not), the
+    aggregation rule, the DICOM to 8-bit conversion and the analysis time (`when`)."""
     check_findings(findings)
     check_algorithm(algorithm)
     fonts = _fonts()
     caveat_lines = [] if algorithm.clinical_use else _wrap(algorithm.caveat, fonts.caveat)
-    notes = [f"Model {algorithm.name} ({algorithm.version}), threshold profile {algorithm.profile}"]
-    notes += _wrap(f"Probability: {SCORE_NOTE}.", fonts.small)
+    notes = _notes(algorithm, images, when, fonts)
     height = MARGIN * 2 + 130 + 70 * len(caveat_lines) + ROW_HEIGHT * (len(findings) + 1)
     height += 30 + 45 * len(notes)
     image = Image.new("L", (WIDTH, height), 0)
@@ -85,14 +98,30 @@ def render_summary(findings: Sequence[FindingOutcome], algorithm: AlgorithmInfo)
         draw.rectangle((MARGIN - 10, y - 6, WIDTH - MARGIN + 10, y + 64), fill=255)
         draw.text((MARGIN, y), line, font=fonts.caveat, fill=0)
         y += 70
-    y = _draw_table(draw, fonts, findings, y + 40) + 30
+    y = _draw_table(draw, fonts, ordered(findings), y + 40) + 30
     for line in notes:
         draw.text((MARGIN, y), line, font=fonts.small, fill=200)
         y += 45
     return np.asarray(image, dtype=np.uint8)
 
 
-_COLUMNS = (("Finding", 0), ("Probability", 640), ("Threshold", 900), ("Decision", 1160))
+def _notes(algorithm: AlgorithmInfo, images: Sequence[ImageUse],
+           when: datetime.datetime | None, fonts: _Fonts) -> list[str]:
+    scored = sum(image.scored for image in images)
+    sentences = [
+        f"Model {algorithm.name} ({algorithm.version}), threshold profile {algorithm.profile}",
+        f"Score: {SCORE_NOTE}",
+    ]
+    if images:
+        sentences.append(images_line(images))
+    sentences.append(aggregation_line(algorithm.aggregation, scored) if images else "")
+    sentences.append(conversion_line(algorithm.conversion))
+    if when is not None:
+        sentences.append(f"Analysed {analysis_time(when)}")
+    return [line for sentence in sentences if sentence for line in _wrap(sentence, fonts.small)]
+
+
+_COLUMNS = (("Finding", 0), ("Score", 640), ("Threshold", 900), ("Decision", 1160))
 
 
 def _draw_table(draw: ImageDraw.ImageDraw, fonts: _Fonts, findings: Sequence[FindingOutcome],
@@ -105,7 +134,7 @@ def _draw_table(draw: ImageDraw.ImageDraw, fonts: _Fonts, findings: Sequence[Fin
     for f in findings:
         font = fonts.bold if f.present else fonts.body
         fill = 255 if f.present else 190
-        cells = (f.label, f"{f.probability * 100:.1f} %", f"{f.threshold * 100:.1f} %",
+        cells = (f.label, f"{f.probability:.2f}", f"{f.threshold:.2f}",
                  "PRESENT" if f.present else "absent")
         for (_, x), text in zip(_COLUMNS, cells):
             draw.text((MARGIN + x, y + 8), text, font=font, fill=fill)
@@ -132,10 +161,13 @@ def build_summary_sc(
     algorithm: AlgorithmInfo,
     uids: InstanceUids,
     content_datetime: datetime.datetime | None = None,
+    images: Sequence[ImageUse] = (),
 ) -> Dataset:
-    """A Secondary Capture Image Storage instance showing the findings table."""
-    pixels = render_summary(findings, algorithm)
-    return _secondary_capture(evidence, pixels, algorithm, uids, content_datetime,
+    """A Secondary Capture Image Storage instance showing the findings table. `images`: every
+    image of the study, scored or not (default: the evidence, all scored)."""
+    when = content_datetime or datetime.datetime.now(datetime.UTC)
+    pixels = render_summary(findings, algorithm, images_of(evidence, images), when)
+    return _secondary_capture(evidence, pixels, algorithm, uids, when,
                               "Table of AI findings rendered from the findings SR")
 
 
@@ -237,6 +269,8 @@ def _add_series_and_equipment(ds: Dataset, uids: InstanceUids, algorithm: Algori
     ds.ContentTime = when.strftime("%H%M%S")
     ds.InstanceCreationDate = ds.ContentDate
     ds.InstanceCreationTime = ds.ContentTime
+    ds.SeriesDate = ds.ContentDate  # else archives file the series under an unknown date
+    ds.SeriesTime = ds.ContentTime
 
 
 def _add_image(ds: Dataset, pixels: np.ndarray, evidence: Sequence[Dataset],

@@ -2,8 +2,8 @@
 
 A result is identified by what produced it: the study, the model (name, checkpoint hashes,
 findings catalogue, image-to-study aggregation), the threshold profile, the exact set of input
-instances and the SR it supersedes. Every UID of the SR and of the summary
-image is a name-based UUID (ISO/IEC 9834-8 `2.25.` form) of that identity, so building the
+instances and the SR it supersedes. Every UID of the SR, of the summary image and of
+the text report is a name-based UUID (ISO/IEC 9834-8 `2.25.` form) of that identity, so building the
 report again for the same result gives the same instances, and a re-delivery is a duplicate
 the PACS recognises rather than a second report.
 
@@ -25,6 +25,7 @@ _NAMESPACE = uuid.UUID("b083782e-b5a0-474d-baa4-c9864ef999c7")
 
 SR_SERIES_NUMBER = 9901
 SUMMARY_SERIES_NUMBER = 9902
+TEXT_REPORT_SERIES_NUMBER = 9903
 
 
 def derived_uid(*parts: str) -> str:
@@ -120,10 +121,11 @@ class ReportUids:
     sr: InstanceUids
     summary: InstanceUids
     tracking: Mapping[str, str]  # finding label -> tracking UID
+    text: InstanceUids
 
 
 def report_uids(key: ResultKey, *, version: int, labels: Sequence[str]) -> ReportUids:
-    """UIDs for the SR and the summary image of one result; `version` is 1 for a study's first
+    """UIDs for the SR, the summary image and the text report of one result; `version` is 1 for a study's first
     result and counts up with each superseding one (it becomes the instance number)."""
     if version < 1:
         raise ValueError(f"version: must be >= 1, got {version}")
@@ -143,4 +145,15 @@ def report_uids(key: ResultKey, *, version: int, labels: Sequence[str]) -> Repor
             instance_number=version,
         ),
         tracking={label: derived_uid("tracking", study, model, label) for label in labels},
+        text=text_report_uids(key, version=version),
+    )
+
+
+def text_report_uids(key: ResultKey, *, version: int) -> InstanceUids:
+    """The text report's UIDs: a pure function of the result key, like the other objects'."""
+    return InstanceUids(
+        series_instance_uid=derived_uid("text-series", key.study_instance_uid, key.model_name),
+        sop_instance_uid=derived_uid("text-instance", key.digest()),
+        series_number=TEXT_REPORT_SERIES_NUMBER,
+        instance_number=version,
     )
