@@ -4,12 +4,19 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# The real peers of the integration tests (dcmtk, Orthanc, dicom3tools) and the summary's font.
-DEBIAN_PEERS ?= dcmtk orthanc orthanc-dicomweb dicom3tools fonts-dejavu-core
+# The real peers of the integration tests (dcmtk, Orthanc, dicom3tools), the summary's font, and
+# chromium for the OHIF viewer test (driven by Playwright). npm (fetches the viewer) is checked
+# by `make ohif` instead: a NodeSource nodejs already brings it, and Debian's npm conflicts.
+DEBIAN_PEERS ?= dcmtk orthanc orthanc-dicomweb dicom3tools fonts-dejavu-core chromium
 # yes: install missing peers with apt-get; no: only name them. Default: yes when root.
 INSTALL_PEERS ?= $(if $(filter 0,$(shell id -u)),yes,no)
 
-.PHONY: run test lint clean peers
+# OHIF v3's prebuilt viewer for tests/test_e2e_ohif.py: the npm package's dist/, unpacked into
+# an ignored cache folder once per version (50 MB download, 200 MB unpacked).
+OHIF_VERSION ?= 3.13.2
+OHIF_DIR := .cache/ohif/$(OHIF_VERSION)
+
+.PHONY: run test lint clean peers ohif
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -38,7 +45,20 @@ peers:
 run: $(STAMP)
 	$(VENV)/bin/dicom-node serve
 
-test: peers $(STAMP)
+ohif: $(OHIF_DIR)/dist/index.html
+
+$(OHIF_DIR)/dist/index.html:
+	@command -v npm >/dev/null || [ "$(INSTALL_PEERS)" != yes ] \
+	  || { echo "make: installing Debian package: npm"; \
+	       DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null; }
+	@command -v npm >/dev/null || { echo "make: npm is needed to fetch the OHIF viewer;" \
+	  "install it with: sudo apt-get install -y npm" >&2; exit 1; }
+	rm -rf $(OHIF_DIR) && mkdir -p $(OHIF_DIR)
+	cd $(OHIF_DIR) && npm pack --silent @ohif/app@$(OHIF_VERSION) >/dev/null \
+	  && tar xzf ohif-app-$(OHIF_VERSION).tgz --strip-components=1 package/dist \
+	  && rm ohif-app-$(OHIF_VERSION).tgz
+
+test: peers $(STAMP) ohif
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -ra
 

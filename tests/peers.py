@@ -395,8 +395,10 @@ class OrthancPeer:
     http_port: int = field(default_factory=free_port)
     ae_title: str = "ORTHANC"
     process: subprocess.Popen[bytes] | None = None
+    dicomweb: bool = False  # load the Debian orthanc-dicomweb plugin (/dicom-web/)
 
     BINARY = "/usr/sbin/Orthanc"
+    DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 
     @property
     def url(self) -> str:
@@ -418,7 +420,7 @@ class OrthancPeer:
             "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False,
             "DicomCheckCalledAet": True,
-            "Plugins": [],
+            "Plugins": [self.DICOMWEB_PLUGIN] if self.dicomweb else [],
             "ConcurrentJobs": 1,
             "SaveJobs": False,
             "StorageCompression": False,
@@ -430,6 +432,8 @@ class OrthancPeer:
     def start(self) -> OrthancPeer:
         if not Path(self.BINARY).exists():
             raise RuntimeError("Orthanc is not installed (Debian package orthanc)")
+        if self.dicomweb and not Path(self.DICOMWEB_PLUGIN).exists():
+            raise RuntimeError("Orthanc's DICOMweb plugin is not installed (orthanc-dicomweb)")
         config = self.write_config()
         log = self.log_path.open("ab")
         self.process = _spawn(

@@ -223,11 +223,12 @@ def test_node_reports_a_study_whose_header_highdicom_refuses(tmp_path: Path):
         assert sent.returncode == 0, sent.stdout + sent.stderr
         node.wait_for_state(study.study, "DONE", timeout=120)
         outbox = node.data_dir / "outbox"
-        objects = node.wait_for(lambda: list(outbox.rglob("*.dcm"))[1:] and
-                                list(outbox.rglob("*.dcm")), "SR and summary in the outbox")
+        objects = node.wait_for(lambda: list(outbox.rglob("*.dcm"))[2:] and
+                                list(outbox.rglob("*.dcm")), "SR, summary, text in the outbox")
         classes = sorted(pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID.name
                          for p in objects)
-        assert classes == ["Comprehensive SR Storage", "Secondary Capture Image Storage"]
+        assert classes == ["Comprehensive SR Storage", "Enhanced SR Storage",
+                           "Secondary Capture Image Storage"]
         node.wait_for(lambda: node.events("python_warning"), "the highdicom warning", 30)
     finally:
         node.stop()

@@ -145,8 +145,9 @@ def test_study_is_scored_reported_and_queued_per_destination(node, model):
     assert set(scored[pa.SOPInstanceUID].scores) == set(model.engine.labels)
     assert (result.profile_version, result.aggregation, result.model_name) == (1, "mean", "tiny-test")
     kinds = sorted((d.destination, d.kind) for d in node.deliveries())
-    assert kinds == [("archive", "sr"), ("pacs", "sr"), ("pacs", "summary")]
-    assert node.woken == 2  # once for the SR, once more for the summary image that follows
+    assert kinds == [("archive", "sr"), ("archive", "text"), ("pacs", "sr"), ("pacs", "summary"),
+                     ("pacs", "text")]
+    assert node.woken == 2  # once for the SR, once more for the summary and text report
 
 
 def test_sr_in_the_outbox_holds_the_stored_result(node):
@@ -240,7 +241,14 @@ def test_late_instance_makes_a_new_sr_that_supersedes_the_first(node):
     assert predecessor.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == (
         first.sr_sop_instance_uid)
     assert sr.InstanceNumber == 2
-    assert len(node.deliveries()) == 6  # 3 objects x destination choices, per version
+    assert len(node.deliveries()) == 10  # 5 (object, destination) pairs per version
+    text = pydicom.dcmread(node.outbox.absolute(
+        node.outbox.relative_path(study.study, second.text_sop_instance_uid)))
+    predecessor = text.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0]
+    assert predecessor.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == (
+        first.text_sop_instance_uid)
+    assert text.SeriesInstanceUID == first.text_series_instance_uid
+    assert text.InstanceNumber == 2
 
 
 def test_late_ineligible_instance_changes_nothing_and_sends_nothing_twice(node):
@@ -251,7 +259,7 @@ def test_late_ineligible_instance_changes_nothing_and_sends_nothing_twice(node):
     outcome = node.process()
     assert (outcome.state, outcome.version) == (StudyState.DONE, 1)
     assert len(node.results(study.study)) == 1
-    assert len(node.deliveries()) == 3
+    assert len(node.deliveries()) == 5
 
 
 def test_summary_image_lost_after_the_sr_was_queued_is_rendered_on_the_retry(node, monkeypatch):
@@ -270,11 +278,42 @@ def test_summary_image_lost_after_the_sr_was_queued_is_rendered_on_the_retry(nod
     assert node.process().state is StudyState.DONE
     (result,) = node.results(study.study)
     kinds = sorted((d.destination, d.kind) for d in node.deliveries())
-    assert kinds == [("archive", "sr"), ("pacs", "sr"), ("pacs", "summary")]
+    assert kinds == [("archive", "sr"), ("archive", "text"), ("pacs", "sr"), ("pacs", "summary"),
+                     ("pacs", "text")]
     summary = pydicom.dcmread(node.outbox.absolute(
         node.outbox.relative_path(study.study, result.summary_sop_instance_uid)))
     assert summary.SeriesInstanceUID == result.summary_series_instance_uid
     assert summary.InstanceNumber == 1 and summary.Rows > 0
+
+
+def test_text_report_names_every_finding_and_the_image_left_out(node):
+    study = StudyUids()
+    node.receive(make_radiograph(view="PA", study=study, seed=1),
+                 make_radiograph(view="LL", study=study, seed=2, instance_number=2))
+    node.process()
+    (result,) = node.results(study.study)
+    text = pydicom.dcmread(node.outbox.absolute(
+        node.outbox.relative_path(study.study, result.text_sop_instance_uid)))
+    lines = _text_lines(text)
+    assert lines[0].startswith("NOT FOR CLINICAL USE")
+    decisions = [f"{f.label}: {'PRESENT' if f.present else 'absent'}, score {f.probability:.2f}"
+                 for f in sorted(result.findings, key=lambda f: not f.present)]
+    assert [line.rsplit(",", 1)[0] for line in lines[1:1 + len(decisions)]] == decisions
+    assert any(line.startswith("Images: 1 of 2 images scored (PA); not used: lateral view")
+               for line in lines)
+    assert "Analysed 2024-06-01 08:00 UTC" in lines
+    assert "DICOM to 8-bit: equalize (histogram equalisation, as MIMIC-CXR-JPG was made)" in lines
+
+
+def _text_lines(report):
+    """Every TEXT value of a text report's content (not its observer context), in reading
+    order."""
+    found = []
+    for item in report.ContentSequence:
+        if item.ValueType == "TEXT" and item.RelationshipType == "CONTAINS":
+            found.append(item.TextValue)
+        found += _text_lines(item) if "ContentSequence" in item else []
+    return found
 
 
 def test_activated_profile_changes_the_next_decision_and_is_recorded(node):

@@ -22,8 +22,8 @@ SCORE_NOTE = (
 # The DICOM -> 8-bit conversions of ml.dicom_image (`[model] dicom_conversion`), as reports name
 # them; switching between them moves scores by up to 0.12, so every report says which was used.
 CONVERSIONS = {
-    "equalize": "histogram equalisation (as MIMIC-CXR-JPG)",
-    "voi": "the image's own VOI LUT / window",
+    "equalize": "histogram equalisation, as MIMIC-CXR-JPG was made",
+    "voi": "the image's own VOI LUT or window",
 }
 PRIVATE_SCHEME = "99DCMNODE"
 MANUFACTURER = "dicom-node"
@@ -123,7 +123,7 @@ def aggregation_line(rule: str, scored: int) -> str:
 
 
 def conversion_line(conversion: str) -> str:
-    """"DICOM to 8-bit: equalize (histogram equalisation ...)" or "" when not known."""
+    """"DICOM to 8-bit: equalize (histogram equalisation, ...)" or "" when not known."""
     if not conversion:
         return ""
     return f"DICOM to 8-bit: {conversion} ({CONVERSIONS.get(conversion, 'as configured')})"

@@ -1,16 +1,19 @@
 """The text report: an Enhanced SR that reads like a short report, for the viewers a radiologist
 uses. OHIF v3 draws only TID 1500 measurement groups with spatial coordinates (ours have none:
 the model locates nothing) and fails on the findings SR, while it renders a plain text tree
-cleanly; Orthanc's viewers and dsrdump show it too.
+cleanly, one "Concept: value" line per item when a container's content is SEPARATE; Orthanc's
+viewers and dsrdump show it too.
 
-Tree (root "Diagnostic Imaging Report", LOINC 18748-4; no template claimed):
-  language, device observer, procedure reported;
-  TEXT Comment: the caveat, first, when the model is not for clinical use;
+Tree (root "Diagnostic Imaging Report", LOINC 18748-4; no template claimed, so the order is ours
+and puts what a reader needs first):
+  TEXT Comment: the caveat, when the model is not for clinical use;
   CONTAINER Findings: one TEXT Finding per finding, "Pleural Effusion: PRESENT, score 0.71,
     threshold 0.55", present ones first (or one Comment "Not analysed: <why>");
-  CONTAINER Current Procedure Descriptions: model and checkpoints, threshold profile, what the
-    scores are and how images made the study's score, the DICOM to 8-bit conversion, which
-    images were scored and which were left out (and why), the analysis date and time.
+  CONTAINER Current Procedure Descriptions: Algorithm Name / Version / Parameters (TID 4019
+    concepts: threshold profile, aggregation rule, DICOM to 8-bit conversion) and Comments
+    (what the scores are, which images were scored and which left out and why, the analysis
+    date and time);
+  then the language, the device observer and the procedure reported.
 The findings SR stays the machine-readable result; this one is built from the same inputs.
 """
 
@@ -76,9 +79,9 @@ def build_text_report(
     check_algorithm(algorithm)
     when = content_datetime or datetime.datetime.now(datetime.UTC)
     used = images_of(headers, images)
-    lines = [finding_line(f) for f in ordered(findings)]
-    section = _section(codes.DCM.Findings, codes.DCM.Finding, lines)
-    method = _method_lines(algorithm, used, when, analysed=True)
+    section = _section(codes.DCM.Findings,
+                       [_text(codes.DCM.Finding, finding_line(f)) for f in ordered(findings)])
+    method = _method(algorithm, used, when, analysed=True)
     root = _root(headers, algorithm, node_uid, section, method, chest=True)
     return _document(headers, root, algorithm, uids, previous, when, sr_class=hd.sr.EnhancedSR,
                      series_description=series_description(algorithm))
@@ -109,8 +112,8 @@ def build_not_analysed_text_report(
         ImageUse(str(ds.SOPInstanceUID), False, None, str(ds.get("ViewPosition", "") or ""))
         for ds in headers
     ]
-    section = _section(codes.DCM.Findings, COMMENT, [not_analysed_text(reasons)])
-    method = _method_lines(algorithm, used, when, analysed=False)
+    section = _section(codes.DCM.Findings, [_text(COMMENT, not_analysed_text(reasons))])
+    method = _method(algorithm, used, when, analysed=False)
     root = _root(headers, algorithm, node_uid, section, method, chest=chest)
     return _document(headers, root, algorithm, uids, previous, when, sr_class=hd.sr.EnhancedSR,
                      series_description=series_description(algorithm))
@@ -127,12 +130,17 @@ def _root(
     algorithm: AlgorithmInfo,
     node_uid: str,
     section: hd.sr.ContainerContentItem,
-    method: Sequence[str],
+    method: hd.sr.ContainerContentItem,
     *,
     chest: bool,
 ) -> Dataset:
-    root = hd.sr.ContainerContentItem(name=TITLE)
-    items: list[Dataset] = [
+    root = hd.sr.ContainerContentItem(name=TITLE, is_content_continuous=False)
+    items: list[Dataset] = []
+    if not algorithm.clinical_use:
+        items.append(_text(COMMENT, algorithm.caveat))
+    items += [
+        section,
+        method,
         *hd.sr.LanguageOfContentItemAndDescendants(language=ENGLISH),
         *_observation_context(node_uid, algorithm),
         *(
@@ -141,38 +149,36 @@ def _root(
             for code in _procedures(headers, chest=chest)
         ),
     ]
-    if not algorithm.clinical_use:
-        items.append(_text(COMMENT, algorithm.caveat))
-    items.append(section)
-    items.append(_section(codes.DCM.CurrentProcedureDescriptions,
-                          codes.DCM.ProcedureDescription, method))
     root.ContentSequence = items
     return root
 
 
-def _method_lines(
+def _method(
     algorithm: AlgorithmInfo, images: Sequence[ImageUse], when: datetime.datetime,
     *, analysed: bool,
-) -> list[str]:
-    lines = [f"Model: {algorithm.name}, checkpoint {algorithm.version}"
-             + (f", findings catalogue {algorithm.catalogue_version}"
-                if algorithm.catalogue_version else "")]
+) -> hd.sr.ContainerContentItem:
+    """How the result was made, as "Concept: value" lines."""
+    items = [_text(codes.DCM.AlgorithmName, algorithm.name),
+             _text(codes.DCM.AlgorithmVersion, algorithm.version)]
+    parameters = []
     if analysed:
-        lines.append(f"Threshold profile: {algorithm.profile}")
         scored = sum(image.scored for image in images)
-        how = aggregation_line(algorithm.aggregation, scored)
-        lines.append(f"Scores: {SCORE_NOTE}" + (f"; {how}" if how else ""))
-    if analysed and algorithm.conversion:
-        lines.append(conversion_line(algorithm.conversion))
-    lines.append(f"Images: {images_line(images)}")
-    lines.append(f"Analysed: {analysis_time(when)}")
-    return lines
+        parameters = [f"threshold profile {algorithm.profile}",
+                      aggregation_line(algorithm.aggregation, scored),
+                      conversion_line(algorithm.conversion)]
+    if algorithm.catalogue_version:
+        parameters.append(f"findings catalogue {algorithm.catalogue_version}")
+    items += [_text(codes.DCM.AlgorithmParameters, p) for p in parameters if p]
+    comments = [f"Scores are {SCORE_NOTE}." if analysed else "",
+                f"Images: {images_line(images)}", f"Analysed {analysis_time(when)}"]
+    items += [_text(COMMENT, c) for c in comments if c]
+    return _section(codes.DCM.CurrentProcedureDescriptions, items)
 
 
-def _section(title: Code, item_name: Code,
-             lines: Sequence[str]) -> hd.sr.ContainerContentItem:
-    section = hd.sr.ContainerContentItem(name=title, relationship_type=CONTAINS)
-    section.ContentSequence = [_text(item_name, line) for line in lines]
+def _section(title: Code, items: Sequence[hd.sr.ContentItem]) -> hd.sr.ContainerContentItem:
+    section = hd.sr.ContainerContentItem(name=title, is_content_continuous=False,
+                                         relationship_type=CONTAINS)
+    section.ContentSequence = list(items)
     return section
 
 
