@@ -95,6 +95,7 @@ def study_result(database: Database, study_instance_uid: str) -> dict[str, Any] 
         ],
         "sr_sop_instance_uid": latest.sr_sop_instance_uid,
         "summary_sop_instance_uid": latest.summary_sop_instance_uid,
+        "text_sop_instance_uid": latest.text_sop_instance_uid,
         "deliveries": [
             {"destination": d.destination, "kind": d.kind, "sop_instance_uid": d.sop_instance_uid,
              "state": d.state.value, "attempts": d.attempts, "sent_at": d.sent_at,

@@ -24,6 +24,7 @@ pytestmark = pytest.mark.slow
 
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.33"
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
+TEXT_CLASS = "1.2.840.10008.5.1.4.1.1.88.22"  # the text report (Enhanced SR)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +88,8 @@ def _fetch(orthanc: OrthancPeer, study_uid: str, sop_class: str, tmp_path: Path)
 def _wait_for_objects(node, orthanc, study_uid, count_sr, count_sc, what):
     def arrived():
         classes = Counter(i.get("SOPClassUID") for i in orthanc.study_instances(study_uid))
-        return classes[SR_CLASS] >= count_sr and classes[SC_CLASS] >= count_sc
+        return (classes[SR_CLASS] >= count_sr and classes[SC_CLASS] >= count_sc
+                and classes[TEXT_CLASS] >= count_sr)
 
     try:
         node.wait_for(arrived, what, timeout=120)
@@ -125,9 +127,11 @@ def test_study_in_findings_and_summary_out_in_orthanc(tmp_path, checkpoint, engi
 
         (sr_path,) = _fetch(orthanc, study.study, SR_CLASS, tmp_path)
         (sc_path,) = _fetch(orthanc, study.study, SC_CLASS, tmp_path)
+        (text_path,) = _fetch(orthanc, study.study, TEXT_CLASS, tmp_path)
         _check_sr(sr_path, study, engine, pa, ap, lateral)
         _check_summary(sc_path, study, pa, ap)
-        for kind, path in (("SR", sr_path), ("summary", sc_path)):
+        _check_text_report(text_path, sr_path)
+        for kind, path in (("SR", sr_path), ("summary", sc_path), ("text report", text_path)):
             errors, warnings = dciodvfy(path)
             assert errors == [], errors
             print(f"dciodvfy {kind}: 0 errors, warnings {dict(Counter(warnings))}")
@@ -136,7 +140,7 @@ def test_study_in_findings_and_summary_out_in_orthanc(tmp_path, checkpoint, engi
         _check_profile_change(node, orthanc, study, tmp_path, sr_path)
         deliveries = node.cli_json("outbound", "list")
         assert {d["state"] for d in deliveries} == {"SENT"}
-        assert len(deliveries) == 4
+        assert len(deliveries) == 6  # SR, summary and text report of two results
     finally:
         node.stop()
         orthanc.stop()
@@ -170,6 +174,23 @@ def _check_summary(path, study, pa, ap):
     assert {i.ReferencedSOPInstanceUID for i in sc.SourceImageSequence} == {
         pa.SOPInstanceUID, ap.SOPInstanceUID}
     assert np.asarray(sc.pixel_array).std() > 10  # a rendered table, not a blank image
+
+
+def _check_text_report(path, sr_path):
+    """The text report says what the findings SR says, in lines a reader sees, present first."""
+    report = pydicom.dcmread(path)
+    assert (report.SeriesDate, report.SeriesTime) == (report.ContentDate, report.ContentTime)
+    assert report.ContentSequence[0].TextValue.startswith("NOT FOR CLINICAL USE")
+    findings = report.ContentSequence[1]
+    lines = [item.TextValue for item in findings.ContentSequence]
+    decisions = _decisions(_groups(sr_path)[1])
+    expected = sorted(decisions.items(), key=lambda item: item[1][2] != "Present")
+    assert [line.split(":")[0] for line in lines] == [label for label, _ in expected]
+    for line, (_label, (certainty, threshold, decision)) in zip(lines, expected, strict=True):
+        assert (": PRESENT," in line) == (decision == "Present")
+        _head, score, cutoff = line.split(", ")
+        assert float(score.removeprefix("score ")) == pytest.approx(certainty / 100, abs=5e-3)
+        assert float(cutoff.removeprefix("threshold ")) == pytest.approx(threshold / 100, abs=5e-3)
 
 
 def _check_profile_change(node, orthanc, study, tmp_path, first_sr):
@@ -228,19 +249,20 @@ def test_pacs_down_at_first_gets_every_object_exactly_once(tmp_path):
         attempts = {r["kind"]: (r["state"], r["attempts"]) for r in rows}
         assert attempts["sr"] == ("PENDING", 1)
         assert attempts["summary"] in {("PENDING", 0), ("PENDING", 1)}
-        assert pacs["pending"] == 2
+        assert attempts["text"] in {("PENDING", 0), ("PENDING", 1)}
+        assert pacs["pending"] == 3
         studies = node.cli_json("studies", "list")
         assert [s["state"] for s in studies] == ["DONE"]  # inference did not wait for the PACS
 
         orthanc.start()
         _wait_for_objects(node, orthanc, study.study, 1, 1, "delivery once Orthanc is up")
         node.wait_for(lambda: {r["state"] for r in node.cli_json("outbound", "list")} == {"SENT"},
-                      "both deliveries SENT")
-        assert orthanc.instance_count() == 2
+                      "all three deliveries SENT")
+        assert orthanc.instance_count() == 3
         sent = Counter(e["sop_instance_uid"] for e in node.events("delivery_sent"))
-        assert sorted(sent.values()) == [1, 1]  # each object acknowledged exactly once
+        assert sorted(sent.values()) == [1, 1, 1]  # each object acknowledged exactly once
         (up,) = node.events("destination_up")
-        assert (up["by"], up["pending_now_due"]) == ("C-ECHO", 2)  # the SR and the summary
+        assert (up["by"], up["pending_now_due"]) == ("C-ECHO", 3)  # SR, summary, text report
         # the outage is told once per probe in the node's words, not in pynetdicom's as well
         assert "TCP Initialisation Error" not in node.log()
         assert "Association request failed" not in node.log()

@@ -96,3 +96,37 @@ def test_dciodvfy_finds_no_errors(saved):
     errors, warnings = dciodvfy(saved)
     assert errors == []
     assert warnings == []
+
+
+def test_series_and_content_carry_the_result_time(saved):
+    sc = pydicom.dcmread(saved)
+    assert (sc.SeriesDate, sc.SeriesTime) == ("20240301", "093000")
+    assert (sc.ContentDate, sc.ContentTime) == ("20240301", "093000")
+
+
+def test_present_findings_are_listed_first():
+    """Present rows are drawn bold in white (255), absent ones in grey (190): read the table's
+    rows top to bottom by their brightest pixel."""
+    outcomes = findings()  # catalogue order: present, absent, present, absent, present
+    assert [f.present for f in outcomes] == [True, False, True, False, True]
+    pixels = render_summary(outcomes, algorithm())
+    brightest = pixels[:, 60:600].max(axis=1)  # the Finding column
+    bands, start = [], None
+    for y, value in enumerate(brightest):
+        if value > 100 and start is None:
+            start = y
+        elif value <= 100 and start is not None:
+            bands.append(int(brightest[start:y].max()))
+            start = None
+    rows = [b for b in bands if b in (255, 190)][-5:]  # the finding rows end the table
+    assert rows == [255, 255, 255, 190, 190]
+
+
+def test_summary_names_the_images_left_out(evidence):
+    from dicom_node.reporting.content import ImageUse
+
+    scored = [ImageUse(evidence[0].SOPInstanceUID, True, None, "PA")]
+    left_out = scored + [ImageUse(evidence[1].SOPInstanceUID, False, "lateral view", "LL")]
+    one = render_summary(findings(), algorithm(), scored)
+    two = render_summary(findings(), algorithm(), left_out)
+    assert not np.array_equal(one, two)  # "1 of 1 image scored" vs "1 of 2 ...; not used: ..."

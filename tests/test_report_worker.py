@@ -296,9 +296,13 @@ def test_text_report_names_every_finding_and_the_image_left_out(node):
         node.outbox.relative_path(study.study, result.text_sop_instance_uid)))
     lines = _text_lines(text)
     assert lines[0].startswith("NOT FOR CLINICAL USE")
-    decisions = [f"{f.label}: {'PRESENT' if f.present else 'absent'}, score {f.probability:.2f}"
-                 for f in sorted(result.findings, key=lambda f: not f.present)]
-    assert [line.rsplit(",", 1)[0] for line in lines[1:1 + len(decisions)]] == decisions
+    expected = sorted(result.findings, key=lambda f: not f.present)  # present first
+    for line, finding in zip(lines[1:], expected):
+        head, score, threshold = line.split(", ")
+        assert head == f"{finding.label}: {'PRESENT' if finding.present else 'absent'}"
+        assert float(score.removeprefix("score ")) == pytest.approx(finding.probability, abs=5e-3)
+        assert float(threshold.removeprefix("threshold ")) == pytest.approx(finding.threshold,
+                                                                            abs=5e-3)
     assert any(line.startswith("Images: 1 of 2 images scored (PA); not used: lateral view")
                for line in lines)
     assert "Analysed 2024-06-01 08:00 UTC" in lines

@@ -200,7 +200,7 @@ def studies_show(
     as_json: bool = JsonOption,
 ) -> None:
     """One study: its state, lease and attempts, its instances, and its current result
-    (findings, images scored or skipped, SR/summary UIDs, deliveries)."""
+    (findings, images scored or skipped, SR/summary/text report UIDs, deliveries)."""
     from pydicom.uid import UID
 
     from dicom_node.studies import study_result
@@ -256,6 +256,7 @@ def _print_result(result: dict[str, Any]) -> None:
         ["aggregation", result["aggregation"]],
         ["SR", result["sr_sop_instance_uid"]],
         ["summary", result["summary_sop_instance_uid"]],
+        ["text report", result["text_sop_instance_uid"] or "none (an older result)"],
     ])
     print_table("Findings", ["finding", "score", "threshold", "decision"], [
         [f["label"], f"{f['score']:.4f}", f"{f['threshold']:.4f}", f["decision"]]

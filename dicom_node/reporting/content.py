@@ -91,11 +91,22 @@ def ordered(findings: Sequence[FindingOutcome]) -> list[FindingOutcome]:
     return [f for f in findings if f.present] + [f for f in findings if not f.present]
 
 
+def score_and_threshold(finding: FindingOutcome) -> tuple[str, str]:
+    """The score and threshold as a reader sees them: two decimals, more when two would show a
+    score below its threshold as equal to it ("0.50" vs "0.50", absent), up to four."""
+    p, t = finding.probability, finding.threshold
+    decimals = 2
+    while decimals < 4 and p < t and round(p, decimals) >= round(t, decimals):
+        decimals += 1
+    return f"{p:.{decimals}f}", f"{t:.{decimals}f}"
+
+
 def finding_line(finding: FindingOutcome) -> str:
-    """"Pleural Effusion: PRESENT, score 0.71, threshold 0.55" (two decimals, as 0..1)."""
+    """"Pleural Effusion: PRESENT, score 0.71, threshold 0.55" (scores 0..1, see
+    `score_and_threshold`)."""
     decision = "PRESENT" if finding.present else "absent"
-    return (f"{finding.label}: {decision}, score {finding.probability:.2f}, "
-            f"threshold {finding.threshold:.2f}")
+    score, threshold = score_and_threshold(finding)
+    return f"{finding.label}: {decision}, score {score}, threshold {threshold}"
 
 
 def images_line(images: Sequence[ImageUse]) -> str:

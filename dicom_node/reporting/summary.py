@@ -31,6 +31,7 @@ from dicom_node.reporting.content import (
     images_of,
     not_analysed_text,
     ordered,
+    score_and_threshold,
 )
 from dicom_node.reporting.evidence import tolerant_headers
 from dicom_node.reporting.uids import InstanceUids
@@ -134,8 +135,7 @@ def _draw_table(draw: ImageDraw.ImageDraw, fonts: _Fonts, findings: Sequence[Fin
     for f in findings:
         font = fonts.bold if f.present else fonts.body
         fill = 255 if f.present else 190
-        cells = (f.label, f"{f.probability:.2f}", f"{f.threshold:.2f}",
-                 "PRESENT" if f.present else "absent")
+        cells = (f.label, *score_and_threshold(f), "PRESENT" if f.present else "absent")
         for (_, x), text in zip(_COLUMNS, cells):
             draw.text((MARGIN + x, y + 8), text, font=font, fill=fill)
         y += ROW_HEIGHT
