@@ -143,4 +143,4 @@ def test_worker_once_processes_the_queue_and_reports(config):
         study.study, "DONE", 1)
     listed = runner.invoke(app, ["outbound", "list", "--config", str(config), "--json"])
     assert {(r["kind"], r["state"]) for r in json.loads(listed.stdout)} == {
-        ("sr", "PENDING"), ("summary", "PENDING")}
+        ("sr", "PENDING"), ("summary", "PENDING"), ("text", "PENDING")}

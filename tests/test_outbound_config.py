@@ -23,9 +23,10 @@ def test_shipped_defaults_have_no_destination():
 def test_destinations_load_with_defaults_for_what_to_send(tmp_path):
     text = PACS + PACS.replace('"pacs"', '"archive"') + "send_summary = false\n"
     first, second = _load(tmp_path, text).destinations
-    assert (first.name, first.ae_title, first.port, first.send_sr, first.send_summary) == (
-        "pacs", "ORTHANC", 4242, True, True)
-    assert (second.name, second.send_summary) == ("archive", False)
+    assert (first.name, first.ae_title, first.port, first.send_sr, first.send_summary,
+            first.send_text_report) == ("pacs", "ORTHANC", 4242, True, True, True)
+    assert (second.name, second.send_summary, second.send_text_report) == (
+        "archive", False, True)
 
 
 @pytest.mark.parametrize(
@@ -37,6 +38,7 @@ def test_destinations_load_with_defaults_for_what_to_send(tmp_path):
         (PACS + PACS, "names must be unique"),
         (PACS + "colour = 1\n", "unknown config key destinations\\[\\].colour"),
         (PACS + 'send_sr = "yes"\n', "must be true or false"),
+        (PACS + "send_text_report = 1\n", "send_text_report.*must be true or false"),
     ],
 )
 def test_bad_destination_is_named(tmp_path, text, message):

@@ -190,6 +190,6 @@ def _print_people(
             p = score.probabilities[finding.label]
             call = "above" if p >= finding.default_threshold else "below"
             rows.append((finding.label, f"{p:.4f}", f"{finding.default_threshold:.3f}", call))
-        print_table(f"{score.path}{flags}", ("finding", "probability", "threshold", "call"), rows)
+        print_table(f"{score.path}{flags}", ("finding", "score", "threshold", "call"), rows)
     if not model.clinical_use:
         console.print(f"[bold red]{model.caveat}[/]", highlight=False)

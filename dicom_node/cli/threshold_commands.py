@@ -78,7 +78,7 @@ OutOption = typer.Option(
 SeedOption = typer.Option(0, "--seed", min=0, help="Bootstrap seed (0 reproduces CheXzero's).")
 
 REACHABLE_RANGE_REASON = (
-    "zero-shot probabilities are sigmoid(cos(image, positive) - cos(image, negative)) of two "
+    "zero-shot scores are sigmoid(cos(image, positive) - cos(image, negative)) of two "
     f"cosines in [-1, 1], so they always lie in [{MIN_PROBABILITY:.3f}, {MAX_PROBABILITY:.3f}]"
 )
 
@@ -175,7 +175,7 @@ def show(
 @_reflow
 def set_threshold(
     finding: str = typer.Argument(..., help="Finding label from the catalogue."),
-    value: float = typer.Argument(..., help="New threshold: positive when probability >= it."),
+    value: float = typer.Argument(..., help="New threshold: present when the score >= it."),
     note: str = NoteOption,
     author: str = AuthorOption,
     activate: bool = typer.Option(True, "--activate/--no-activate", help="Make it active now."),
