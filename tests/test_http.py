@@ -88,9 +88,9 @@ def test_metrics_move_as_a_study_flows_and_readyz_is_ready_with_the_model(
         def delivered() -> dict | None:
             found = samples(node)
             return found if value(found, "dicom_node_deliveries_total", destination="pacs",
-                                  outcome="sent") == 2 else None
+                                  outcome="sent") == 3 else None
 
-        after = node.wait_for(delivered, "the SR and summary image to be delivered")
+        after = node.wait_for(delivered, "the SR, summary image and text report delivered")
     finally:
         storescp.stop()
     received = value(after, "dicom_node_instances_received_total",

@@ -76,9 +76,9 @@ def test_reprocess_makes_a_new_result_that_supersedes_the_last(
     def delivered():
         shown = node.cli_json("studies", "show", study.study)["result"]
         states = {(d["kind"], d["state"]) for d in shown["deliveries"]}
-        return shown if len(states) == 2 and {s for _, s in states} == {"SENT"} else None
+        return shown if len(states) == 3 and {s for _, s in states} == {"SENT"} else None
 
-    shown = node.wait_for(delivered, "the new SR and summary to be SENT")
+    shown = node.wait_for(delivered, "the new SR, summary and text report to be SENT")
     assert shown["version"] == 2 and shown["supersedes_version"] == 1
     assert shown["sr_sop_instance_uid"] == second.sr_sop_instance_uid
     assert shown["model"] == "tiny-test" and shown["profile_version"] == 1

@@ -21,6 +21,7 @@ from tests.report_samples import WHEN, algorithm, dciodvfy, dx_image, findings
 
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.33"
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
+TEXT_CLASS = "1.2.840.10008.5.1.4.1.1.88.22"  # the text report
 REASON = "no eligible image among 1: lateral view (ViewPosition LL); only PA/AP are scored"
 
 
@@ -119,7 +120,7 @@ def _node(workdir: Path, scp: StoreSCP, **worker) -> NodeProcess:
 
 
 def _received(scp: StoreSCP, study_uid: str) -> dict[str, list[pydicom.Dataset]]:
-    found: dict[str, list[pydicom.Dataset]] = {SR_CLASS: [], SC_CLASS: []}
+    found: dict[str, list[pydicom.Dataset]] = {SR_CLASS: [], SC_CLASS: [], TEXT_CLASS: []}
     for path in scp.output_dir.iterdir():
         try:
             ds = pydicom.dcmread(path)
@@ -147,8 +148,9 @@ def test_lateral_only_study_gets_a_not_analysed_result_then_a_superseding_one(tm
         skipped = node.wait_for_state(study.study, "SKIPPED", timeout=120)
         assert "lateral view" in skipped.skip_reason
         got = node.wait_for(lambda: (r := _received(scp, study.study))[SR_CLASS]
-                            and r[SC_CLASS] and r, "the not-analysed SR and summary", 60)
-        (na_sr,), (na_sc,) = got[SR_CLASS], got[SC_CLASS]
+                            and r[SC_CLASS] and r[TEXT_CLASS] and r,
+                            "the not-analysed SR, summary and text report", 60)
+        (na_sr,), (na_sc,), (na_text,) = got[SR_CLASS], got[SC_CLASS], got[TEXT_CLASS]
         texts = [item.TextValue for item in na_sr.ContentSequence if "TextValue" in item]
         assert any(t.startswith("Not analysed: ") and "lateral view" in t for t in texts)
         assert "Not analysed: " in na_sc.ImageComments and "lateral view" in na_sc.ImageComments
@@ -157,8 +159,8 @@ def test_lateral_only_study_gets_a_not_analysed_result_then_a_superseding_one(tm
 
         _send(node, tmp_path, make_radiograph(view="PA", study=study, rows=256, columns=256,
                                               instance_number=2, seed=3))
-        node.wait_for(lambda: len(_received(scp, study.study)[SR_CLASS]) == 2,
-                      "the findings SR", 120)
+        node.wait_for(lambda: len((r := _received(scp, study.study))[SR_CLASS]) == 2
+                      and len(r[TEXT_CLASS]) == 2, "the findings SR and text report", 120)
         node.wait_for_state(study.study, "DONE", timeout=30)
     finally:
         node.stop()
@@ -168,6 +170,11 @@ def test_lateral_only_study_gets_a_not_analysed_result_then_a_superseding_one(tm
     predecessor = findings_sr.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0]
     assert predecessor.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == na_sr.SOPInstanceUID
     assert findings_sr.InstanceNumber == 2 and na_sr.InstanceNumber == 1
+    (findings_text,) = [ds for ds in _received(scp, study.study)[TEXT_CLASS]
+                        if ds.SOPInstanceUID != na_text.SOPInstanceUID]
+    predecessor = findings_text.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0]
+    assert predecessor.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == (
+        na_text.SOPInstanceUID)
 
 
 def _knee(study: StudyUids, number: int, view: str = "AP"):

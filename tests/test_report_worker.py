@@ -284,6 +284,10 @@ def test_summary_image_lost_after_the_sr_was_queued_is_rendered_on_the_retry(nod
         node.outbox.relative_path(study.study, result.summary_sop_instance_uid)))
     assert summary.SeriesInstanceUID == result.summary_series_instance_uid
     assert summary.InstanceNumber == 1 and summary.Rows > 0
+    text = pydicom.dcmread(node.outbox.absolute(
+        node.outbox.relative_path(study.study, result.text_sop_instance_uid)))
+    assert text.SeriesInstanceUID == result.text_series_instance_uid
+    assert text.InstanceNumber == 1 and "PredecessorDocumentsSequence" not in text
 
 
 def test_text_report_names_every_finding_and_the_image_left_out(node):
