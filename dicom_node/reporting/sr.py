@@ -84,7 +84,7 @@ def build_findings_sr(
     `content_datetime`: when the result was made (pass it so a rebuild is byte-identical).
     Returns the document as a data set; read a saved one with `highdicom.sr.srread` for
     highdicom's content accessors."""
-    headers = _check_evidence(evidence)
+    headers = check_evidence(evidence)
     check_findings(findings)
     check_algorithm(algorithm)
     tracking_uids = tracking_uids or {}
@@ -93,8 +93,8 @@ def build_findings_sr(
         raise ValueError(f"tracking_uids: no tracking UID for {missing}")
     groups = [_measurement_group(f, algorithm, headers, tracking_uids[f.label]) for f in findings]
     report = hd.sr.MeasurementReport(
-        observation_context=_observation_context(node_uid, algorithm),
-        procedure_reported=_procedures(headers),
+        observation_context=observation_context(node_uid, algorithm),
+        procedure_reported=procedures_reported(headers),
         imaging_measurements=groups,
         title=codes.DCM.ImagingMeasurementReport,
         referenced_images=_library_images(headers) or None,
@@ -102,7 +102,7 @@ def build_findings_sr(
     root = report[0]
     if not algorithm.clinical_use:
         _insert_caveat(root, algorithm.caveat)
-    return _document(headers, root, algorithm, uids, previous, content_datetime)
+    return sr_document(headers, root, algorithm, uids, previous, content_datetime)
 
 
 def build_not_analysed_sr(
@@ -122,25 +122,25 @@ def build_not_analysed_sr(
     `evidence`: headers of the study's images; `reasons`: sentences saying why; `chest`: the
     images say they are of the chest (else no chest X-ray procedure is claimed). Raises
     ValueError without evidence or reasons."""
-    headers = _check_evidence(evidence)
+    headers = check_evidence(evidence)
     if not reasons:
         raise ValueError("reasons: at least one reason is needed")
     check_algorithm(algorithm)
     root = hd.sr.ContainerContentItem(name=codes.DCM.ImagingMeasurementReport)
     items: list[hd.sr.ContentItem] = [
         *hd.sr.LanguageOfContentItemAndDescendants(language=ENGLISH),
-        *_observation_context(node_uid, algorithm),
+        *observation_context(node_uid, algorithm),
         *(
             hd.sr.CodeContentItem(name=codes.DCM.ProcedureReported, value=code,
                                   relationship_type=hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD)
-            for code in _procedures(headers, chest=chest)
+            for code in procedures_reported(headers, chest=chest)
         ),
     ]
     if not algorithm.clinical_use:
         items.append(_text(COMMENT, algorithm.caveat))
     items.append(_text(NOT_ANALYSED, not_analysed_text(reasons)))
     root.ContentSequence = items
-    return _document(headers, root, algorithm, uids, previous, content_datetime)
+    return sr_document(headers, root, algorithm, uids, previous, content_datetime)
 
 
 def _text(name: Code, value: str) -> hd.sr.TextContentItem:
@@ -149,7 +149,7 @@ def _text(name: Code, value: str) -> hd.sr.TextContentItem:
     )
 
 
-def _document(
+def sr_document(
     headers: Sequence[Dataset],
     root: Dataset,
     algorithm: AlgorithmInfo,
@@ -221,7 +221,9 @@ def _pin_timestamps(sr: Dataset, when: datetime.datetime) -> None:
             item.ContributionDateTime = when.strftime("%Y%m%d%H%M%S")
 
 
-def _check_evidence(evidence: Sequence[Dataset]) -> list[Dataset]:
+def check_evidence(evidence: Sequence[Dataset]) -> list[Dataset]:
+    """Tolerant copies of the evidence headers; ValueError when there are none or they are of
+    more than one study."""
     if not evidence:
         raise ValueError("evidence: at least one source image is needed")
     studies = {ds.get("StudyInstanceUID") for ds in evidence}
@@ -236,7 +238,8 @@ def _series_description(algorithm: AlgorithmInfo) -> str:
     return "AI findings - NOT FOR CLINICAL USE"
 
 
-def _observation_context(node_uid: str, algorithm: AlgorithmInfo) -> hd.sr.ObservationContext:
+def observation_context(node_uid: str, algorithm: AlgorithmInfo) -> hd.sr.ObservationContext:
+    """TID 1001 with this node as the device observer (`node_uid`, the model's name)."""
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=node_uid,
         name="dicom-node",
@@ -251,7 +254,9 @@ def _observation_context(node_uid: str, algorithm: AlgorithmInfo) -> hd.sr.Obser
     )
 
 
-def _procedures(headers: Sequence[Dataset], *, chest: bool = True) -> list[Code]:
+def procedures_reported(headers: Sequence[Dataset], *, chest: bool = True) -> list[Code]:
+    """XR unspecified body region, plus XR Chest single view or 2 views (distinct
+    ViewPositions) when `chest`."""
     if not chest:
         return [codes.LN.XRUnspecifiedBodyRegion]
     views = {str(ds.get("ViewPosition", "") or "") for ds in headers}

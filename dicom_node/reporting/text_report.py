@@ -47,10 +47,10 @@ from dicom_node.reporting.sr import (
     COMMENT,
     ENGLISH,
     PreviousReport,
-    _check_evidence,
-    _document,
-    _observation_context,
-    _procedures,
+    check_evidence,
+    observation_context,
+    procedures_reported,
+    sr_document,
 )
 from dicom_node.reporting.uids import InstanceUids
 
@@ -74,7 +74,7 @@ def build_text_report(
     all scored); `previous`: the text report this one supersedes; `content_datetime`: when the
     result was made (pass it so a rebuild is byte-identical). Raises ValueError naming the
     argument for empty evidence or findings, bad scores or an incomplete algorithm."""
-    headers = _check_evidence(evidence)
+    headers = check_evidence(evidence)
     check_findings(findings)
     check_algorithm(algorithm)
     when = content_datetime or datetime.datetime.now(datetime.UTC)
@@ -83,7 +83,7 @@ def build_text_report(
                        [_text(codes.DCM.Finding, finding_line(f)) for f in ordered(findings)])
     method = _method(algorithm, used, when, analysed=True)
     root = _root(headers, algorithm, node_uid, section, method, chest=True)
-    return _document(headers, root, algorithm, uids, previous, when, sr_class=hd.sr.EnhancedSR,
+    return sr_document(headers, root, algorithm, uids, previous, when, sr_class=hd.sr.EnhancedSR,
                      series_description=series_description(algorithm))
 
 
@@ -103,7 +103,7 @@ def build_not_analysed_text_report(
     and which images there were. `reasons`: sentences; `images`: the study's images with the
     reason each was left out; `chest`: the images say they are of the chest. Raises ValueError
     without evidence or reasons."""
-    headers = _check_evidence(evidence)
+    headers = check_evidence(evidence)
     if not reasons:
         raise ValueError("reasons: at least one reason is needed")
     check_algorithm(algorithm)
@@ -115,7 +115,7 @@ def build_not_analysed_text_report(
     section = _section(codes.DCM.Findings, [_text(COMMENT, not_analysed_text(reasons))])
     method = _method(algorithm, used, when, analysed=False)
     root = _root(headers, algorithm, node_uid, section, method, chest=chest)
-    return _document(headers, root, algorithm, uids, previous, when, sr_class=hd.sr.EnhancedSR,
+    return sr_document(headers, root, algorithm, uids, previous, when, sr_class=hd.sr.EnhancedSR,
                      series_description=series_description(algorithm))
 
 
@@ -142,11 +142,11 @@ def _root(
         section,
         method,
         *hd.sr.LanguageOfContentItemAndDescendants(language=ENGLISH),
-        *_observation_context(node_uid, algorithm),
+        *observation_context(node_uid, algorithm),
         *(
             hd.sr.CodeContentItem(name=codes.DCM.ProcedureReported, value=code,
                                   relationship_type=hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD)
-            for code in _procedures(headers, chest=chest)
+            for code in procedures_reported(headers, chest=chest)
         ),
     ]
     root.ContentSequence = items
