@@ -576,14 +576,14 @@ class Worker:
         finish with that result; destinations added since then get it queued, and a summary
         image or text report that a crash kept from being written is built now from the stored
         findings."""
-        self._restore_summary(previous, evidence, algorithm, catalogue)
+        self._restore_missing(previous, evidence, algorithm, catalogue)
         objects = _stored_objects(self.outbox, previous)
         state, queued = self._finish(claimed, previous.id, objects)
         log_event(LOG, "study_unchanged", study_instance_uid=claimed.study_instance_uid,
                   state=state.value, version=previous.version, deliveries=queued)
         return WorkOutcome(claimed.study_instance_uid, state, previous.id, previous.version)
 
-    def _restore_summary(
+    def _restore_missing(
         self,
         previous: results.ResultView,
         evidence: Sequence[Dataset],
