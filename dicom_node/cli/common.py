@@ -25,6 +25,7 @@ from dicom_node.settings import ConfigError, Settings, load_settings
 
 if TYPE_CHECKING:
     from storage.db import Database
+    from storage.reader import WorkListReader
 
 ConfigOption = typer.Option(None, "--config", help="TOML file overriding the shipped defaults.")
 JsonOption = typer.Option(False, "--json", help="Machine-readable output.")
@@ -72,6 +73,21 @@ def open_worklist(settings: Settings, read_only: bool = False) -> Database:
     except SQLAlchemyError as exc:
         shown = make_url(settings.database_url).render_as_string(hide_password=True)
         raise CliError(f"cannot open the database {shown}: {exc}") from None
+
+
+@contextmanager
+def read_worklist(settings: Settings) -> Iterator[WorkListReader]:
+    """The work list's report queries for a read-only command (storage.reader: no migration,
+    nothing created, one snapshot; on a SQLite file without importing SQLAlchemy). Raises
+    CliError naming the database (password hidden) when it cannot be read."""
+    from storage.reader import ReadError, display_url, open_reader
+
+    try:
+        with open_reader(settings.database_url) as reader:
+            yield reader
+    except ReadError as exc:
+        raise CliError(f"cannot open the database {display_url(settings.database_url)}: {exc}"
+                       ) from None
 
 
 def print_json(payload: Any) -> None:

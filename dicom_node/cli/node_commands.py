@@ -19,6 +19,7 @@ from dicom_node.cli.common import (
     open_worklist,
     print_json,
     print_table,
+    read_worklist,
     settings_from,
     user_errors,
 )
@@ -166,13 +167,10 @@ def studies_list(
     as_json: bool = JsonOption,
 ) -> None:
     """Studies, most recent arrival first."""
-    from storage import worklist
     with user_errors():
         wanted = _parse_state(state)
-        database = open_worklist(settings_from(config), read_only=True)
-        with database.read_only() as session:
-            studies = worklist.list_studies(session, wanted, limit)
-        database.dispose()
+        with read_worklist(settings_from(config)) as reader:
+            studies = reader.list_studies(wanted, limit)
     if as_json:
         print_json([_jsonable(s) for s in studies])
         return
@@ -341,26 +339,23 @@ def _syntax_name(uid: str) -> str:
 
 def _status_report(settings: Settings) -> dict[str, Any]:
     from dicom_node.health import health_report
-    from storage import worklist
-    from storage.ignored import ignored_counts
+    from storage.reader import display_url
     from storage.spool import Spool
 
     spool = Spool(settings.spool_path)
     used, files = _spool_usage(spool)
     free = _free_bytes(spool.root)
     floor = settings.node.min_free_disk_mb * 1024 * 1024
-    database = open_worklist(settings, read_only=True)
-    with database.read_only() as session:
-        counts = worklist.state_counts(session)
-        recent = worklist.recent_instances(session, limit=5)
-        ignored = sum(ignored_counts(session).values())
-    health = health_report(settings, database, datetime.now(UTC), free < floor)
-    database.dispose()
+    with read_worklist(settings) as reader:
+        counts = reader.study_state_counts()
+        recent = reader.recent_instances(limit=5)
+        ignored = sum(reader.ignored_counts().values())
+        health = health_report(settings, reader, datetime.now(UTC), free < floor)
     return health | {
         "ae_title": settings.node.ae_title,
         "port": settings.node.port,
         "data_dir": str(settings.data_path),
-        "database": _safe_url(settings),
+        "database": display_url(settings.database_url),
         "states": {state.value: count for state, count in counts.items()},
         "ignored_instances": ignored,  # other SOP classes acknowledged, not kept
         "spool": {
@@ -438,8 +433,8 @@ def _parse_state(state: str | None) -> StudyState | None:
 
 
 def _safe_url(settings: Settings) -> str:
-    from sqlalchemy.engine import make_url
-    return make_url(settings.database_url).render_as_string(hide_password=True)
+    from storage.reader import display_url
+    return display_url(settings.database_url)
 
 
 def _jsonable(record: Any) -> dict[str, Any]:
