@@ -7,7 +7,6 @@ from pathlib import Path
 
 import typer
 
-from dicom_node.cli import app
 from dicom_node.cli.common import (
     ConfigOption,
     JsonOption,
@@ -18,6 +17,7 @@ from dicom_node.cli.common import (
     settings_from,
     user_errors,
 )
+from dicom_node.cli.typer_app import app
 
 destinations_app = typer.Typer(help="Destinations (PACS) and their state.",
                                no_args_is_help=True)
