@@ -99,6 +99,15 @@ def sqlite_file(url: str) -> Path | None:
     return None
 
 
+def error_text(exc: BaseException) -> str:
+    """A database error in one line, in the driver's words: SQLAlchemy's wrapper (its
+    "(Background on this error at: ...)" link) dropped and line breaks folded, since psycopg's
+    messages run over several lines ("... Connection refused\\n\\tIs the server running ...")."""
+    original = getattr(exc, "orig", None)  # sqlalchemy.exc.DBAPIError: the driver's exception
+    text = str(original if original is not None else exc)
+    return " ".join(text.split("\n(Background on this error at:")[0].split())
+
+
 def display_url(url: str) -> str:
     """`url` as it may be shown and logged: with its password hidden."""
     if sqlite_file(url) is not None:

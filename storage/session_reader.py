@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from storage import destinations, heartbeat, ignored, outbound, worklist
 from storage.db import NoSchemaError, open_empty, open_read_only
-from storage.reader import ReadError
+from storage.reader import ReadError, error_text
 from storage.states import OutboundState, StudyState
 from storage.views import (
     DestinationCounts,
@@ -68,11 +68,11 @@ def session_reader(url: str) -> Iterator[SessionReader]:
         except NoSchemaError:
             database = open_empty()
     except SQLAlchemyError as exc:
-        raise ReadError(str(exc)) from None
+        raise ReadError(error_text(exc)) from None
     try:
         with database.read_only() as session:
             yield SessionReader(session)
     except SQLAlchemyError as exc:
-        raise ReadError(str(exc)) from None
+        raise ReadError(error_text(exc)) from None
     finally:
         database.dispose()

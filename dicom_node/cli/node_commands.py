@@ -34,6 +34,7 @@ def serve(config: Path | None = ConfigOption) -> None:
 
     from dicom_node.logs import configure_logging
     from dicom_node.startup import StartupError, check_clinical_use, check_data_dir, check_port
+    from storage.reader import error_text
 
     with user_errors():
         settings = settings_from(config)
@@ -53,7 +54,8 @@ def serve(config: Path | None = ConfigOption) -> None:
         try:
             service = Service(settings)
         except SQLAlchemyError as exc:
-            raise CliError(f"cannot open the database {safe_url(settings)}: {exc}") from None
+            raise CliError(f"cannot open the database {safe_url(settings)}: {error_text(exc)}"
+                           ) from None
         attach_http(service)
         attach_worker_and_sender(service)
         try:

@@ -49,10 +49,10 @@ def open_worklist(settings: Settings, read_only: bool = False) -> Database:
     """The node's work list for a command; `read_only`: no migration and nothing created (an
     empty in-memory work list where the node never ran). Raises CliError naming the database
     (password hidden) when it cannot be opened."""
-    from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
     from storage.db import NoSchemaError, open_database, open_empty, open_read_only
+    from storage.reader import display_url, error_text
 
     try:
         if read_only:
@@ -61,8 +61,8 @@ def open_worklist(settings: Settings, read_only: bool = False) -> Database:
     except NoSchemaError:
         return open_empty()
     except SQLAlchemyError as exc:
-        shown = make_url(settings.database_url).render_as_string(hide_password=True)
-        raise CliError(f"cannot open the database {shown}: {exc}") from None
+        raise CliError(f"cannot open the database {display_url(settings.database_url)}: "
+                       f"{error_text(exc)}") from None
 
 
 @contextmanager
