@@ -6,6 +6,7 @@ PostgreSQL. Both are read-only: no migration, nothing created, one read transact
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -71,8 +72,6 @@ def open_reader(url: str) -> Iterator[WorkListReader]:
         with session_reader(url) as reader:
             yield reader
         return
-    import sqlite3
-
     from storage.sqlite_reader import SqliteReader, connect
 
     try:
