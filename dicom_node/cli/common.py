@@ -5,16 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import typer
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from dicom_node.cli.plain import (
     CliError,
@@ -34,12 +27,24 @@ __all__ = [
     "settings_from", "user_errors",
 ]
 
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
 ConfigOption = typer.Option(None, "--config", help="TOML file overriding the shipped defaults.")
 JsonOption = typer.Option(False, "--json", help="Machine-readable output.")
 
 
 def progress_display() -> Progress:
     """rich's Progress with the CLI's columns, on stderr, gone when done; one task per bar."""
+    from rich.progress import (  # only where a command shows a bar (start-up time)
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TimeRemainingColumn())
     return Progress(*columns, console=err_console, transient=True)
