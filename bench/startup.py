@@ -12,6 +12,7 @@ counts waiting for a core, the CPU time does not.
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
 import subprocess
@@ -57,6 +58,8 @@ def main() -> None:
         config.write_text(toml_text({"node": {"data_dir": str(Path(tmp) / "data")}}))
         node = dicom_node_command()
         open_database(f"sqlite:///{Path(tmp) / 'data' / 'worklist.sqlite'}").dispose()
+        print(f"load average {os.getloadavg()[0]:.2f} (1 min) on {os.cpu_count()} CPUs: wall "
+              "times count waiting for a core, CPU times do not")
         baseline, baseline_cpu = median_seconds([sys.executable, "-c", "pass"], args.runs)
         print(f"{'python -c pass':<28} {baseline:6.3f} s  (cpu {baseline_cpu:.3f} s)")
         for name, extra in (("--help", ["--help"]), ("status", ["status"]),

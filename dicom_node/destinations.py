@@ -7,14 +7,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dicom_node.outcomes import Outcome
 from dicom_node.settings import DestinationSettings, Settings
-from storage import destinations as destination_states
-from storage import outbound
-from storage.db import Database
-from storage.models import DestinationStatus
+from storage.reader import WorkListReader
+from storage.states import DestinationStatus
+from storage.views import DestinationCounts
+
+if TYPE_CHECKING:  # SQLAlchemy and pynetdicom: not for `status` and `destinations list`
+    from dicom_node.outcomes import Outcome
+    from storage.db import Database
 
 
 class UnknownDestination(ValueError):
@@ -51,17 +53,16 @@ def find(settings: Settings, name: str) -> DestinationSettings:
 NOT_CONTACTED = "not contacted"
 
 
-def overview(settings: Settings, database: Database) -> list[DestinationOverview]:
+def overview(settings: Settings, reader: WorkListReader) -> list[DestinationOverview]:
     """Every configured destination with its state and PENDING/DEAD/SENT counts, in
     configuration order. A destination the node has not yet contacted (no delivery, no probe)
     shows as "not contacted": saying "up" would claim a success that never happened."""
-    with database.read_only() as session:
-        states = destination_states.list_states(session)
-        counts = outbound.destination_counts(session)
+    states = reader.destination_states()
+    counts = reader.destination_counts()
     rows = []
     for destination in settings.destinations:
         state = states.get(destination.name)
-        count = counts.get(destination.name, outbound.DestinationCounts())
+        count = counts.get(destination.name, DestinationCounts())
         rows.append(DestinationOverview(
             name=destination.name,
             address=f"{destination.ae_title}@{destination.host}:{destination.port}",
@@ -97,6 +98,8 @@ def resend(
     send_text_report allows. Even objects
     a destination acknowledged go again: this is the explicit admin act. Returns the
     delivery ids queued; raises UnknownDestination or storage.outbound.OutboundError."""
+    from storage import outbound
+
     targets = [find(settings, n) for n in names] if names else list(settings.destinations)
     if not targets:
         raise UnknownDestination("no destinations are configured")

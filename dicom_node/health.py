@@ -22,10 +22,9 @@ from typing import Any
 from dicom_node import destinations
 from dicom_node.heartbeat import LOADED, LOADING, MODEL_NOT_READY, OFF, stale_after_seconds
 from dicom_node.settings import Settings
-from storage import heartbeat as heartbeats
-from storage import outbound, worklist
-from storage.db import Database
-from storage.models import OutboundState
+from storage.reader import WorkListReader
+from storage.states import OutboundState
+from storage.views import HeartbeatView
 
 HEALTHY, DEGRADED, DOWN = "healthy", "degraded", "down"
 EXIT_CODES = {HEALTHY: 0, DEGRADED: 1, DOWN: 2}
@@ -76,22 +75,20 @@ def assess(facts: HealthFacts) -> tuple[str, list[str]]:
 
 
 def health_report(
-    settings: Settings, database: Database, now: datetime, below_disk_floor: bool
+    settings: Settings, reader: WorkListReader, now: datetime, below_disk_floor: bool
 ) -> dict[str, Any]:
     """The node's state for `status` (JSON-ready): processes, model, destinations, outbound,
     FAILED in 24 h, and the verdict with its reasons under "health"."""
     stale = stale_after_seconds(settings.node.heartbeat_seconds)
-    with database.read_only() as session:
-        beats = heartbeats.list_heartbeats(session)
-        totals = outbound.state_counts(session)
-        per_destination = outbound.destination_counts(session)
-        failed = worklist.failed_since(session, now - FAILED_WINDOW)
-    processes = [_process(b, now, stale) for b in beats]
+    totals = reader.outbound_state_counts()
+    per_destination = reader.destination_counts()
+    failed = reader.failed_since(now - FAILED_WINDOW)
+    processes = [_process(b, now, stale) for b in reader.heartbeats()]
     live = [p for p in processes if p["running"]]
     oldest = min((c.oldest_pending_at for c in per_destination.values()
                   if c.oldest_pending_at is not None), default=None)
     oldest_age = (now - oldest).total_seconds() if oldest else None
-    overview = destinations.overview(settings, database)
+    overview = destinations.overview(settings, reader)
     facts = HealthFacts(
         serving=any(p["role"] == "serve" for p in live),
         model_states=tuple((p["model_state"], p["model_error"]) for p in live),
@@ -113,7 +110,7 @@ def health_report(
     }
 
 
-def _process(beat: heartbeats.HeartbeatView, now: datetime, stale: float) -> dict[str, Any]:
+def _process(beat: HeartbeatView, now: datetime, stale: float) -> dict[str, Any]:
     age = (now - beat.beat_at).total_seconds()
     return {"process": beat.process_id, "role": beat.role, "started_at": beat.started_at,
             "beat_at": beat.beat_at, "age_seconds": round(age, 1), "running": age <= stale,

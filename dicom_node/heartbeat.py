@@ -16,10 +16,12 @@ import socket
 import threading
 from collections.abc import Callable
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from dicom_node.logs import log_event
-from storage import heartbeat as heartbeats
-from storage.db import Database
+
+if TYPE_CHECKING:  # SQLAlchemy: not for `status`, which reads only the states below
+    from storage.db import Database
 
 LOG = logging.getLogger(__name__)
 
@@ -90,6 +92,8 @@ class Heartbeat:
         if self._thread is not None:
             self._thread.join(timeout=self.interval + 5)
             self._thread = None
+        from storage import heartbeat as heartbeats
+
         with self.database.sessions.begin() as session:
             heartbeats.remove(session, [self.process_id])
 
@@ -98,6 +102,8 @@ class Heartbeat:
 
     def beat(self) -> bool:
         """Write this process's row now; False (logged) when the database refused it."""
+        from storage import heartbeat as heartbeats
+
         state, error = self.model_status()
         report = heartbeats.Beat(self.host, self.pid, self.role, self.started_at, state, error)
         try:
@@ -120,6 +126,7 @@ class Heartbeat:
         """Rows of this host whose process no longer runs (a kill -9) are deleted at start-up;
         rows of other hosts are left to age out."""
         from dicom_node.processes import gone_holders
+        from storage import heartbeat as heartbeats
 
         with self.database.sessions.begin() as session:
             ids = [h.process_id for h in heartbeats.list_heartbeats(session)]

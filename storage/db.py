@@ -18,8 +18,9 @@ from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from storage.sqlite_reader import SQLITE_BUSY_TIMEOUT_MS
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
-SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Execution option read by the "begin" hook: deferred transactions for read-only work.
 _READ_ONLY = "dicom_node_read_only"
 

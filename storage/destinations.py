@@ -10,7 +10,7 @@ never commit.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -19,18 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from storage.models import DestinationState, DestinationStatus
-
-
-@dataclass(frozen=True)
-class DestinationView:
-    name: str
-    state: DestinationStatus
-    since: datetime | None
-    failures: int
-    next_probe_at: datetime | None
-    last_success_at: datetime | None
-    last_error: str | None
-    last_error_at: datetime | None
+from storage.views import DestinationView
 
 
 def get(session: Session, name: str) -> DestinationView | None:

@@ -14,6 +14,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from storage.models import ProcessHeartbeat
+from storage.views import HeartbeatView
 
 
 @dataclass(frozen=True)
@@ -30,18 +31,6 @@ class Beat:
     @property
     def process_id(self) -> str:
         return f"{self.host}:{self.pid}"
-
-
-@dataclass(frozen=True)
-class HeartbeatView:
-    process_id: str
-    host: str
-    pid: int
-    role: str
-    started_at: datetime
-    beat_at: datetime
-    model_state: str
-    model_error: str | None
 
 
 def beat(session: Session, report: Beat, now: datetime) -> None:

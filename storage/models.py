@@ -8,7 +8,6 @@ database keeps only what routing and processing need (UIDs, SOP class, modality,
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from enum import StrEnum
 
 from sqlalchemy import (
     BigInteger,
@@ -29,7 +28,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-from storage.states import StudyState
+from storage.states import DestinationStatus, OutboundState, StudyState
 
 UID_LENGTH = 64
 
@@ -232,12 +231,6 @@ class ImageScore(Base):
     flags_json: Mapped[str | None] = mapped_column(Text)  # ["view_position_missing", ...]
 
 
-class OutboundState(StrEnum):
-    PENDING = "PENDING"  #: to be sent at next_attempt_at (or being sent, see storage.outbound)
-    SENT = "SENT"  #: the destination acknowledged it; never sent again
-    DEAD = "DEAD"  #: a refusal that retrying cannot fix (never an outage); see last_error
-
-
 class Outbound(Base):
     __tablename__ = "outbound"
 
@@ -289,12 +282,6 @@ class IgnoredInstance(Base):
 # One row per destination name: whether it is up, down (unreachable) or refusing (it answers
 # but refuses associations or storage), since when, the last error in words and when to probe
 # it next. A destination without a row has never failed: up.
-
-
-class DestinationStatus(StrEnum):
-    UP = "UP"  #: deliveries go as they fall due
-    DOWN = "DOWN"  #: unreachable (refused, timed out, aborted); probed by C-ECHO on a backoff
-    REFUSING = "REFUSING"  #: reachable but rejects associations or is out of resources
 
 
 class DestinationState(Base):

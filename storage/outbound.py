@@ -17,14 +17,16 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, case, func, insert, or_, select, type_coerce, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from storage import views
 from storage.models import Outbound, OutboundState, Result, UtcDateTime
+from storage.views import DestinationCounts
 
 
 class OutboundError(ValueError):
@@ -319,35 +321,12 @@ def _requeue(
     return [row.id]
 
 
-@dataclass(frozen=True)
-class DestinationCounts:
-    pending: int = 0
-    sent: int = 0
-    dead: int = 0
-    oldest_pending_at: datetime | None = None
-
-
 def destination_counts(session: Session) -> dict[str, DestinationCounts]:
     """Per destination name: PENDING, SENT and DEAD rows and when the oldest PENDING was
     queued."""
-    found: dict[str, dict[str, Any]] = {}
     query = select(Outbound.destination, Outbound.state, func.count(),
                    func.min(Outbound.created_at)).group_by(Outbound.destination, Outbound.state)
-    for name, state, count, oldest in session.execute(query):
-        entry = found.setdefault(name, {})
-        entry[OutboundState(state).value.lower()] = count
-        if OutboundState(state) is OutboundState.PENDING:
-            entry["oldest_pending_at"] = _aware(oldest)
-    return {name: DestinationCounts(**values) for name, values in found.items()}
-
-
-def _aware(value: Any) -> datetime | None:
-    """min() over a column comes back untyped on SQLite: an ISO string or a naive datetime."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return views.destination_counts(session.execute(query))
 
 
 def list_deliveries(
@@ -368,12 +347,8 @@ def deliveries_for_result(session: Session, result_id: int) -> list[Delivery]:
 
 
 def state_counts(session: Session) -> dict[OutboundState, int]:
-    counts = dict.fromkeys(OutboundState, 0)
-    for state, count in session.execute(
-        select(Outbound.state, func.count()).group_by(Outbound.state)
-    ):
-        counts[OutboundState(state)] = count
-    return counts
+    rows = session.execute(select(Outbound.state, func.count()).group_by(Outbound.state))
+    return views.counts_by_state(OutboundState, rows)
 
 
 def _insert_ignoring_conflict(session: Session, values: dict[str, Any]) -> int:

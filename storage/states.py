@@ -19,6 +19,22 @@ class StudyState(StrEnum):
     FAILED = "FAILED"  #: gave up after max_attempts or a permanent error; see last_error
 
 
+# The enums of the other tables live here too, beside the state machine's, so that readers of
+# the work list (storage.views, storage.sqlite_reader) need not import SQLAlchemy's models.
+
+
+class OutboundState(StrEnum):
+    PENDING = "PENDING"  #: to be sent at next_attempt_at (or being sent, see storage.outbound)
+    SENT = "SENT"  #: the destination acknowledged it; never sent again
+    DEAD = "DEAD"  #: a refusal that retrying cannot fix (never an outage); see last_error
+
+
+class DestinationStatus(StrEnum):
+    UP = "UP"  #: deliveries go as they fall due
+    DOWN = "DOWN"  #: unreachable (refused, timed out, aborted); probed by C-ECHO on a backoff
+    REFUSING = "REFUSING"  #: reachable but rejects associations or is out of resources
+
+
 FINISHED_STATES: frozenset[StudyState] = frozenset(
     {StudyState.DONE, StudyState.SKIPPED, StudyState.FAILED}
 )

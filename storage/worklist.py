@@ -28,6 +28,7 @@ from storage.states import (
     LeaseLost,
     StudyState,
 )
+from storage.views import InstanceSummary, StudySummary, counts_by_state
 
 
 @dataclass(frozen=True)
@@ -565,49 +566,9 @@ def _dialect(session: Session) -> str:
 # --- reports (CLI, status) ----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class StudySummary:
-    study_instance_uid: str
-    state: StudyState
-    instance_count: int
-    bytes_total: int
-    first_arrival_at: datetime
-    last_arrival_at: datetime
-    state_changed_at: datetime
-    attempts: int
-    worker_id: str | None
-    lease_until: datetime | None
-    last_error: str | None
-    skip_reason: str | None
-    reopened_count: int
-    not_before: datetime | None  # a QUEUED study retried after a transient error waits until
-    purged_at: datetime | None = None  # retention deleted its files (see storage.retention)
-    purge_reason: str | None = None
-    purged_files: int | None = None
-    purged_bytes: int | None = None
-
-
-@dataclass(frozen=True)
-class InstanceSummary:
-    sop_instance_uid: str
-    series_instance_uid: str
-    study_instance_uid: str
-    sop_class_uid: str
-    transfer_syntax_uid: str
-    modality: str | None
-    body_part_examined: str | None
-    view_position: str | None
-    spool_path: str
-    size_bytes: int
-    received_at: datetime
-    calling_ae_title: str | None
-
-
 def state_counts(session: Session) -> dict[StudyState, int]:
-    counts = dict.fromkeys(StudyState, 0)
-    for state, count in session.execute(select(Study.state, func.count()).group_by(Study.state)):
-        counts[StudyState(state)] = count
-    return counts
+    rows = session.execute(select(Study.state, func.count()).group_by(Study.state))
+    return counts_by_state(StudyState, rows)
 
 
 def known_spool_paths(session: Session) -> set[str]:

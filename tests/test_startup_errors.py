@@ -147,3 +147,15 @@ def test_read_only_commands_do_not_create_a_work_list(tmp_path):
         assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == []
     assert not (tmp_path / "data" / "worklist.sqlite").exists()
+
+
+@pytest.mark.parametrize("command", [("studies", "list"), ("status",), ("outbound", "list"),
+                                     ("serve",)], ids=" ".join)
+def test_a_database_server_that_does_not_answer_is_one_line(tmp_path, command):
+    """PostgreSQL's own message runs over lines and SQLAlchemy adds a link: folded to one,
+    with the password hidden."""
+    url = f"postgresql+psycopg://node:s3cret@127.0.0.1:{_free()}/worklist"
+    result = run_cli(*command, "--config", str(_config(tmp_path, database={"url": url})))
+    line = _one_line_error(result, "cannot open the database", "node:***@127.0.0.1",
+                           "Connection refused")
+    assert "s3cret" not in line and "sqlalche.me" not in line

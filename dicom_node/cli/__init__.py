@@ -1,34 +1,26 @@
-"""The one entry point, `dicom-node`. Each command group lives in its own module and registers
-itself here; shared options and error handling are in `common`."""
+"""The one entry point, `dicom-node`. The commands are typer's (`typer_app`); `status` and
+`studies list` written plainly are answered without loading typer (`quick`), which keeps
+their start-up under 0.5 s (bench/startup.py)."""
 
 from __future__ import annotations
 
-import typer
-
-app = typer.Typer(
-    name="dicom-node",
-    help="DICOM node beside the PACS: intake, zero-shot chest X-ray findings, SR back to the PACS.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-
-def _register() -> None:
-    # Imported here so that each module can `from dicom_node.cli import app`.
-    from dicom_node.cli import (
-        destination_commands,  # noqa: F401  destinations
-        node_commands,  # noqa: F401  serve, status, studies
-        predict_commands,  # noqa: F401  predict
-        purge_commands,  # noqa: F401  purge
-        report_commands,  # noqa: F401  worker, outbound
-        threshold_commands,  # noqa: F401  thresholds, evaluate
-        train_commands,  # noqa: F401  synth, train
-    )
-
-
-_register()
+import sys
+from typing import Any
 
 
 def main() -> None:
-    app()
+    from dicom_node.cli.quick import run_plain
+
+    if not run_plain(sys.argv[1:]):
+        from dicom_node.cli.typer_app import app
+
+        app()
+
+
+def __getattr__(name: str) -> Any:
+    # `from dicom_node.cli import app` (tests, typer's CliRunner) without typer for `main`
+    if name == "app":
+        from dicom_node.cli.typer_app import app
+
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,17 +7,17 @@ from pathlib import Path
 
 import typer
 
-from dicom_node.cli import app
 from dicom_node.cli.common import (
     ConfigOption,
     JsonOption,
     console,
-    open_worklist,
     print_json,
     print_table,
+    read_worklist,
     settings_from,
     user_errors,
 )
+from dicom_node.cli.typer_app import app
 
 destinations_app = typer.Typer(help="Destinations (PACS) and their state.",
                                no_args_is_help=True)
@@ -33,11 +33,8 @@ def destinations_list(config: Path | None = ConfigOption, as_json: bool = JsonOp
 
     with user_errors():
         settings = settings_from(config)
-        database = open_worklist(settings, read_only=True)
-        try:
-            rows = destinations.overview(settings, database)
-        finally:
-            database.dispose()
+        with read_worklist(settings) as reader:
+            rows = destinations.overview(settings, reader)
     if as_json:
         print_json([{k: _time(v) if isinstance(v, datetime) else v
                      for k, v in row.as_dict().items()} for row in rows])

@@ -5,28 +5,23 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import typer
-from rich.markup import escape
 
-from dicom_node.cli import app
+from dicom_node.cli import worklist_views
 from dicom_node.cli.common import (
     CliError,
     ConfigOption,
     JsonOption,
-    console,
     open_worklist,
     print_json,
     print_table,
     settings_from,
     user_errors,
 )
-from dicom_node.settings import Settings
-
-if TYPE_CHECKING:
-    from storage.spool import Spool
-    from storage.states import StudyState
+from dicom_node.cli.typer_app import app
+from dicom_node.cli.worklist_views import iso_time, jsonable, parse_state, safe_url
 
 studies_app = typer.Typer(help="Studies in the work list.", no_args_is_help=True)
 app.add_typer(studies_app, name="studies")
@@ -39,6 +34,7 @@ def serve(config: Path | None = ConfigOption) -> None:
 
     from dicom_node.logs import configure_logging
     from dicom_node.startup import StartupError, check_clinical_use, check_data_dir, check_port
+    from storage.reader import error_text
 
     with user_errors():
         settings = settings_from(config)
@@ -58,7 +54,8 @@ def serve(config: Path | None = ConfigOption) -> None:
         try:
             service = Service(settings)
         except SQLAlchemyError as exc:
-            raise CliError(f"cannot open the database {_safe_url(settings)}: {exc}") from None
+            raise CliError(f"cannot open the database {safe_url(settings)}: {error_text(exc)}"
+                           ) from None
         attach_http(service)
         attach_worker_and_sender(service)
         try:
@@ -80,82 +77,7 @@ def status(
 ) -> None:
     """Whether the node is healthy: serve running (heartbeat age), the model, destinations,
     outbound queue, FAILED studies in 24 h; studies per state, spool disk use, latest arrivals."""
-    with user_errors():
-        settings = settings_from(config)
-        report = _status_report(settings)
-    health = report["health"]
-    if check:
-        if as_json:
-            print_json(health)
-        else:
-            console.print(health["level"], highlight=False)
-            for reason in health["reasons"]:
-                console.print(reason, highlight=False, markup=False, soft_wrap=True)
-        raise typer.Exit(health["exit_code"])
-    if as_json:
-        print_json(report)
-        return
-    _print_status(settings, report)
-
-
-def _print_status(settings: Settings, report: dict[str, Any]) -> None:
-    from dicom_node.health import age_text
-
-    spool, health, out = report["spool"], report["health"], report["outbound"]
-    colour = {"healthy": "green", "degraded": "yellow", "down": "red"}[health["level"]]
-    oldest = out["oldest_pending_seconds"]
-    console.print(
-        f"[bold]{settings.node.ae_title}[/] port {settings.node.port}: "
-        f"[bold {colour}]{health['level'].upper()}[/]\n"
-        + "".join(f"  - {escape(reason)}\n" for reason in health["reasons"])
-        + f"service  {_service_line(report['processes'])}\n"
-        f"data     {report['data_dir']}\ndatabase {report['database']}\n"
-        f"spool    {_mib(spool['used_bytes'])} MiB in {spool['files']} files; free "
-        f"{_mib(spool['free_bytes'])} MiB (floor {_mib(spool['min_free_bytes'])} MiB)"
-        + ("  [red]BELOW FLOOR: stores are refused[/]" if spool["below_floor"] else "")
-        + "\n" + _model_line(report["model"], report["model_state"]) + "\n"
-        + "".join(f"card     {escape(c['card'])}\n" for c in report["model"]["checkpoints"])
-        + f"outbound {out['pending']} PENDING"
-        + (f" (oldest {age_text(oldest)})" if oldest is not None else "")
-        + f", {out['dead']} DEAD, {out['sent']} SENT\n"
-        f"failed   {report['failed_last_24h']} studies FAILED in the last 24 h\n"
-        f"ignored  {report['ignored_instances']} instances of other SOP classes "
-        "acknowledged, not kept",
-        highlight=False,
-        soft_wrap=True,
-    )
-    if report["destinations"]:
-        print_table("Destinations", ["destination", "state", "pending", "dead", "last success"],
-                    [[d["name"], d["state"], d["pending"], d["dead"],
-                      _time(d["last_success_at"]) or "never"] for d in report["destinations"]])
-    print_table("Studies by state", ["state", "studies"], list(report["states"].items()))
-    print_table(
-        "Latest arrivals",
-        ["received", "SOP Instance UID", "Study Instance UID", "modality", "view", "calling AE"],
-        [
-            [
-                a["received_at"],
-                a["sop_instance_uid"],
-                a["study_instance_uid"],
-                a["modality"],
-                a["view_position"],
-                a["calling_ae_title"],
-            ]
-            for a in report["last_arrivals"]
-        ],
-    )
-
-
-def _service_line(processes: list[dict[str, Any]]) -> str:
-    from dicom_node.health import age_text
-
-    live = [p for p in processes if p["running"]]
-    if not live:
-        last = min((p["age_seconds"] for p in processes), default=None)
-        return "[red]NOT RUNNING[/]" + (
-            f" (last heartbeat {age_text(last)} ago)" if last is not None else "")
-    return "; ".join(f"{p['role']} running ({p['process']}, beat {age_text(p['age_seconds'])}"
-                     " ago)" for p in live)
+    worklist_views.status(config, as_json, check)
 
 
 @studies_app.command("list")
@@ -166,31 +88,7 @@ def studies_list(
     as_json: bool = JsonOption,
 ) -> None:
     """Studies, most recent arrival first."""
-    from storage import worklist
-    with user_errors():
-        wanted = _parse_state(state)
-        database = open_worklist(settings_from(config), read_only=True)
-        with database.read_only() as session:
-            studies = worklist.list_studies(session, wanted, limit)
-        database.dispose()
-    if as_json:
-        print_json([_jsonable(s) for s in studies])
-        return
-    print_table(
-        "Studies" + (f" in {wanted}" if wanted else ""),
-        ["Study Instance UID", "state", "instances", "last arrival", "attempts", "error"],
-        [
-            [
-                s.study_instance_uid,
-                s.state.value,
-                s.instance_count,
-                _time(s.last_arrival_at),
-                s.attempts,
-                s.last_error or s.skip_reason or "",
-            ]
-            for s in studies
-        ],
-    )
+    worklist_views.studies_list(config, state, limit, as_json)
 
 
 @studies_app.command("show")
@@ -220,12 +118,12 @@ def studies_show(
     study, instances = detail
     if as_json:
         print_json(
-            _jsonable(study)
-            | {"instances": [_jsonable(i) for i in instances], "ignored_instances": ignored,
+            jsonable(study)
+            | {"instances": [jsonable(i) for i in instances], "ignored_instances": ignored,
                "result": result}
         )
         return
-    rows = [[k, v] for k, v in _jsonable(study).items()]
+    rows = [[k, v] for k, v in jsonable(study).items()]
     rows += [[f"ignored {UID(k).name}", n] for k, n in ignored.items()]
     print_table("Study", ["field", "value"], rows)
     # series, transfer syntax UID and arrival times are in --json; at 80 columns the table keeps
@@ -250,7 +148,7 @@ def _print_result(result: dict[str, Any]) -> None:
         ["version", result["version"]
          if result["supersedes_version"] is None
          else f"{result['version']} (supersedes {result['supersedes_version']})"],
-        ["made", _time(result["created_at"])],
+        ["made", iso_time(result["created_at"])],
         ["model", result["model"] + ("" if result["clinical_use"] else " (not for clinical use)")],
         ["profile", f"v{profile}" if profile is not None else "none (not analysed)"],
         ["aggregation", result["aggregation"]],
@@ -312,7 +210,7 @@ def _requeue_command(
     from dicom_node.studies import requeue_studies, uids_in_state
 
     with user_errors():
-        wanted = _parse_state(state)
+        wanted = parse_state(state)
         if bool(uids) == every or every != (wanted is not None):
             raise CliError("give Study Instance UIDs, or --state STATE --all (not both)")
         database = open_worklist(settings_from(config))
@@ -340,120 +238,3 @@ def _syntax_name(uid: str) -> str:
     return name if name != uid else uid
 
 
-def _status_report(settings: Settings) -> dict[str, Any]:
-    from dicom_node.health import health_report
-    from storage import worklist
-    from storage.ignored import ignored_counts
-    from storage.spool import Spool
-
-    spool = Spool(settings.spool_path)
-    used, files = _spool_usage(spool)
-    free = _free_bytes(spool.root)
-    floor = settings.node.min_free_disk_mb * 1024 * 1024
-    database = open_worklist(settings, read_only=True)
-    with database.read_only() as session:
-        counts = worklist.state_counts(session)
-        recent = worklist.recent_instances(session, limit=5)
-        ignored = sum(ignored_counts(session).values())
-    health = health_report(settings, database, datetime.now(UTC), free < floor)
-    database.dispose()
-    return health | {
-        "ae_title": settings.node.ae_title,
-        "port": settings.node.port,
-        "data_dir": str(settings.data_path),
-        "database": _safe_url(settings),
-        "states": {state.value: count for state, count in counts.items()},
-        "ignored_instances": ignored,  # other SOP classes acknowledged, not kept
-        "spool": {
-            "path": str(spool.root),
-            "used_bytes": used,
-            "files": files,
-            "free_bytes": free,
-            "min_free_bytes": floor,
-            "below_floor": free < floor,
-        },
-        "last_arrivals": [_jsonable(i) for i in recent],
-        "model": _model_report(settings),
-    }
-
-
-def _model_line(model: dict[str, Any], running: dict[str, Any]) -> str:
-    caveat = "" if model["clinical_use"] else " (NOT FOR CLINICAL USE)"
-    missing = [c["path"] for c in model["checkpoints"] if not c["present"]]
-    if running["state"] == "loaded":
-        state = "[green]loaded[/]"
-    elif running["state"] in ("missing", "corrupt", "failed"):
-        state = f"[red]{running['state'].upper()}: {escape(running['error'] or '')}[/]"
-    elif running["state"] == "loading":
-        state = "loading"
-    elif not model["checkpoints"]:
-        state = "[red]no checkpoint configured: studies wait in QUEUED[/]"
-    elif missing:
-        state = f"[red]MISSING {', '.join(missing)}: studies wait in QUEUED[/]"
-    else:
-        state = f"{len(model['checkpoints'])} checkpoint(s) present"
-    return f"model    {model['name']}{caveat}: {state}"
-
-
-def _model_report(settings: Settings) -> dict[str, Any]:
-    """Whether the configured checkpoints are there (without them studies wait QUEUED), and
-    what each one's model card says about clinical use."""
-    from ml.model_card import card_statement
-
-    checkpoints = [
-        {"path": str(path), "present": path.is_file(), "card": card_statement(path)}
-        for path in (settings.resolve(p) for p in settings.model.checkpoints)
-    ]
-    return {
-        "name": settings.model.name,
-        "clinical_use": settings.model.clinical_use,
-        "checkpoints": checkpoints,
-        "ready": bool(checkpoints) and all(c["present"] for c in checkpoints),
-    }
-
-
-def _free_bytes(path: Path) -> int:
-    """Free bytes on the file system where `path` is or would be, creating nothing (status is
-    read-only: it must not make the data directory of a node that never ran)."""
-    import shutil
-
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return shutil.disk_usage(path).free
-
-
-def _spool_usage(spool: Spool) -> tuple[int, int]:
-    files = [p for p in spool.root.rglob("*.dcm") if p.is_file()] if spool.root.is_dir() else []
-    return sum(p.stat().st_size for p in files), len(files)
-
-
-def _parse_state(state: str | None) -> StudyState | None:
-    from storage.states import StudyState
-    if state is None:
-        return None
-    try:
-        return StudyState(state.upper())
-    except ValueError:
-        known = ", ".join(s.value for s in StudyState)
-        raise CliError(f"unknown state {state!r} (known: {known})") from None
-
-
-def _safe_url(settings: Settings) -> str:
-    from sqlalchemy.engine import make_url
-    return make_url(settings.database_url).render_as_string(hide_password=True)
-
-
-def _jsonable(record: Any) -> dict[str, Any]:
-    from storage.states import StudyState
-    return {
-        k: (_time(v) if isinstance(v, datetime) else v.value if isinstance(v, StudyState) else v)
-        for k, v in dataclasses.asdict(record).items()
-    }
-
-
-def _time(value: datetime | None) -> str | None:
-    return value.isoformat(timespec="seconds") if value else None
-
-
-def _mib(n: int) -> str:
-    return f"{n / 2**20:,.1f}"

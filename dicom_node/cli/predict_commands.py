@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from dicom_node.cli import app
 from dicom_node.cli.common import (
     CliError,
     ConfigOption,
@@ -26,6 +25,7 @@ from dicom_node.cli.common import (
     settings_from,
     user_errors,
 )
+from dicom_node.cli.typer_app import app
 from dicom_node.settings import Settings
 from ml.catalogue import Catalogue, load_catalogue
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from dicom_node.cli import app
 from dicom_node.cli.common import (
     ConfigOption,
     JsonOption,
@@ -21,6 +20,7 @@ from dicom_node.cli.common import (
     settings_from,
     user_errors,
 )
+from dicom_node.cli.typer_app import app
 
 
 @app.command()

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
-from dicom_node.cli import app
 from dicom_node.cli.common import (
     CliError,
     ConfigOption,
@@ -25,6 +24,7 @@ from dicom_node.cli.common import (
     settings_from,
     user_errors,
 )
+from dicom_node.cli.typer_app import app
 from dicom_node.settings import Settings
 
 if TYPE_CHECKING:

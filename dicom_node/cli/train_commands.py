@@ -9,7 +9,6 @@ from pathlib import Path
 
 import typer
 
-from dicom_node.cli import app
 from dicom_node.cli.common import (
     ConfigOption,
     JsonOption,
@@ -19,6 +18,7 @@ from dicom_node.cli.common import (
     progress_display,
     user_errors,
 )
+from dicom_node.cli.typer_app import app
 
 SynthOutOption = typer.Option(..., "--out", help="Folder to write the data set into.")
 DataOption = typer.Option(..., "--data", help="CSV of image path + report, a folder with "
