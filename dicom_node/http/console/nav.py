@@ -5,6 +5,7 @@ Thresholds, Workbench) shows up in the bar without touching the others."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -24,5 +25,17 @@ NAV: tuple[NavItem, ...] = (
 )
 
 
-def visible(get_paths: set[str]) -> list[NavItem]:
-    return [item for item in NAV if item.path in get_paths]
+def visible(app: Any) -> list[NavItem]:
+    """The entries whose path `app` answers with a GET route (computed once per app)."""
+    cached = getattr(app.state, "console_nav", None)
+    if cached is None:
+        cached = app.state.console_nav = [item for item in NAV if _has_get(app, item.path)]
+    return cached
+
+
+def _has_get(app: Any, path: str) -> bool:
+    from starlette.routing import Match
+
+    scope = {"type": "http", "path": path, "method": "GET", "root_path": "", "headers": [],
+             "query_string": b""}
+    return any(route.matches(scope)[0] == Match.FULL for route in app.router.routes)

@@ -22,7 +22,6 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
-from starlette.routing import Route
 
 from dicom_node import users
 from dicom_node.audit import Actor
@@ -116,13 +115,11 @@ def render(request: Request, template: str, who: SignedIn | None, section: str =
     """A page with the frame (navigation, user, notice, the model's caveat)."""
     ctx = context(request)
     notice = users.pop_notice(ctx.database, who) if who is not None else None
-    get_paths = {r.path for r in request.app.routes
-                 if isinstance(r, Route) and "GET" in (r.methods or ())}
     model = ctx.settings.model
     return templates.TemplateResponse(request, template, status_code=status_code, context={
         "who": who, "section": section, "notice": notice,
         "csrf_token": who.csrf_token if who else "",
-        "nav": nav.visible(get_paths), "ae_title": ctx.settings.node.ae_title,
+        "nav": nav.visible(request.app), "ae_title": ctx.settings.node.ae_title,
         "clinical_use": model.clinical_use, "caveat": model.caveat, **values})
 
 
