@@ -42,8 +42,8 @@ def echo(request: Request, name: str, who: AdminChange) -> Response:
     log_event(LOG, "console_echo", destination=name, user=who.username,
               verdict=outcome.verdict.value)
     ok = outcome.verdict.value == "ok"
-    return done(request, who, f"Test of {name}: {'answered' if ok else outcome.verdict.value}: "
-                f"{outcome.message}", "/destinations")
+    verdict = "answered" if ok else f"failed ({outcome.verdict.value})"
+    return done(request, who, f"Test of {name} {verdict}: {outcome.message}", "/destinations")
 
 
 @router.post("/destinations/{name}/retry-dead")
