@@ -115,3 +115,44 @@ def test_healthz_stays_open_and_pages_need_sign_in(bare_node) -> None:
         answer = client.request(path)
         assert answer.status == 303 and answer.url.startswith("/login?next="), path
     assert run_cli("users", "list", "--config", str(bare_node.config_path)).returncode == 0
+
+
+def test_tls_settings_go_together() -> None:
+    from dicom_node.settings import ConfigError, load_settings
+
+    with pytest.raises(ConfigError, match="tls_certfile and http.tls_keyfile go together"):
+        load_settings(environ={}, overrides={"http": {"tls_certfile": "/etc/cert.pem"}})
+
+
+def test_console_over_https_sets_a_secure_session_cookie(node_factory, tmp_path) -> None:
+    import ssl
+    import subprocess
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["/usr/bin/openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+                    "-keyout", str(key), "-out", str(cert), "-days", "1",
+                    "-subj", "/CN=127.0.0.1"], check=True, capture_output=True, timeout=60)
+    node = node_factory("tls", http={"tls_certfile": str(cert), "tls_keyfile": str(key)})
+    node.start()
+    assert add_user(node.config_path, "ada", "admin").returncode == 0
+    base = node.http_url.replace("http://", "https://")
+    insecure = ssl.create_default_context(cafile=str(cert))
+    insecure.check_hostname = False
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=insecure),
+                                         NoRedirect())
+    form = urllib.parse.urlencode({"username": "ada", "password": PASSWORD}).encode()
+    try:
+        opener.open(base + "/login", form, timeout=30)
+    except urllib.error.HTTPError as answer:  # the 303 after signing in
+        cookie = answer.headers["set-cookie"]
+    assert "dicom_node_session=" in cookie
+    assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
+    assert [e["scheme"] for e in node.events("http_listening")] == ["https"]
