@@ -90,6 +90,8 @@ def signed_in_page(browser, site: Site, name: str):
     page = context.new_page()
     page.goto(site.node.http_url + "/")
     assert "/login" in page.url
+    if name == "ada":
+        shot(page, "login")
     page.fill("input[name=username]", name)
     page.fill("input[name=password]", PASSWORD)
     page.click("button:has-text('Sign in')")

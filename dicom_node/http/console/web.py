@@ -235,7 +235,13 @@ def _mib(n: int | None) -> str:
     return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
 
 
-templates.env.filters.update(when=_when, ago=_ago, compact=_compact, size=_mib)
+def _age(seconds: float | None) -> str:
+    from dicom_node.health import age_text
+
+    return "" if seconds is None else age_text(seconds)
+
+
+templates.env.filters.update(when=_when, ago=_ago, age=_age, compact=_compact, size=_mib)
 
 
 # What a handler asks for (FastAPI dependencies): any signed-in user, or an allowed change.
