@@ -94,3 +94,33 @@ def test_audit_rows_are_newest_first_with_before_and_after(database: Database) -
     assert "password" not in str(entries[0].after) and "another" not in str(entries)
     with pytest.raises(ValueError, match="origin"):
         Actor("x", "web")
+
+
+def test_retry_dead_of_one_destination_requeues_only_its_rows_and_audits(
+        database: Database, tmp_path) -> None:
+    from dicom_node import destinations
+    from dicom_node.settings import Settings
+    from storage import outbound
+    from storage.models import OutboundState
+    from storage.spool import Spool
+    from tests.outbound_samples import destination, queue_result
+
+    queue_result(database, Spool(tmp_path / "outbox"), ["pacs", "other"])
+    now = datetime.now(UTC)
+    with database.sessions.begin() as session:
+        for name in ("pacs", "other"):
+            for delivery in outbound.claim_due(session, name, now, 60):
+                outbound.mark_failed(session, delivery.id, "refused", None, now)
+    settings = Settings(destinations=[destination("pacs", 104), destination("other", 105)])
+    retried = destinations.retry_deliveries(settings, database, now, actor=ADMIN,
+                                            all_dead=True, destination="pacs")
+    assert len(retried) == 2
+    with database.read_only() as session:
+        states = {(d.destination, d.state) for d in outbound.list_deliveries(session)}
+    assert states == {("pacs", OutboundState.PENDING), ("other", OutboundState.DEAD)}
+    (entry,), _ = audit.recent(database)
+    assert (entry.action, entry.target, entry.after["deliveries"]) == (
+        "outbound.retry", "pacs", retried)
+    with pytest.raises(destinations.UnknownDestination):
+        destinations.retry_deliveries(settings, database, now, actor=ADMIN, all_dead=True,
+                                      destination="nowhere")
