@@ -82,8 +82,7 @@ def thumbnail(request: Request, uid: str, sop: str,
                                        ctx.settings.model.dicom_conversion)
     except thumbnails.ImageUnavailable as exc:
         return Response(str(exc), status_code=404, media_type="text/plain")
-    return Response(png, media_type="image/png",
-                    headers={"Cache-Control": "private, max-age=300"})
+    return Response(png, media_type="image/png")  # no-store like every page: patient data
 
 
 @router.post("/studies/{uid}/retry")
