@@ -83,6 +83,20 @@ def test_sessions_end_with_the_user_and_expire(database: Database) -> None:
         users.remove_user(database, "ada", ADMIN, T0)
 
 
+@pytest.mark.parametrize(("name", "password", "role", "message"), [
+    ("bob", "short", "viewer", "10..1024 characters"),
+    ("eve", "a long password", "root", "role must be one of viewer, admin"),
+    ("-x", "a long password", "viewer", "must be 1..64 letters"),
+    ("ada", "a long password", "viewer", "exists already"),
+])
+def test_account_changes_are_refused_in_words(database: Database, name: str, password: str,
+                                              role: str, message: str) -> None:
+    users.add_user(database, "ada", "a long password", "admin", ADMIN, T0)
+    with pytest.raises(users.UserError, match=message):
+        users.add_user(database, name, password, role, ADMIN, T0)
+    assert [u.username for u in users.list_users(database)] == ["ada"]
+
+
 def test_audit_rows_are_newest_first_with_before_and_after(database: Database) -> None:
     users.add_user(database, "ada", "a long password", "admin", Actor("root", "cli"), T0)
     users.set_password(database, "ada", "another password", ADMIN, T0 + timedelta(seconds=1))
