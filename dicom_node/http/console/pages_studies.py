@@ -70,7 +70,9 @@ def study_page(request: Request, uid: str, who: Reader) -> HTMLResponse:
                   destinations=[d.name for d in ctx.settings.destinations],
                   states_to_retry=("FAILED", "QUEUED"),
                   states_to_reprocess=("DONE", "SKIPPED", "FAILED"),
-                  conversion=ctx.settings.model.dicom_conversion, **found)
+                  conversion=ctx.settings.model.dicom_conversion,
+                  image_numbers={i.sop_instance_uid: n for n, i in enumerate(found["instances"], 1)},
+                  **found)
 
 
 @router.get("/studies/{uid}/images/{sop}.png")
