@@ -165,20 +165,19 @@ SECURITY_HEADERS = {
 }
 
 
+# The page modules (each has `router`); a new page adds its module name here.
+PAGE_MODULES = ("pages_auth", "pages_overview", "pages_studies", "pages_destinations",
+                "pages_audit")
+
+
 def install(app: FastAPI, ctx: ConsoleContext) -> None:
     """Add the console to `app`: pages, /static, error pages and security headers."""
-    from dicom_node.http.console import (
-        pages_audit,
-        pages_auth,
-        pages_destinations,
-        pages_overview,
-        pages_studies,
-    )
+    import importlib
 
     app.state.console = ctx
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
-    for module in (pages_auth, pages_overview, pages_studies, pages_destinations, pages_audit):
-        app.include_router(module.router)
+    for name in PAGE_MODULES:
+        app.include_router(importlib.import_module(f"dicom_node.http.console.{name}").router)
     app.add_exception_handler(NotSignedIn, _not_signed_in)
     app.add_exception_handler(Refused, _refused)
 
