@@ -136,6 +136,11 @@ def list_users(database: Database) -> list[UserInfo]:
                 for u in accounts.list_users(session)]
 
 
+def exists(database: Database, username: str) -> bool:
+    with database.read_only() as session:
+        return accounts.get_user(session, username) is not None
+
+
 def has_users(database: Database) -> bool:
     with database.read_only() as session:
         return accounts.user_count(session) > 0

@@ -88,8 +88,10 @@ def test_sign_in_is_rate_limited_after_five_failures(shared_node) -> None:
     throttled = client.sign_in("tom")  # even the right password waits
     assert throttled.status == 429 and "Too many failed sign-ins" in throttled.body
     assert client.request("/").status == 303
+    assert client.sign_in("my secret passphrase", "x").status == 401
     failed = [e["user"] for e in shared_node.events("console_login_failed")]
-    assert failed.count("tom") == 5
+    assert failed.count("tom") == 5 and "(unknown name)" in failed
+    assert "my secret passphrase" not in shared_node.log()
     assert "PHANTOM" not in shared_node.log()
 
 

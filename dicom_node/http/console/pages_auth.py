@@ -49,14 +49,15 @@ def login(request: Request, username: str = Form(""), password: str = Form(""),
     client = request.client.host if request.client else "?"
     wait = ctx.throttle.wait_seconds(username, client)
     if wait > 0:
-        log_event(LOG, "console_login_throttled", level=logging.WARNING, user=username,
-                  client=client)
+        log_event(LOG, "console_login_throttled", level=logging.WARNING, client=client)
         return _login(request, next, f"Too many failed sign-ins: try again in {wait:.0f} s.",
                       username, status_code=429)
     user = users.authenticate(ctx.database, username, password)
     if user is None:
         ctx.throttle.failed(username, client)
-        log_event(LOG, "console_login_failed", level=logging.WARNING, user=username,
+        # an unknown name is not logged: it may be a password typed into the wrong field
+        shown = username if users.exists(ctx.database, username) else "(unknown name)"
+        log_event(LOG, "console_login_failed", level=logging.WARNING, user=shown,
                   client=client)
         return _login(request, next, "User name or password is wrong.", username,
                       status_code=401)
