@@ -120,6 +120,15 @@ def test_healthz_stays_open_and_pages_need_sign_in(shared_node) -> None:
     client = Client(shared_node.http_url)
     assert client.request("/healthz").status == 200
     assert client.request("/readyz").status == 200
+    assert client.request("/healthz/x").status == 404
+    assert "There is no such page" in client.request("/no-such-page").body
+    assert add_user(shared_node.config_path, "uma", "viewer").returncode == 0
+    signed = Client(shared_node.http_url)
+    assert signed.sign_in("uma").status == 303
+    bad = signed.request("/studies?page=abc")
+    assert bad.status == 400 and "wrong kind: page" in bad.body and "Traceback" not in bad.body
+    missing = signed.request("/studies/1.2.999")
+    assert missing.status == 404 and "no study with this Study Instance UID" in missing.body
     for path in ("/", "/studies", "/studies/1.2.3", "/studies/1.2.3/images/1.2.4.png",
                  "/destinations", "/audit"):
         answer = client.request(path)

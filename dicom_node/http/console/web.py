@@ -19,9 +19,11 @@ from typing import Annotated, Any
 from urllib.parse import quote, urlsplit
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dicom_node import users
 from dicom_node.audit import Actor
@@ -154,6 +156,26 @@ def _error(request: Request, who: SignedIn | None, message: str, code: int) -> H
                   code=code)
 
 
+async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    """Framework errors (unknown path, wrong method) as a page, not JSON."""
+    from fastapi.exception_handlers import http_exception_handler
+
+    if request.url.path in ("/healthz", "/readyz", "/metrics"):
+        return await http_exception_handler(request, exc)
+    ctx = context(request)
+    who = users.session_user(ctx.database, request.cookies.get(COOKIE), ctx.clock())
+    words = {404: "There is no such page.", 405: "This page does not take that request."}
+    return _error(request, who, words.get(exc.status_code, str(exc.detail)), exc.status_code)
+
+
+def _invalid(request: Request, exc: RequestValidationError) -> Response:
+    """A query or form value of the wrong type (page=abc): 400 naming it."""
+    ctx = context(request)
+    who = users.session_user(ctx.database, request.cookies.get(COOKIE), ctx.clock())
+    names = ", ".join(str(e.get("loc", ["?"])[-1]) for e in exc.errors()) or "a value"
+    return _error(request, who, f"This request has a value of the wrong kind: {names}.", 400)
+
+
 SECURITY_HEADERS = {
     # no scripts or styles from anywhere else, no framing (clickjacking), no referrer (study
     # UIDs are in console URLs), no caching of pages with patient data
@@ -180,6 +202,8 @@ def install(app: FastAPI, ctx: ConsoleContext) -> None:
         app.include_router(importlib.import_module(f"dicom_node.http.console.{name}").router)
     app.add_exception_handler(NotSignedIn, _not_signed_in)
     app.add_exception_handler(Refused, _refused)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _invalid)
 
     @app.middleware("http")
     async def headers(request: Request, call_next: Callable) -> Response:
