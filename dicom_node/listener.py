@@ -365,7 +365,6 @@ _HEADER_KEYWORDS = (
     "Modality",
     "BodyPartExamined",
     "ViewPosition",
-    "AccessionNumber",
 )
 
 
@@ -385,6 +384,7 @@ def _parse_header(source: BytesIO, syntax: uids.UID, complete: bool) -> dict[str
             source, syntax.is_implicit_VR, syntax.is_little_endian, stop_when=past_header
         )
         values = {k: ds.get(k) for k in _HEADER_KEYWORDS}
+        values["AccessionNumber"] = _optional_value(ds, "AccessionNumber")
     except Exception as exc:
         if not complete:
             return None
@@ -392,6 +392,15 @@ def _parse_header(source: BytesIO, syntax: uids.UID, complete: bool) -> dict[str
     if not complete and not passed:
         return None
     return values
+
+
+def _optional_value(ds: Any, keyword: str) -> Any:
+    """A value the node can do without (the console's accession search): None when it
+    cannot be read, so an odd one never refuses the image."""
+    try:
+        return ds.get(keyword)
+    except Exception:  # noqa: BLE001  any decoding problem means "not known"
+        return None
 
 
 def _read_deflated_header(compressed: bytes, max_inflated: int) -> dict[str, Any]:
@@ -468,7 +477,7 @@ def _checked_header(values: dict[str, Any], sop_class: str, sop_uid: str) -> Hea
         modality=_short_text(values["Modality"]),
         body_part_examined=_short_text(values["BodyPartExamined"]),
         view_position=_short_text(values["ViewPosition"]),
-        accession_sha256=accession_sha256(values["AccessionNumber"]),
+        accession_sha256=accession_sha256(values.get("AccessionNumber")),
     )
 
 
