@@ -232,6 +232,7 @@ def test_every_change_endpoint_refuses_without_session_token_origin_or_role(site
             admin.request(path, {"csrf_token": "forged"}),
             admin.request(path, {"csrf_token": token},
                           headers={"Origin": "http://evil.example"}),
+            admin.request(path, {"csrf_token": token}, headers={"Origin": "null"}),
         ]
         if path != "/logout":  # a viewer may sign out
             refusals.append(viewer.request(path, {"csrf_token": viewer_token}))

@@ -107,8 +107,10 @@ async def check_form(request: Request, who: SignedIn) -> None:
 
 
 def check_origin(request: Request) -> None:
+    """A POST whose Origin is another host:port than the one it was sent to (or "null", a
+    sandboxed or privacy-stripped sender) is refused. A reverse proxy must pass Host on."""
     origin = request.headers.get("origin")
-    if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host"):
+    if origin and (origin == "null" or urlsplit(origin).netloc != request.headers.get("host")):
         raise Refused("a request from another site was refused")
 
 
