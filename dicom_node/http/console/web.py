@@ -179,13 +179,14 @@ def _invalid(request: Request, exc: RequestValidationError) -> Response:
 
 
 SECURITY_HEADERS = {
-    # no scripts or styles from anywhere else, no framing (clickjacking), no referrer (study
-    # UIDs are in console URLs), no caching of pages with patient data
+    # no scripts or styles from anywhere else, no framing (clickjacking), no referrer to other
+    # sites (study UIDs are in console URLs), no caching of pages with patient data
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
                                "frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # same-origin, not no-referrer: with no-referrer browsers send "Origin: null" on POSTs
+    "Referrer-Policy": "same-origin",
 }
 
 
