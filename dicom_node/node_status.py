@@ -82,6 +82,27 @@ def activity(database: Database, now: datetime, days: int = 7) -> dict[str, Any]
                                 for f in failed]}
 
 
+def checkpoint_hashes(settings: Settings, cache: dict[tuple[str, int, int], str]
+                      ) -> dict[str, str | None]:
+    """SHA-256 (hex) of each configured checkpoint file, by path; None for a missing one.
+    `cache` (the caller's, keyed by path, size and mtime) spares re-reading a file that did
+    not change: a released CheXzero checkpoint is ~600 MB (about a second to hash)."""
+    from ml.model_card import file_sha256
+
+    found: dict[str, str | None] = {}
+    for path in (settings.resolve(p) for p in settings.model.checkpoints):
+        try:
+            stat = path.stat()
+        except OSError:
+            found[str(path)] = None
+            continue
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        if key not in cache:
+            cache[key] = file_sha256(path)
+        found[str(path)] = cache[key]
+    return found
+
+
 def _model_report(settings: Settings) -> dict[str, Any]:
     """Whether the configured checkpoints are there (without them studies wait QUEUED), and
     what each one's model card says about clinical use."""

@@ -12,9 +12,11 @@ import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
+from ml.model_card import file_sha256
 from ml.testing import write_random_checkpoint
 from tests.console_helpers import (
     CHROMIUM,
@@ -37,6 +39,7 @@ class Site:
     two_views: str  # DONE: PA scored, lateral skipped
     one_view: str  # DONE
     lateral_only: str  # SKIPPED
+    checkpoint: Path
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +67,7 @@ def site(tmp_path_factory) -> Iterator[Site]:
             node.wait_for_state(uid, state, timeout=120)
         node.wait_for(lambda: all(d["state"] == "SENT" for d in node.cli_json("outbound", "list"))
                       and len(node.cli_json("outbound", "list")) == 6, "6 deliveries SENT")
-        yield Site(node, pacs, a.study, b.study, c.study)
+        yield Site(node, pacs, a.study, b.study, c.study, checkpoint)
     finally:
         if node is not None:
             node.stop()
@@ -118,6 +121,9 @@ def test_admin_walks_every_page_and_uses_the_buttons(browser, site: Site) -> Non
     assert "AINODE" in body and "tiny-test" in body and "not for clinical use" in body
     assert "listener" in body and "ready" in body
     assert "NOT FOR CLINICAL USE" in page.inner_text(".caveat")
+    used = node.cli_json("studies", "show", site.two_views)["result"]["checkpoint_sha256s"]
+    assert used == [file_sha256(site.checkpoint)] and f"sha256 {used[0]}" in body
+    assert "made with other weights" not in body
     today = page.locator("tr.today")
     assert today.locator("td").nth(1 + ["RECEIVING", "QUEUED", "PROCESSING", "DONE"].index(
         "DONE")).inner_text() == "2"

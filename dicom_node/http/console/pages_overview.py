@@ -27,6 +27,7 @@ def overview(request: Request, who: Reader) -> HTMLResponse:
     return render(
         request, "overview.html", who, "overview", report=report, activity=activity,
         readiness=ctx.readiness(), http=ctx.settings.http,
+        hashes=node_status.checkpoint_hashes(ctx.settings, ctx.checkpoint_hash_cache),
         disk_used_share=spool["used_bytes"] / total if total else 0,
         states=list(report["states"]),
     )

@@ -46,6 +46,7 @@ class ConsoleContext:
     database: Database
     readiness: Callable[[], Any]
     throttle: LoginThrottle = field(default_factory=LoginThrottle)
+    checkpoint_hash_cache: dict[tuple[str, int, int], str] = field(default_factory=dict)
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
     @property
