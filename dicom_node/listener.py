@@ -50,6 +50,7 @@ from storage.db import Database
 from storage.ignored import IgnoredRecord, record_ignored
 from storage.retention import is_purged_instance
 from storage.spool import Spool, SpoolEntry, checked_uid
+from storage.study_search import accession_sha256
 
 LOG = logging.getLogger(__name__)
 
@@ -141,6 +142,7 @@ class Header:
     modality: str | None
     body_part_examined: str | None
     view_position: str | None
+    accession_sha256: str | None = None  # the console searches by it; the number is not kept
 
 
 class Intake:
@@ -382,6 +384,7 @@ def _parse_header(source: BytesIO, syntax: uids.UID, complete: bool) -> dict[str
             source, syntax.is_implicit_VR, syntax.is_little_endian, stop_when=past_header
         )
         values = {k: ds.get(k) for k in _HEADER_KEYWORDS}
+        values["AccessionNumber"] = _optional_value(ds, "AccessionNumber")
     except Exception as exc:
         if not complete:
             return None
@@ -389,6 +392,15 @@ def _parse_header(source: BytesIO, syntax: uids.UID, complete: bool) -> dict[str
     if not complete and not passed:
         return None
     return values
+
+
+def _optional_value(ds: Any, keyword: str) -> Any:
+    """A value the node can do without (the console's accession search): None when it
+    cannot be read, so an odd one never refuses the image."""
+    try:
+        return ds.get(keyword)
+    except Exception:  # noqa: BLE001  any decoding problem means "not known"
+        return None
 
 
 def _read_deflated_header(compressed: bytes, max_inflated: int) -> dict[str, Any]:
@@ -465,6 +477,7 @@ def _checked_header(values: dict[str, Any], sop_class: str, sop_uid: str) -> Hea
         modality=_short_text(values["Modality"]),
         body_part_examined=_short_text(values["BodyPartExamined"]),
         view_position=_short_text(values["ViewPosition"]),
+        accession_sha256=accession_sha256(values.get("AccessionNumber")),
     )
 
 
@@ -499,6 +512,7 @@ def _instance_record(
         spool_path=path,
         size_bytes=size,
         calling_ae_title=event.assoc.requestor.ae_title.strip()[:16] or None,
+        accession_sha256=header.accession_sha256,
     )
 
 

@@ -46,3 +46,16 @@ def test_package_does_not_reach_across_the_layering(package: str) -> None:
 
 def test_ml_library_never_imports_training() -> None:
     assert violations("ml", ("ml.training",), exempt="training") == []
+
+
+def test_console_pages_hold_no_sql() -> None:
+    """The console's handlers call the service layer: no SQLAlchemy, and from storage only the
+    Database handle, the state enum and the outbound error they name."""
+    allowed = ("storage.db", "storage.states", "storage.outbound")
+    found = []
+    for path in sorted((ROOT / "dicom_node" / "http" / "console").rglob("*.py")):
+        for name in imported_modules(path):
+            if name.startswith("sqlalchemy") or (
+                    name.startswith("storage") and name not in allowed):
+                found.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert found == []

@@ -207,6 +207,7 @@ def _requeue_command(
     as_json: bool,
     reprocess: bool,
 ) -> None:
+    from dicom_node.audit import cli_actor
     from dicom_node.studies import requeue_studies, uids_in_state
 
     with user_errors():
@@ -215,7 +216,8 @@ def _requeue_command(
             raise CliError("give Study Instance UIDs, or --state STATE --all (not both)")
         database = open_worklist(settings_from(config))
         targets = uids_in_state(database, wanted) if wanted else [u.strip() for u in uids or []]
-        outcomes = requeue_studies(database, targets, datetime.now(UTC), reprocess=reprocess)
+        outcomes = requeue_studies(database, targets, datetime.now(UTC), reprocess=reprocess,
+                                   actor=cli_actor())
         database.dispose()
     if as_json:
         print_json([dataclasses.asdict(o) for o in outcomes])

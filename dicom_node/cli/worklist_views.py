@@ -23,7 +23,6 @@ from dicom_node.cli.plain import (
 from dicom_node.settings import Settings
 
 if TYPE_CHECKING:
-    from storage.spool import Spool
     from storage.states import StudyState
 
 
@@ -138,37 +137,10 @@ def _service_line(processes: list[dict[str, Any]]) -> str:
 
 
 def _status_report(settings: Settings) -> dict[str, Any]:
-    from dicom_node.health import health_report
-    from storage.reader import display_url
-    from storage.spool import Spool
+    from dicom_node.node_status import status_report
 
-    spool = Spool(settings.spool_path)
-    used, files = _spool_usage(spool)
-    free = _free_bytes(spool.root)
-    floor = settings.node.min_free_disk_mb * 1024 * 1024
     with read_worklist(settings) as reader:
-        counts = reader.study_state_counts()
-        recent = reader.recent_instances(limit=5)
-        ignored = sum(reader.ignored_counts().values())
-        health = health_report(settings, reader, datetime.now(UTC), free < floor)
-    return health | {
-        "ae_title": settings.node.ae_title,
-        "port": settings.node.port,
-        "data_dir": str(settings.data_path),
-        "database": display_url(settings.database_url),
-        "states": {state.value: count for state, count in counts.items()},
-        "ignored_instances": ignored,  # other SOP classes acknowledged, not kept
-        "spool": {
-            "path": str(spool.root),
-            "used_bytes": used,
-            "files": files,
-            "free_bytes": free,
-            "min_free_bytes": floor,
-            "below_floor": free < floor,
-        },
-        "last_arrivals": [jsonable(i) for i in recent],
-        "model": _model_report(settings),
-    }
+        return status_report(settings, reader, datetime.now(UTC))
 
 
 def _model_line(model: dict[str, Any], running: dict[str, Any]) -> str:
@@ -187,38 +159,6 @@ def _model_line(model: dict[str, Any], running: dict[str, Any]) -> str:
     else:
         state = f"{len(model['checkpoints'])} checkpoint(s) present"
     return f"model    {model['name']}{caveat}: {state}"
-
-
-def _model_report(settings: Settings) -> dict[str, Any]:
-    """Whether the configured checkpoints are there (without them studies wait QUEUED), and
-    what each one's model card says about clinical use."""
-    from ml.model_card import card_statement
-
-    checkpoints = [
-        {"path": str(path), "present": path.is_file(), "card": card_statement(path)}
-        for path in (settings.resolve(p) for p in settings.model.checkpoints)
-    ]
-    return {
-        "name": settings.model.name,
-        "clinical_use": settings.model.clinical_use,
-        "checkpoints": checkpoints,
-        "ready": bool(checkpoints) and all(c["present"] for c in checkpoints),
-    }
-
-
-def _free_bytes(path: Path) -> int:
-    """Free bytes on the file system where `path` is or would be, creating nothing (status is
-    read-only: it must not make the data directory of a node that never ran)."""
-    import shutil
-
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return shutil.disk_usage(path).free
-
-
-def _spool_usage(spool: Spool) -> tuple[int, int]:
-    files = [p for p in spool.root.rglob("*.dcm") if p.is_file()] if spool.root.is_dir() else []
-    return sum(p.stat().st_size for p in files), len(files)
 
 
 def parse_state(state: str | None) -> StudyState | None:
