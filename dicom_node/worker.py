@@ -91,7 +91,7 @@ class ModelState:
 
 @dataclass
 class LoadedModel:
-    engine: Any  # ml.engine.ZeroShotEngine: .identity, .labels, .score_uint8(images)
+    engine: Any  # ml.engine.ZeroShotEngine: .identity, .labels, .score_uint8_with_embeddings
     catalogue: Any  # ml.catalogue.Catalogue
 
 
@@ -338,11 +338,12 @@ class Worker:
         if not eligible:
             return self._skip(claimed, model, images)
         read = time.perf_counter()
-        scores = self._score(claimed, model, eligible)
+        scores, embeddings = self._score(claimed, model, eligible)
         seconds = {"read": read - started, "score": time.perf_counter() - read}
         self.on_inference(seconds["score"])
         study_scores = aggregate(scores, self.settings.worker.study_aggregation)
-        return self._report(claimed, model, images, eligible, scores, study_scores, seconds)
+        return self._report(claimed, model, images, eligible, (scores, embeddings),
+                            study_scores, seconds)
 
     def _read_images(self, claimed: worklist.ClaimedStudy) -> list[_Image]:
         """Each instance's header (large values left on disk) and, when it is to be scored, its
@@ -362,16 +363,21 @@ class Worker:
 
     def _score(
         self, claimed: worklist.ClaimedStudy, model: LoadedModel, eligible: Sequence[_Image]
-    ) -> np.ndarray:
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(images, findings) probabilities and, per checkpoint, the (images, D) embeddings
+        kept with the result for the prompt workbench."""
         batch = self.settings.model.batch_size
-        chunks = []
+        chunks, embedded = [], []
         for start in range(0, len(eligible), batch):
             pixels = [image.pixels for image in eligible[start : start + batch]]
-            chunks.append(np.asarray(model.engine.score_uint8(pixels), dtype=np.float64))
+            scored = model.engine.score_uint8_with_embeddings(pixels)
+            chunks.append(np.asarray(scored.probabilities, dtype=np.float64))
+            embedded.append(scored.embeddings)
             with self.database.sessions.begin() as session:
                 worklist.renew_lease(session, claimed.study_id, self.worker_id,
                                      self.settings.worklist.lease_seconds, self.clock())
-        return np.concatenate(chunks, axis=0)
+        embeddings = {sha: np.concatenate([e[sha] for e in embedded]) for sha in embedded[0]}
+        return np.concatenate(chunks, axis=0), embeddings
 
     def _skip(
         self, claimed: worklist.ClaimedStudy, model: LoadedModel, images: Sequence[_Image]
@@ -408,7 +414,7 @@ class Worker:
             previous=_previous_reports(previous), when=now, chest=any(map(states_chest, evidence)),
         )
         new = self._new_result(claimed, key, version, previous, algorithm, None, uids, [],
-                               _image_records(images, [], np.empty((0, 0)), []))
+                               _image_records(images, [], np.empty((0, 0)), {}, []))
         return self._finish_skipped(claimed, new, written, reason, version, now)
 
     def _skip_silently(self, claimed: worklist.ClaimedStudy, reason: str, read: bool) -> WorkOutcome:
@@ -455,7 +461,7 @@ class Worker:
         model: LoadedModel,
         images: Sequence[_Image],
         eligible: Sequence[_Image],
-        scores: np.ndarray,
+        scored: tuple[np.ndarray, dict[str, np.ndarray]],
         study_scores: np.ndarray,
         seconds: dict[str, float],
     ) -> WorkOutcome:
@@ -488,7 +494,7 @@ class Worker:
                       uids=uids, node_uid=self.node_uid, previous=_previous_reports(previous),
                       when=now)
         new = self._new_result(claimed, key, version, previous, algorithm, profile.version, uids,
-                               findings, _image_records(images, eligible, scores, labels))
+                               findings, _image_records(images, eligible, *scored, labels))
         with self.database.sessions.begin() as session:
             worklist.renew_lease(session, claimed.study_id, self.worker_id,
                                  self.settings.worklist.lease_seconds, now)
@@ -712,17 +718,18 @@ def _image_records(
     images: Sequence[_Image],
     eligible: Sequence[_Image],
     scores: np.ndarray,
+    embeddings: dict[str, np.ndarray],
     labels: Sequence[str],
 ) -> tuple[results.ImageRecord, ...]:
     row = {id(image): i for i, image in enumerate(eligible)}
     records = []
     for image in images:
         if id(image) in row:
-            values = scores[row[id(image)]]
-            scored = {label: round(float(p), 6) for label, p in zip(labels, values, strict=True)}
-            records.append(
-                results.ImageRecord(image.sop_instance_uid, True, None, scored, image.flags)
-            )
+            i = row[id(image)]
+            scored = {label: round(float(p), 6) for label, p in zip(labels, scores[i], strict=True)}
+            vectors = {sha: e[i].astype("<f4").tobytes() for sha, e in embeddings.items()}
+            records.append(results.ImageRecord(
+                image.sop_instance_uid, True, None, scored, image.flags, vectors))
         else:
             records.append(results.ImageRecord(
                 image.sop_instance_uid, False, image.reason, flags=image.flags))
