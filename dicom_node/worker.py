@@ -105,14 +105,15 @@ class _Image:
 
 
 def load_model(settings: Settings) -> LoadedModel:
-    """The configured checkpoints and findings catalogue (seconds: done once per process)."""
-    from ml.catalogue import load_catalogue
+    """The configured checkpoints and the node's findings catalogue: the findings file plus
+    the findings added from the workbench (seconds: done once per process)."""
+    from dicom_node.findings import node_catalogue_from_url
     from ml.engine import ZeroShotEngine
 
     model = settings.model
     if not model.checkpoints:
         raise ValueError("model.checkpoints is empty: configure at least one checkpoint")
-    catalogue = load_catalogue(settings.resolve(model.findings_file))
+    catalogue = node_catalogue_from_url(settings)
     engine = ZeroShotEngine(
         [settings.resolve(path) for path in model.checkpoints],
         catalogue,
@@ -726,7 +727,8 @@ def _image_records(
     for image in images:
         if id(image) in row:
             i = row[id(image)]
-            scored = {label: round(float(p), 6) for label, p in zip(labels, scores[i], strict=True)}
+            values = zip(labels, scores[i], strict=True)
+            scored = {label: round(float(p), 6) for label, p in values}
             vectors = {sha: e[i].astype("<f4").tobytes() for sha, e in embeddings.items()}
             records.append(results.ImageRecord(
                 image.sop_instance_uid, True, None, scored, image.flags, vectors))
