@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from ml.catalogue import MAX_PROBABILITY, MIN_PROBABILITY, Catalogue
@@ -328,3 +329,32 @@ def activate(
         before = profiles.active_version(session) or 1
         changed = profiles.activate(session, version, by=by, note=note)
     return before, changed
+
+
+def record_calibration_set(
+    database: Database,
+    *,
+    author: str,
+    labels_name: str,
+    labels_sha256: str,
+    label_policy: str,
+    model_name: str,
+    checkpoint_sha256s: Sequence[str],
+    catalogue_version: str,
+    profile_version: int | None,
+    findings: Mapping[str, tuple[Sequence[int], Sequence[float]]],
+) -> int:
+    """Store what a calibration measured: per finding, the labels (1/0) and scores of the
+    labelled, scored images. The newest set is what `preview` and drift compare with.
+    Returns its id."""
+    with database.sessions.begin() as session:
+        return calibration_sets.add_calibration_set(
+            session, created_at=datetime.now(UTC), author=author, labels_name=labels_name,
+            labels_sha256=labels_sha256, label_policy=label_policy, model_name=model_name,
+            checkpoint_sha256s=checkpoint_sha256s, catalogue_version=catalogue_version,
+            profile_version=profile_version,
+            findings={
+                f: calibration_sets.LabelledScores(tuple(y), tuple(s))
+                for f, (y, s) in findings.items()
+            },
+        )
