@@ -92,6 +92,7 @@ class PromptTrial:
     counts: tuple[int, ...]
     threshold: float  # the default threshold the summary counts against
     labelled: LabelledAuroc | None
+    clinical_use: bool  # the model's card allows clinical use (the demo model's does not)
 
     @property
     def at_or_above(self) -> int:
@@ -115,6 +116,7 @@ class PromptTrial:
             "histogram": {"edges": list(self.edges), "counts": list(self.counts)},
             "scores": [{"study_instance_uid": u, "score": s} for u, s in self.scores],
             "labelled": self.labelled.as_dict() if self.labelled else None,
+            "clinical_use": self.clinical_use,
         }
 
 
@@ -190,7 +192,7 @@ def try_prompt(
         pair=pair, model_name=settings.model.name, checkpoint_sha256s=tuple(text),
         studies_requested=last, scores=tuple(scores), left_out=dict(left_out),
         edges=tuple(float(e) for e in edges), counts=tuple(int(c) for c in counts),
-        threshold=threshold, labelled=auroc,
+        threshold=threshold, labelled=auroc, clinical_use=settings.model.clinical_use,
     )
 
 
