@@ -82,8 +82,8 @@ def _process(settings, database, datasets) -> None:
         clock[0] += timedelta(seconds=1)
 
 
-def test_each_scored_image_keeps_one_unit_embedding_per_checkpoint(node, checkpoints) -> None:
-    _, _, database, studies = node
+def test_each_scored_image_keeps_one_unit_embedding_per_checkpoint(node) -> None:
+    database = node[2]
     with database.read_only() as session:
         stored = results.study_embeddings(session, limit=10)
     assert len(stored) == 5 and [len(s.images) for s in stored].count(2) == 1
