@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
+from dicom_node import audit
+from dicom_node.audit import Actor
 from dicom_node.outcomes import Outcome
 from dicom_node.settings import DestinationSettings, Settings
 from storage import destinations as destination_states
@@ -91,17 +93,44 @@ def resend(
     study_instance_uid: str,
     now: datetime,
     names: Sequence[str] = (),
+    *,
+    actor: Actor,
 ) -> list[int]:
     """Queue the study's current SR and summary again for the named destinations (default:
     every configured one), as each destination's send_sr/send_summary allows. Even objects
-    a destination acknowledged go again: this is the explicit admin act. Returns the
-    delivery ids queued; raises UnknownDestination or storage.outbound.OutboundError."""
+    a destination acknowledged go again: this is the explicit admin act, audited as
+    "study.resend" by `actor`. Returns the delivery ids queued; raises UnknownDestination or
+    storage.outbound.OutboundError."""
     targets = [find(settings, n) for n in names] if names else list(settings.destinations)
     if not targets:
         raise UnknownDestination("no destinations are configured")
     wanted = {d.name: _kinds(d) for d in targets}
     with database.sessions.begin() as session:
-        return outbound.resend(session, study_instance_uid, wanted, now)
+        queued = outbound.resend(session, study_instance_uid, wanted, now)
+        audit.record(session, actor, "study.resend", study_instance_uid,
+                     after={"destinations": sorted(wanted), "deliveries": queued}, now=now)
+        return queued
+
+
+def retry_deliveries(
+    settings: Settings, database: Database, now: datetime, *, actor: Actor,
+    ids: Sequence[int] = (), all_dead: bool = False, destination: str | None = None,
+) -> list[int]:
+    """Send deliveries again now with a fresh set of attempts: the delivery `ids` and, with
+    `all_dead`, every DEAD one (only `destination`'s when given; it must be configured).
+    Audited by `actor` as "outbound.retry" when anything was queued (before: the states,
+    after: PENDING). Returns the ids; raises UnknownDestination or
+    storage.outbound.OutboundError."""
+    if destination is not None:
+        find(settings, destination)
+    with database.sessions.begin() as session:
+        retried = outbound.retry(session, now, ids=ids, all_dead=all_dead,
+                                 destination=destination)
+        if retried:
+            audit.record(session, actor, "outbound.retry", destination or "deliveries",
+                         before={"dead_only": all_dead and not ids},
+                         after={"state": "PENDING", "deliveries": retried}, now=now)
+        return retried
 
 
 def _kinds(destination: DestinationSettings) -> set[str]:

@@ -50,6 +50,7 @@ from storage.db import Database
 from storage.ignored import IgnoredRecord, record_ignored
 from storage.retention import is_purged_instance
 from storage.spool import Spool, SpoolEntry, checked_uid
+from storage.study_search import accession_sha256
 
 LOG = logging.getLogger(__name__)
 
@@ -141,6 +142,7 @@ class Header:
     modality: str | None
     body_part_examined: str | None
     view_position: str | None
+    accession_sha256: str | None = None  # the console searches by it; the number is not kept
 
 
 class Intake:
@@ -363,6 +365,7 @@ _HEADER_KEYWORDS = (
     "Modality",
     "BodyPartExamined",
     "ViewPosition",
+    "AccessionNumber",
 )
 
 
@@ -465,6 +468,7 @@ def _checked_header(values: dict[str, Any], sop_class: str, sop_uid: str) -> Hea
         modality=_short_text(values["Modality"]),
         body_part_examined=_short_text(values["BodyPartExamined"]),
         view_position=_short_text(values["ViewPosition"]),
+        accession_sha256=accession_sha256(values["AccessionNumber"]),
     )
 
 
@@ -499,6 +503,7 @@ def _instance_record(
         spool_path=path,
         size_bytes=size,
         calling_ae_title=event.assoc.requestor.ae_title.strip()[:16] or None,
+        accession_sha256=header.accession_sha256,
     )
 
 

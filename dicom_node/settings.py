@@ -30,7 +30,8 @@ from dicom_node.shipped import defaults_file, findings_file
 
 ENV_PREFIX = "DICOM_NODE_"
 # Keys naming files or folders (str or list of str): anchored where their layer was written.
-_PATH_KEYS = (("node", "data_dir"), ("model", "findings_file"), ("model", "checkpoints"))
+_PATH_KEYS = (("node", "data_dir"), ("model", "findings_file"), ("model", "checkpoints"),
+              ("http", "tls_certfile"), ("http", "tls_keyfile"))
 DEFAULT_DATA_DIR = "~/.local/share/dicom-node"
 
 
@@ -138,6 +139,10 @@ class HttpSettings:
     enabled: bool = True  # /healthz, /readyz and /metrics inside `dicom-node serve`
     host: str = "127.0.0.1"  # loopback: expose it deliberately (reverse proxy, 0.0.0.0)
     port: int = 8080  # 0: any free port (the bound one is logged as http_listening)
+    tls_certfile: str = ""  # PEM certificate (chain); with tls_keyfile: HTTPS, secure cookies
+    tls_keyfile: str = ""
+    console: bool = True  # the signed-in admin console (pages) beside /healthz etc.
+    session_hours: float = 8  # a console sign-in lasts this long
 
 
 @dataclass(frozen=True)
@@ -230,6 +235,7 @@ _CHECKS: dict[tuple[str, str], typing.Callable[[Any], str | None]] = {
     ("destinations[]", "port"): lambda v: None if 0 < v <= 65535 else "must be 1..65535",
     ("http", "port"): lambda v: None if 0 <= v <= 65535 else "must be 0..65535",
     ("http", "host"): lambda v: None if v.strip() else "must not be empty",
+    ("http", "session_hours"): lambda v: None if 0 < v <= 24 * 30 else "must be > 0 and <= 720",
     ("logging", "format"): lambda v: None if v in ("json", "text") else "must be json or text",
     ("logging", "level"): lambda v: None
     if v.upper() in ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -343,6 +349,9 @@ def _build(cls: type, merged: dict[str, Any], sources: tuple[str, ...]) -> Setti
             raise ConfigError(f"unknown config section [{name}] (known: {', '.join(sections)})")
     hints = typing.get_type_hints(cls)
     built = {name: _build_field(name, hints[name], merged.get(name)) for name in sections}
+    http = built.get("http")
+    if http is not None and bool(http.tls_certfile) != bool(http.tls_keyfile):
+        raise ConfigError("http.tls_certfile and http.tls_keyfile go together: set both or neither")
     names = [d.name for d in built.get("destinations", [])]
     if len(set(names)) != len(names):
         raise ConfigError(f"destinations: names must be unique, got {names}")

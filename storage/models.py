@@ -132,6 +132,9 @@ class Instance(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     received_at: Mapped[datetime] = mapped_column(UtcDateTime)
     calling_ae_title: Mapped[str | None] = mapped_column(String(16))
+    # SHA-256 of the Accession Number (migration 0012): the console finds a study by it without
+    # the work list holding the number itself
+    accession_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
 
     study: Mapped[Study] = relationship(back_populates="instances")
 
@@ -397,3 +400,48 @@ class CatalogueRevision(Base):
     label: Mapped[str] = mapped_column(String(128))
     entry_json: Mapped[str | None] = mapped_column(Text)  # the [[finding]] table, for add
     provenance_json: Mapped[str] = mapped_column(Text)  # AUROC, prompts tried on, ...
+
+
+# --- Console accounts, sessions and the audit trail (console; migration 0012_console) -------
+# A user signs in to the HTTP console with a local account (argon2 hash, never the password).
+# A console session is a server-side row keyed by the SHA-256 of the random cookie value, so a
+# stolen database does not hold usable cookies, and signing out or removing a user ends its
+# sessions at once. An audit row records every change made from the console or the CLI: who,
+# when, from where, what, and the state before and after (JSON; never patient names or IDs).
+
+
+class UserAccount(Base):
+    __tablename__ = "user_account"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16))  # viewer | admin
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    password_changed_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class ConsoleSession(Base):
+    __tablename__ = "console_session"
+
+    token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("user_account.id", ondelete="CASCADE"), index=True
+    )
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    notice: Mapped[str | None] = mapped_column(Text)  # shown once on the next page (after a POST)
+
+
+class AuditEvent(Base):
+    __tablename__ = "audit_event"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+    actor: Mapped[str] = mapped_column(String(128))  # console user name, or the OS user (CLI)
+    origin: Mapped[str] = mapped_column(String(16))  # console | cli
+    action: Mapped[str] = mapped_column(String(64), index=True)  # e.g. study.retry
+    target: Mapped[str | None] = mapped_column(String(255))  # a UID, a name, a version
+    before_json: Mapped[str | None] = mapped_column(Text)
+    after_json: Mapped[str | None] = mapped_column(Text)

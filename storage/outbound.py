@@ -226,15 +226,18 @@ def next_due_at(session: Session, destination: str) -> datetime | None:
 
 
 def retry(
-    session: Session, now: datetime, ids: Sequence[int] = (), all_dead: bool = False
+    session: Session, now: datetime, ids: Sequence[int] = (), all_dead: bool = False,
+    destination: str | None = None,
 ) -> list[int]:
     """Make DEAD (or waiting PENDING) rows due now with a fresh set of attempts; the ids.
-    A SENT row is refused: the destination has it already."""
+    `all_dead` takes every DEAD row (only those for `destination` when given). A SENT row is
+    refused: the destination has it already."""
     targets: list[int] = []
     if all_dead:
-        targets += session.scalars(
-            select(Outbound.id).where(Outbound.state == OutboundState.DEAD).order_by(Outbound.id)
-        )
+        dead = select(Outbound.id).where(Outbound.state == OutboundState.DEAD)
+        if destination is not None:
+            dead = dead.where(Outbound.destination == destination)
+        targets += session.scalars(dead.order_by(Outbound.id))
     for delivery_id in ids:
         row = session.get(Outbound, delivery_id)
         if row is None:

@@ -252,6 +252,12 @@ def results_for_study(session: Session, study_instance_uid: str) -> list[ResultV
     return [_view(r) for r in rows]
 
 
+def newest_result(session: Session) -> ResultView | None:
+    """The most recently made result of any study (None when there is none)."""
+    row = session.scalars(select(Result).order_by(Result.id.desc()).limit(1)).first()
+    return None if row is None else _view(row)
+
+
 def result_count(session: Session) -> int:
     return session.scalar(select(func.count()).select_from(Result)) or 0
 

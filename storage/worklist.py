@@ -45,6 +45,7 @@ class InstanceRecord:
     spool_path: str
     size_bytes: int
     calling_ae_title: str | None
+    accession_sha256: str | None = None  # SHA-256 of the Accession Number, never the number
 
 
 @dataclass(frozen=True)
@@ -645,6 +646,12 @@ def study_detail(
         select(Instance).where(Instance.study_id == study.id).order_by(Instance.id)
     )
     return _summary(StudySummary, study), [_summary(InstanceSummary, i) for i in instances]
+
+
+def arrivals_since(session: Session, since: datetime) -> list[tuple[datetime, StudyState]]:
+    """(first arrival, state) of every study that first arrived at or after `since`."""
+    query = select(Study.first_arrival_at, Study.state).where(Study.first_arrival_at >= since)
+    return [(at, StudyState(state)) for at, state in session.execute(query)]
 
 
 def recent_instances(session: Session, limit: int = 5) -> list[InstanceSummary]:

@@ -237,11 +237,13 @@ def test_a_late_instance_for_a_purged_study_is_processed_alone(node_db, data_dir
 
 
 def test_reprocess_of_a_purged_study_is_refused_in_words(node_db, data_dir) -> None:
+    from dicom_node.audit import Actor
     from dicom_node.studies import requeue_studies
 
     study = seed(node_db, data_dir, "sent", NOW - timedelta(days=10))
     retention_at(node_db, data_dir, NOW).run()
-    (outcome,) = requeue_studies(node_db, [study.uid], NOW, reprocess=True)
+    (outcome,) = requeue_studies(node_db, [study.uid], NOW, reprocess=True,
+                                 actor=Actor("test", "cli"))
     assert outcome.previous_state is None and "purged" in outcome.error
     assert study_of(node_db, study.uid).state == "DONE"
 

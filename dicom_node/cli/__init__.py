@@ -25,6 +25,7 @@ def _register() -> None:
         report_commands,  # noqa: F401  worker, outbound
         threshold_commands,  # noqa: F401  thresholds, evaluate
         train_commands,  # noqa: F401  synth, train
+        user_commands,  # noqa: F401  users
     )
 
 

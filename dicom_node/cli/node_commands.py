@@ -25,7 +25,6 @@ from dicom_node.cli.common import (
 from dicom_node.settings import Settings
 
 if TYPE_CHECKING:
-    from storage.spool import Spool
     from storage.states import StudyState
 
 studies_app = typer.Typer(help="Studies in the work list.", no_args_is_help=True)
@@ -308,6 +307,7 @@ def _requeue_command(
     as_json: bool,
     reprocess: bool,
 ) -> None:
+    from dicom_node.audit import cli_actor
     from dicom_node.studies import requeue_studies, uids_in_state
 
     with user_errors():
@@ -316,7 +316,8 @@ def _requeue_command(
             raise CliError("give Study Instance UIDs, or --state STATE --all (not both)")
         database = open_worklist(settings_from(config))
         targets = uids_in_state(database, wanted) if wanted else [u.strip() for u in uids or []]
-        outcomes = requeue_studies(database, targets, datetime.now(UTC), reprocess=reprocess)
+        outcomes = requeue_studies(database, targets, datetime.now(UTC), reprocess=reprocess,
+                                   actor=cli_actor())
         database.dispose()
     if as_json:
         print_json([dataclasses.asdict(o) for o in outcomes])
@@ -340,40 +341,13 @@ def _syntax_name(uid: str) -> str:
 
 
 def _status_report(settings: Settings) -> dict[str, Any]:
-    from dicom_node.health import health_report
-    from storage import worklist
-    from storage.ignored import ignored_counts
-    from storage.spool import Spool
+    from dicom_node.node_status import status_report
 
-    spool = Spool(settings.spool_path)
-    used, files = _spool_usage(spool)
-    free = _free_bytes(spool.root)
-    floor = settings.node.min_free_disk_mb * 1024 * 1024
     database = open_worklist(settings, read_only=True)
-    with database.read_only() as session:
-        counts = worklist.state_counts(session)
-        recent = worklist.recent_instances(session, limit=5)
-        ignored = sum(ignored_counts(session).values())
-    health = health_report(settings, database, datetime.now(UTC), free < floor)
-    database.dispose()
-    return health | {
-        "ae_title": settings.node.ae_title,
-        "port": settings.node.port,
-        "data_dir": str(settings.data_path),
-        "database": _safe_url(settings),
-        "states": {state.value: count for state, count in counts.items()},
-        "ignored_instances": ignored,  # other SOP classes acknowledged, not kept
-        "spool": {
-            "path": str(spool.root),
-            "used_bytes": used,
-            "files": files,
-            "free_bytes": free,
-            "min_free_bytes": floor,
-            "below_floor": free < floor,
-        },
-        "last_arrivals": [_jsonable(i) for i in recent],
-        "model": _model_report(settings),
-    }
+    try:
+        return status_report(settings, database, datetime.now(UTC))
+    finally:
+        database.dispose()
 
 
 def _model_line(model: dict[str, Any], running: dict[str, Any]) -> str:
@@ -392,38 +366,6 @@ def _model_line(model: dict[str, Any], running: dict[str, Any]) -> str:
     else:
         state = f"{len(model['checkpoints'])} checkpoint(s) present"
     return f"model    {model['name']}{caveat}: {state}"
-
-
-def _model_report(settings: Settings) -> dict[str, Any]:
-    """Whether the configured checkpoints are there (without them studies wait QUEUED), and
-    what each one's model card says about clinical use."""
-    from ml.model_card import card_statement
-
-    checkpoints = [
-        {"path": str(path), "present": path.is_file(), "card": card_statement(path)}
-        for path in (settings.resolve(p) for p in settings.model.checkpoints)
-    ]
-    return {
-        "name": settings.model.name,
-        "clinical_use": settings.model.clinical_use,
-        "checkpoints": checkpoints,
-        "ready": bool(checkpoints) and all(c["present"] for c in checkpoints),
-    }
-
-
-def _free_bytes(path: Path) -> int:
-    """Free bytes on the file system where `path` is or would be, creating nothing (status is
-    read-only: it must not make the data directory of a node that never ran)."""
-    import shutil
-
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return shutil.disk_usage(path).free
-
-
-def _spool_usage(spool: Spool) -> tuple[int, int]:
-    files = [p for p in spool.root.rglob("*.dcm") if p.is_file()] if spool.root.is_dir() else []
-    return sum(p.stat().st_size for p in files), len(files)
 
 
 def _parse_state(state: str | None) -> StudyState | None:

@@ -187,14 +187,17 @@ def outbound_retry(
 ) -> None:
     """Send DEAD (or waiting) deliveries again now, with a fresh set of attempts. An object a
     destination acknowledged is never sent to it again."""
+    from dicom_node import destinations
+    from dicom_node.audit import cli_actor
     from storage import outbound
     with user_errors():
         if not ids and not all_dead:
             raise CliError("name delivery ids or use --all-dead")
-        database = open_worklist(settings_from(config))
+        settings = settings_from(config)
+        database = open_worklist(settings)
         try:
-            with database.sessions.begin() as session:
-                retried = outbound.retry(session, _now(), ids=ids or (), all_dead=all_dead)
+            retried = destinations.retry_deliveries(settings, database, _now(), actor=cli_actor(),
+                                                    ids=ids or (), all_dead=all_dead)
         except outbound.OutboundError as exc:
             raise CliError(str(exc)) from None
         finally:
@@ -215,6 +218,7 @@ def outbound_resend(
     """Queue a study's current SR and summary again, even to a destination that acknowledged
     them (a destination added later, a PACS that lost them, a second PACS)."""
     from dicom_node import destinations
+    from dicom_node.audit import cli_actor
     from storage import outbound
 
     with user_errors():
@@ -222,7 +226,7 @@ def outbound_resend(
         database = open_worklist(settings)
         try:
             queued = destinations.resend(settings, database, study_uid, _now(),
-                                         destination or ())
+                                         destination or (), actor=cli_actor())
         except outbound.OutboundError as exc:
             raise CliError(str(exc)) from None
         finally:

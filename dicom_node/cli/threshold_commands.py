@@ -214,8 +214,10 @@ def set_threshold(
             created = profiles.derive_profile(
                 session, {label: value}, author=who, method="set", note=note
             )
-            if activate:
-                profiles.activate(session, created.version, by=who, note=note)
+            _audit_version(session, who, "thresholds.create", created.version,
+                           {label: before.thresholds.get(label)}, {label: value}, note)
+            if activate and profiles.activate(session, created.version, by=who, note=note):
+                _audit_activation(session, who, before.version, created.version, note)
         changes = profiles.diff(before, created)
         _report_new_version(created, before.version, activate, changes, as_json)
 
@@ -277,13 +279,48 @@ def activate_version(
         ctx = _context(config)
         with _session(ctx) as session:
             before = profiles.active_version(session)
-            changed = profiles.activate(session, version, by=_author(author), note=note)
+            who = _author(author)
+            changed = profiles.activate(session, version, by=who, note=note)
+            if changed:
+                _audit_activation(session, who, before, version, note)
         if as_json:
             print_json({"active_version": version, "previously_active": before, "changed": changed})
         elif changed:
             console.print(f"v{version} is active (was v{before})", highlight=False)
         else:
             console.print(f"v{version} was already active; nothing changed", highlight=False)
+
+
+def _cli_actor(who: str) -> Any:
+    from dicom_node import audit
+
+    actor = audit.cli_actor()
+    if who != actor.name:  # --author given: keep both names
+        actor = audit.Actor(f"{actor.name} (as {who})", "cli")
+    return actor
+
+
+def _audit_activation(session: Session, who: str, before: int | None, version: int,
+                      note: str | None) -> None:
+    from datetime import UTC, datetime
+
+    from dicom_node import audit
+
+    audit.record(session, _cli_actor(who), "thresholds.activate", f"v{version}",
+                 before={"active_version": before},
+                 after={"active_version": version, "note": note}, now=datetime.now(UTC))
+
+
+def _audit_version(session: Session, who: str, action: str, version: int,
+                   before: Mapping[str, Any], after: Mapping[str, Any], note: str | None) -> None:
+    """A new profile version: the thresholds it changed, before and after."""
+    from datetime import UTC, datetime
+
+    from dicom_node import audit
+
+    audit.record(session, _cli_actor(who), action, f"v{version}",
+                 before={"thresholds": dict(before)},
+                 after={"thresholds": dict(after), "note": note}, now=datetime.now(UTC))
 
 
 @thresholds_app.command("diff")
@@ -796,7 +833,13 @@ def _save_calibrated(
             note=note or f"calibrated on {scored.labelled.csv_path.name} (sha256 {labels_sha})",
             provenance=provenance,
         )
+        _audit_version(session, who, "thresholds.create", created.version,
+                       {f: base.thresholds.get(f) for f in changes}, dict(changes),
+                       created.note)
+        was_active = profiles.active_version(session)
         activated = activate and profiles.activate(session, created.version, by=who, note=note)
+        if activated:
+            _audit_activation(session, who, was_active, created.version, note)
     return created, activated, profiles.diff(base, created)
 
 

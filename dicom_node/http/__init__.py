@@ -1,4 +1,5 @@
-"""HTTP inside `dicom-node serve`: health (/healthz, /readyz) and Prometheus /metrics.
+"""HTTP inside `dicom-node serve`: health (/healthz, /readyz), Prometheus /metrics and the
+signed-in admin console (pages at /, `[http] console`).
 
 `attach(service)` adds the server to a `dicom_node.service.Service` when `[http] enabled`;
 `app.create_app` builds the FastAPI app, `server.HttpServer` runs it with uvicorn in a thread.
@@ -30,8 +31,14 @@ def attach(service: Any) -> Any:
         listener=service.listener, database=service.database, spool=service.spool,
         min_free_bytes=service.intake.min_free_bytes, model_state=model_state,
     )
+    console = None
+    if settings.http.console:
+        from dicom_node.http.console import ConsoleContext
+
+        console = ConsoleContext(settings=settings, database=service.database,
+                                 readiness=probe.check)
     app = create_app(ae_title=settings.node.ae_title, readiness=probe.check,
-                     registry=service.metrics.registry)
+                     registry=service.metrics.registry, console=console)
     server = HttpServer(settings.http, app)
     service.add(server)
     return server

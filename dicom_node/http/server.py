@@ -50,9 +50,11 @@ class HttpServer:
         """Bind, start uvicorn's thread and wait until it serves.
 
         Raises HttpStartError when the address cannot be bound or uvicorn does not start."""
+        tls = _tls_files(self.settings)
         self._socket = _bind(self.settings.host, self.settings.port)
         config = uvicorn.Config(self.app, lifespan="off", access_log=False, log_config=None,
-                                log_level="warning", timeout_graceful_shutdown=int(GRACE_SECONDS))
+                                log_level="warning", timeout_graceful_shutdown=int(GRACE_SECONDS),
+                                **tls)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run,
                                         kwargs={"sockets": [self._socket]}, name="http",
@@ -65,7 +67,13 @@ class HttpServer:
                 raise HttpStartError(f"HTTP server on {self._where()} did not start")
             time.sleep(0.01)
         log_event(LOG, "http_listening", host=self.settings.host, port=self.port,
-                  endpoints=["/healthz", "/readyz", "/metrics"])
+                  scheme="https" if tls else "http",
+                  endpoints=["/healthz", "/readyz", "/metrics"]
+                  + (["/ (console)"] if self.settings.console else []))
+        if not tls and not _is_loopback(self.settings.host):
+            log_event(LOG, "http_without_tls", level=logging.WARNING, host=self.settings.host,
+                      hint="set http.tls_certfile and http.tls_keyfile, or serve through a "
+                           "TLS proxy: console passwords and images travel in clear")
 
     def stop(self) -> None:
         """Stop serving; safe to call twice and after a failed start."""
@@ -82,6 +90,32 @@ class HttpServer:
 
     def _where(self) -> str:
         return f"{self.settings.host}:{self.settings.port}"
+
+
+def _tls_files(settings: HttpSettings) -> dict[str, str]:
+    """uvicorn's ssl_certfile/ssl_keyfile when TLS is configured; HttpStartError naming the
+    key when a file is not readable."""
+    if not settings.tls_certfile:
+        return {}
+    for key, path in (("http.tls_certfile", settings.tls_certfile),
+                      ("http.tls_keyfile", settings.tls_keyfile)):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise HttpStartError(f"cannot read {key} {path}: {exc.strerror or exc}") from None
+    return {"ssl_certfile": settings.tls_certfile, "ssl_keyfile": settings.tls_keyfile}
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -1,10 +1,10 @@
 """Image embeddings per checkpoint (the prompt workbench scores new prompts from them),
 calibration sets (the impact preview's sensitivity and specificity) and catalogue revisions
-(findings added from the workbench). NOTE: written beside 0011/0012; relink down_revision at
-merge.
+(findings added from the workbench). NOTE: written beside 0011; follows 0012_console (merged
+from the console branch); relink down_revision at merge.
 
 Revision ID: 0013_workbench
-Revises: 0010_retention
+Revises: 0012_console
 Create Date: 2026-11-29
 """
 
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0013_workbench"
-down_revision = "0010_retention"
+down_revision = "0012_console"
 branch_labels = None
 depends_on = None
 
