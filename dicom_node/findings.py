@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from dicom_node.audit import Actor, record
 from dicom_node.settings import Settings
 from ml.catalogue import Catalogue, CatalogueError, load_catalogue, parse_catalogue
 from storage import catalogue_revisions
@@ -116,16 +117,18 @@ def add_finding(
     database: Database,
     finding: NewFinding,
     *,
-    author: str,
+    actor: Actor,
     note: str,
     now: datetime,
     provenance: Mapping[str, Any] | None = None,
+    author: str | None = None,
 ) -> tuple[Revision, Catalogue]:
-    """Add `finding` (disabled) as a new catalogue revision; returns it and the catalogue
-    with it. Raises ValueError (CatalogueError) for a blank note or author, a label already
-    in the catalogue, a code value over 16 characters or a threshold that can never be
-    crossed (the catalogue's own validation, message naming the key)."""
-    author, note = _required(author, "author"), _required(note, "note")
+    """Add `finding` (disabled) as a new catalogue revision by `actor`, audited
+    ("findings.add"); returns it and the catalogue with it. Raises ValueError
+    (CatalogueError) for a blank note, a label already in the catalogue, a code value over
+    16 characters or a threshold that can never be crossed (the catalogue's own validation,
+    message naming the key). `author` (default: the actor's name) is the revision's."""
+    author, note = _required(author or actor.name, "author"), _required(note, "note")
     entry = finding.entry()
     if len(entry["code"]["value"]) > CODE_VALUE_MAX:
         raise CatalogueError(
@@ -142,6 +145,8 @@ def add_finding(
             session, action="add", label=entry["label"], author=author, note=note, now=now,
             entry=entry, provenance=provenance,
         )
+        record(session, actor, "findings.add", entry["label"], before=None,
+               after={"revision": revision.revision, "entry": entry, "note": note}, now=now)
     return revision, merge(file_catalogue(settings), [*stored, revision])
 
 
@@ -151,13 +156,15 @@ def set_enabled(
     label: str,
     enabled: bool,
     *,
-    author: str,
+    actor: Actor,
     note: str,
     now: datetime,
+    author: str | None = None,
 ) -> Revision:
     """Enable or disable a finding that was added by a revision (the file's findings are
-    changed in the file). Raises ValueError naming what is wrong."""
-    author, note = _required(author, "author"), _required(note, "note")
+    changed in the file), audited ("findings.enable" / "findings.disable"). Raises
+    ValueError naming what is wrong. `author` (default: the actor's name) is the revision's."""
+    author, note = _required(author or actor.name, "author"), _required(note, "note")
     with database.sessions.begin() as session:
         stored = catalogue_revisions.revisions(session)
         current = merge(file_catalogue(settings), stored)
@@ -171,10 +178,14 @@ def set_enabled(
             )
         if current.by_label(name).enabled == enabled:
             raise ValueError(f"{name} is already {'enabled' if enabled else 'disabled'}")
-        return catalogue_revisions.add_revision(
-            session, action="enable" if enabled else "disable", label=name, author=author,
-            note=note, now=now,
+        action = "enable" if enabled else "disable"
+        revision = catalogue_revisions.add_revision(
+            session, action=action, label=name, author=author, note=note, now=now,
         )
+        record(session, actor, f"findings.{action}", name,
+               before={"enabled": not enabled},
+               after={"enabled": enabled, "revision": revision.revision, "note": note}, now=now)
+        return revision
 
 
 def history(database: Database) -> list[Revision]:

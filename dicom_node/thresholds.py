@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from dicom_node.audit import Actor, record
 from ml.catalogue import MAX_PROBABILITY, MIN_PROBABILITY, Catalogue
 from ml.metrics import DEFAULT_CONFIDENCE, wilson_interval
 from storage import calibration_sets, profiles, results
@@ -292,17 +293,16 @@ def save_threshold(
     finding: str,
     value: float,
     *,
-    author: str,
+    actor: Actor,
     note: str,
     provenance: Mapping[str, Any] | None = None,
 ) -> tuple[ProfileVersion, tuple[ThresholdChange, ...]]:
-    """A new version: the active one with `finding` at `value`; NOT activated (`activate`
-    is the separate step). Author and note are required. Returns the version and what
-    changed against the active one. Raises ProfileError naming the problem."""
+    """A new version: the active one with `finding` at `value`, authored by `actor`; NOT
+    activated (`activate` is the separate step). The note is required. Audited
+    ("thresholds.create") in the same transaction. Returns the version and what changed
+    against the active one. Raises ProfileError naming the problem."""
     label = finding_label(catalogue, finding)
     check_threshold(label, value)
-    if not author or not author.strip():
-        raise ProfileError("saving a threshold needs an author")
     if not note or not note.strip():
         raise ProfileError("saving a threshold needs a note: why this value")
     with database.sessions.begin() as session:
@@ -313,21 +313,31 @@ def save_threshold(
                 f"{label} is already {value} in the active version v{before.version}"
             )
         created = profiles.derive_profile(
-            session, {label: float(value)}, author=author.strip(), method="set",
+            session, {label: float(value)}, author=actor.name, method="set",
             note=note.strip(), provenance=provenance,
         )
+        record(session, actor, "thresholds.create", f"v{created.version}",
+               before={"thresholds": {label: before.thresholds.get(label)}},
+               after={"thresholds": {label: float(value)}, "note": note.strip()},
+               now=datetime.now(UTC))
     return created, tuple(profiles.diff(before, created))
 
 
 def activate(
-    database: Database, catalogue: Catalogue, version: int, *, by: str, note: str | None = None
+    database: Database, catalogue: Catalogue, version: int, *, actor: Actor,
+    note: str | None = None,
 ) -> tuple[int, bool]:
-    """Make `version` active; returns (previously active version, whether anything changed).
-    Raises ProfileError for an unknown version."""
+    """Make `version` active (a running node uses it from its next study on); audited
+    ("thresholds.activate") when something changed. Returns (previously active version,
+    whether anything changed). Raises ProfileError for an unknown version."""
     with database.sessions.begin() as session:
         profiles.ensure_initial_profile(session, defaults(catalogue))
         before = profiles.active_version(session) or 1
-        changed = profiles.activate(session, version, by=by, note=note)
+        changed = profiles.activate(session, version, by=actor.name, note=note)
+        if changed:
+            record(session, actor, "thresholds.activate", f"v{version}",
+                   before={"active_version": before},
+                   after={"active_version": version, "note": note}, now=datetime.now(UTC))
     return before, changed
 
 

@@ -12,7 +12,7 @@ import pytest
 from scipy.stats import ks_2samp
 from typer.testing import CliRunner
 
-from dicom_node import drift, thresholds
+from dicom_node import audit, drift, thresholds
 from dicom_node.charts import histogram_svg
 from dicom_node.cli import app
 from dicom_node.settings import load_settings
@@ -120,19 +120,27 @@ def test_preview_shows_sensitivity_and_specificity_on_the_calibration_set(databa
     assert not other.calibration.same_model
 
 
-def test_saving_needs_a_note_and_does_not_activate(database) -> None:
+def test_saving_needs_a_note_and_does_not_activate_both_audited(database) -> None:
+    alice, bob = audit.Actor("alice", "console"), audit.Actor("bob", "console")
     with pytest.raises(ProfileError, match="needs a note"):
-        thresholds.save_threshold(database, CATALOGUE, "Edema", 0.55, author="alice", note=" ")
+        thresholds.save_threshold(database, CATALOGUE, "Edema", 0.55, actor=alice, note=" ")
     created, changes = thresholds.save_threshold(
-        database, CATALOGUE, "edema", 0.55, author="alice", note="fewer false alarms")
+        database, CATALOGUE, "edema", 0.55, actor=alice, note="fewer false alarms")
     assert created.version == 2 and [(c.finding, c.before, c.after) for c in changes] == [
         ("Edema", 0.5, 0.55)]
     found = thresholds.history(database, CATALOGUE)
     assert found.active_version == 1
     assert [(v.version, v.author, v.note, v.method) for v in found.versions][-1] == (
         2, "alice", "fewer false alarms", "set")
-    assert thresholds.activate(database, CATALOGUE, 2, by="bob") == (1, True)
+    assert thresholds.activate(database, CATALOGUE, 2, actor=bob) == (1, True)
+    assert thresholds.activate(database, CATALOGUE, 2, actor=bob) == (2, False)
     assert thresholds.history(database, CATALOGUE).events[-1].who == "bob"
+    rows, total = audit.recent(database, action_prefix="thresholds.")
+    assert total == 2  # the no-op activation is not a change
+    assert [(r.actor, r.action, r.target) for r in rows] == [
+        ("bob", "thresholds.activate", "v2"), ("alice", "thresholds.create", "v2")]
+    assert rows[1].before == {"thresholds": {"Edema": 0.5}}
+    assert rows[1].after == {"thresholds": {"Edema": 0.55}, "note": "fewer false alarms"}
     compared = thresholds.diff(database, CATALOGUE, 2, 1)  # any two, either order
     assert [(c.finding, c.before, c.after) for c in compared.changes] == [("Edema", 0.55, 0.5)]
 

@@ -5,7 +5,6 @@ dicom_node.findings, shared with the console."""
 
 from __future__ import annotations
 
-import getpass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,13 +45,16 @@ NoteOption = typer.Option(None, "--note", help="Why (required); kept with the re
 AuthorOption = typer.Option(None, "--author", help="Who makes the change (default: OS user).")
 
 
-def _author(author: str | None) -> str:
-    if author and author.strip():
-        return author.strip()
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
+def _actor(author: str | None) -> tuple[Any, str]:
+    """(audit actor, revision author): the OS user running the command; with --author the
+    revision names that author and the audit row keeps both, as the thresholds commands do."""
+    from dicom_node import audit
+
+    actor = audit.cli_actor()
+    who = author.strip() if author and author.strip() else actor.name
+    if who != actor.name:
+        actor = audit.Actor(f"{actor.name} (as {who})", "cli")
+    return actor, who
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -190,10 +192,11 @@ def findings_add(
         settings = settings_from(config)
         new = findings.NewFinding(label, positive, negative, value, code_scheme, meaning,
                                   threshold)
+        actor, who = _actor(author)
         database = open_worklist(settings)
         try:
             revision, catalogue = findings.add_finding(
-                settings, database, new, author=_author(author), note=note,
+                settings, database, new, actor=actor, author=who, note=note,
                 now=datetime.now(UTC), provenance=_provenance(trial),
             )
         finally:
@@ -256,10 +259,11 @@ def _set_enabled(
 
     with user_errors():
         settings = settings_from(config)
+        actor, who = _actor(author)
         database = open_worklist(settings)
         try:
-            revision = findings.set_enabled(settings, database, label, enabled,
-                                            author=_author(author), note=note or "",
+            revision = findings.set_enabled(settings, database, label, enabled, actor=actor,
+                                            author=who, note=note or "",
                                             now=datetime.now(UTC))
         finally:
             database.dispose()
