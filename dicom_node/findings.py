@@ -124,7 +124,7 @@ def add_finding(
     author: str | None = None,
 ) -> tuple[Revision, Catalogue]:
     """Add `finding` (disabled) as a new catalogue revision by `actor`, audited
-    ("findings.add"); returns it and the catalogue with it. Raises ValueError
+    ("catalogue.add"); returns it and the catalogue with it. Raises ValueError
     (CatalogueError) for a blank note, a label already in the catalogue, a code value over
     16 characters or a threshold that can never be crossed (the catalogue's own validation,
     message naming the key). `author` (default: the actor's name) is the revision's."""
@@ -145,7 +145,7 @@ def add_finding(
             session, action="add", label=entry["label"], author=author, note=note, now=now,
             entry=entry, provenance=provenance,
         )
-        record(session, actor, "findings.add", entry["label"], before=None,
+        record(session, actor, "catalogue.add", entry["label"], before=None,
                after={"revision": revision.revision, "entry": entry, "note": note}, now=now)
     return revision, merge(file_catalogue(settings), [*stored, revision])
 
@@ -162,7 +162,7 @@ def set_enabled(
     author: str | None = None,
 ) -> Revision:
     """Enable or disable a finding that was added by a revision (the file's findings are
-    changed in the file), audited ("findings.enable" / "findings.disable"). Raises
+    changed in the file), audited ("catalogue.enable" / "catalogue.disable"). Raises
     ValueError naming what is wrong. `author` (default: the actor's name) is the revision's."""
     author, note = _required(author or actor.name, "author"), _required(note, "note")
     with database.sessions.begin() as session:
@@ -182,7 +182,7 @@ def set_enabled(
         revision = catalogue_revisions.add_revision(
             session, action=action, label=name, author=author, note=note, now=now,
         )
-        record(session, actor, f"findings.{action}", name,
+        record(session, actor, f"catalogue.{action}", name,
                before={"enabled": not enabled},
                after={"enabled": enabled, "revision": revision.revision, "note": note}, now=now)
         return revision

@@ -103,7 +103,8 @@ class CalibrationImpact:
     source: str  # which calibration set, for people
     calibration_set_id: int
     model_name: str
-    same_model: bool  # its checkpoints are the ones the node scores with now
+    # its checkpoints scored the newest recent study too; None: no recent study to compare
+    same_model: bool | None
     current: OperatingPoint
     proposed: OperatingPoint
     interval_method: str = INTERVAL_METHOD
@@ -220,12 +221,11 @@ def preview(
     proposed: float,
     *,
     last: int = DEFAULT_RECENT_STUDIES,
-    checkpoint_sha256s: Sequence[str] = (),
 ) -> ImpactPreview:
     """What changing `finding`'s threshold (in the active version) to `proposed` would do,
-    from stored scores only (module docstring). `checkpoint_sha256s`: the model the node
-    scores with now, to say whether the calibration set was scored by it. Raises
-    ProfileError for an unknown finding, an unreachable threshold or `last` < 1."""
+    from stored scores only (module docstring); says whether the calibration set was scored
+    by the checkpoints that scored the newest study. Raises ProfileError for an unknown
+    finding, an unreachable threshold or `last` < 1."""
     label = finding_label(catalogue, finding)
     check_threshold(label, proposed)
     if last < 1:
@@ -240,8 +240,8 @@ def preview(
     now = {uid: p >= current for uid, p in scored}
     then = {uid: p >= proposed for uid, p in scored}
     changed = tuple(uid for uid, _ in scored if now[uid] != then[uid])
-    impact, missing = _calibration_impact(calibration, label, current, proposed,
-                                          checkpoint_sha256s)
+    model = recent[0].checkpoint_sha256s if recent else None
+    impact, missing = _calibration_impact(calibration, label, current, proposed, model)
     return ImpactPreview(
         finding=label, active_version=active.version, current_threshold=current,
         proposed_threshold=float(proposed), studies_considered=len(scored),
@@ -271,17 +271,18 @@ def _calibration_impact(
     label: str,
     current: float,
     proposed: float,
-    checkpoint_sha256s: Sequence[str],
+    checkpoint_sha256s: Sequence[str] | None,
 ) -> tuple[CalibrationImpact | None, str | None]:
     if calibration is None:
         return None, "no calibration set stored: run `dicom-node thresholds calibrate` once"
     data = calibration.findings.get(label)
     if data is None or not data.labels:
         return None, f"{calibration.describe()} has no labels for {label}"
-    same = tuple(checkpoint_sha256s) == calibration.checkpoint_sha256s
+    same = (None if checkpoint_sha256s is None
+            else tuple(checkpoint_sha256s) == calibration.checkpoint_sha256s)
     return CalibrationImpact(
         source=calibration.describe(), calibration_set_id=calibration.id,
-        model_name=calibration.model_name, same_model=same or not checkpoint_sha256s,
+        model_name=calibration.model_name, same_model=same,
         current=operating_point(data.labels, data.scores, current),
         proposed=operating_point(data.labels, data.scores, proposed),
     ), None

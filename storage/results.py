@@ -157,6 +157,7 @@ class StudyScores:
     created_at: datetime
     probabilities: Mapping[str, float]  # finding label -> study-level probability
     present: Mapping[str, bool]  # the decision reported then (under that result's profile)
+    checkpoint_sha256s: tuple[str, ...] = ()  # the model that scored it
 
 
 @dataclass(frozen=True)
@@ -198,6 +199,7 @@ def recent_study_scores(session: Session, limit: int) -> list[StudyScores]:
             by_id[i].study_instance_uid, i, by_id[i].created_at,
             {f.label: f.probability for f in by_id[i].findings},
             {f.label: f.present for f in by_id[i].findings},
+            tuple(json.loads(by_id[i].checkpoint_sha256s_json)),
         )
         for i in ids
     ]

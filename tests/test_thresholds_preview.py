@@ -104,10 +104,9 @@ def test_preview_shows_sensitivity_and_specificity_on_the_calibration_set(databa
     labels = [1] * 45 + [0] * 30
     scores = [0.6] * 40 + [0.51] * 5 + [0.45] * 25 + [0.52] * 5
     record_calibration(database, labels, scores)
-    shown = thresholds.preview(database, CATALOGUE, "Cardiomegaly", 0.53,
-                               checkpoint_sha256s=["a" * 64])
+    shown = thresholds.preview(database, CATALOGUE, "Cardiomegaly", 0.53)
     cal = shown.calibration
-    assert cal.same_model and cal.interval_method == "Wilson score 95%"
+    assert cal.same_model is True and cal.interval_method == "Wilson score 95%"
     now, proposed = cal.current, cal.proposed
     assert (now.sensitivity.successes, now.sensitivity.total) == (45, 45)
     assert (now.specificity.successes, now.specificity.total) == (25, 30)
@@ -115,9 +114,13 @@ def test_preview_shows_sensitivity_and_specificity_on_the_calibration_set(databa
     assert (now.sensitivity.lower, now.sensitivity.upper) == pytest.approx(
         wilson_interval(45, 45))
     assert now.sensitivity.lower == pytest.approx(0.921, abs=1e-3)  # not a collapsed [1, 1]
-    other = thresholds.preview(database, CATALOGUE, "Cardiomegaly", 0.53,
-                               checkpoint_sha256s=["b" * 64])
-    assert not other.calibration.same_model
+    thresholds.record_calibration_set(
+        database, author="ml", labels_name="other.csv", labels_sha256="e" * 64,
+        label_policy="", model_name="other", checkpoint_sha256s=["b" * 64],
+        catalogue_version="c", profile_version=None, findings={"Cardiomegaly": ([1], [0.6])})
+    other = thresholds.preview(database, CATALOGUE, "Cardiomegaly", 0.53)
+    assert other.calibration.same_model is False  # the newest set was scored by another model
+    assert "other.csv" in other.calibration.source
 
 
 def test_saving_needs_a_note_and_does_not_activate_both_audited(database) -> None:

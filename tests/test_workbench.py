@@ -186,7 +186,7 @@ def test_cli_try_add_enable_and_the_worker_scores_the_new_finding(node) -> None:
         config, "findings", "disable", "Edema", "--note", "x", expect=2)
     shown = json.loads(cli(config, "thresholds", "show", "--json"))
     assert shown["version"] == 1  # the thresholds profile is untouched by a catalogue change
-    rows, _ = audit.recent(node[2], action_prefix="findings.")
+    rows, _ = audit.recent(node[2], action_prefix="catalogue.")
     assert [(r.action, r.target, r.origin) for r in rows] == [
-        ("findings.enable", PAIR.label, "cli"), ("findings.add", PAIR.label, "cli")]
+        ("catalogue.enable", PAIR.label, "cli"), ("catalogue.add", PAIR.label, "cli")]
     assert rows[1].actor.endswith("(as rad1)") and rows[1].after["entry"]["enabled"] is False

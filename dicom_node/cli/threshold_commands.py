@@ -408,8 +408,7 @@ def preview(
     with user_errors():
         ctx = _context(config)
         with _database(ctx) as database:
-            shown = thresholds.preview(database, ctx.catalogue, finding, value, last=last,
-                                       checkpoint_sha256s=_configured_shas(ctx.settings))
+            shown = thresholds.preview(database, ctx.catalogue, finding, value, last=last)
     if as_json:
         print_json(shown.as_dict())
         return
@@ -425,7 +424,8 @@ def preview(
     cal = shown.calibration
     print_table(
         f"On the {cal.source} ({cal.interval_method} intervals)"
-        + ("" if cal.same_model else f"; scored by another model ({cal.model_name})"),
+        + ("" if cal.same_model is not False
+           else f"; scored by other checkpoints ({cal.model_name}) than recent studies"),
         ["threshold", "sensitivity", "specificity"],
         [[f"{label} {_fmt(point.threshold)}", _proportion(point.sensitivity),
           _proportion(point.specificity)]
@@ -437,13 +437,6 @@ def _proportion(p: Any) -> str:
     if p.estimate is None:
         return "- (no labels)"
     return f"{p.estimate:.3f} ({p.successes}/{p.total})\n{p.lower:.2f}-{p.upper:.2f}"
-
-
-def _configured_shas(settings: Settings) -> list[str]:
-    """SHA-256 of each configured checkpoint that exists (to compare with what was stored)."""
-    from ml.score_cache import file_sha256
-    paths = [settings.resolve(p) for p in settings.model.checkpoints]
-    return [file_sha256(p) for p in paths if p.is_file()]
 
 
 FindingFilterOption = typer.Option(None, "--finding", help="Only this finding (repeat).")

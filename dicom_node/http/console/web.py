@@ -176,11 +176,14 @@ def install(app: FastAPI, ctx: ConsoleContext) -> None:
         pages_destinations,
         pages_overview,
         pages_studies,
+        pages_thresholds,
+        pages_workbench,
     )
 
     app.state.console = ctx
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
-    for module in (pages_auth, pages_overview, pages_studies, pages_destinations, pages_audit):
+    for module in (pages_auth, pages_overview, pages_studies, pages_thresholds,
+                   pages_workbench, pages_destinations, pages_audit):
         app.include_router(module.router)
     app.add_exception_handler(NotSignedIn, _not_signed_in)
     app.add_exception_handler(Refused, _refused)
