@@ -116,14 +116,27 @@ def render(request: Request, template: str, who: SignedIn | None, section: str =
     """A page with the frame (navigation, user, notice, the model's caveat)."""
     ctx = context(request)
     notice = users.pop_notice(ctx.database, who) if who is not None else None
-    get_paths = {r.path for r in request.app.routes
-                 if isinstance(r, Route) and "GET" in (r.methods or ())}
+    get_paths = _get_paths(request.app.routes)
     model = ctx.settings.model
     return templates.TemplateResponse(request, template, status_code=status_code, context={
         "who": who, "section": section, "notice": notice,
         "csrf_token": who.csrf_token if who else "",
         "nav": nav.visible(get_paths), "ae_title": ctx.settings.node.ae_title,
         "clinical_use": model.clinical_use, "caveat": model.caveat, **values})
+
+
+def _get_paths(routes: Any) -> set[str]:
+    """Paths with a GET route. FastAPI 0.165 keeps an included router as one entry
+    (`original_router`), so its routes are looked up inside it (console routers have no
+    prefix)."""
+    paths: set[str] = set()
+    for route in routes:
+        if isinstance(route, Route) and "GET" in (route.methods or ()):
+            paths.add(route.path)
+        nested = getattr(route, "original_router", None)
+        if nested is not None:
+            paths |= _get_paths(nested.routes)
+    return paths
 
 
 def done(request: Request, who: SignedIn, notice: str, to: str) -> RedirectResponse:
