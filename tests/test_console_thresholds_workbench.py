@@ -142,6 +142,9 @@ def test_workbench_tries_a_pair_and_adds_a_disabled_finding(node, browser, shots
     labels = tmp_path / "labels.csv"
     labels.write_text("study_instance_uid,label\n" + "".join(
         f"{s['study_instance_uid']},{int(i >= 2)}\n" for i, s in enumerate(ranked)))
+    measured = node.cli_json("findings", "try", "Hiatal hernia", "--positive", "hiatal hernia",
+                             "--negative", "no hiatal hernia", "--labels", str(labels))
+    auroc = measured["labelled"]
     page = signed_in(browser, node, "alice")
     page.goto(f"{node.http_url}/workbench")
     page.fill("input[name=label]", "Hiatal hernia")
@@ -152,7 +155,10 @@ def test_workbench_tries_a_pair_and_adds_a_disabled_finding(node, browser, shots
     result = page.inner_text("section.card >> nth=1")
     assert "4 of the last 200 studies scored" in result
     assert f"mean {cli['summary']['mean']:.3f}" in result
-    assert "AUROC\n1.000" in result or "AUROC 1.000" in result.replace("\n", " ")
+    assert (auroc["n_positive"], auroc["n_negative"]) == (2, 2)
+    shown = result.replace("\n", " ")
+    assert (f"AUROC {auroc['auroc']:.3f} (95% {auroc['lower']:.3f}–{auroc['upper']:.3f}"
+            in shown), shown
     page.screenshot(path=str(shots / "workbench-trial.png"), full_page=True)
 
     page.fill("input[name=code_value]", "HIATHERN")

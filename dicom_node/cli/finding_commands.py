@@ -83,7 +83,7 @@ def findings_list(config: Path = ConfigOption, as_json: bool = JsonOption) -> No
         return
     print_table(
         f"Findings catalogue {catalogue.version} ({catalogue.source})",
-        ["finding", "scored", "threshold", "code", "from"],
+        ["finding", "scored", "default\nthreshold", "code", "from"],
         [[r["label"], "yes" if r["enabled"] else "no", _fmt(r["default_threshold"]),
           f"{r['code']['value']} ({r['code']['scheme']})", r["source"]] for r in rows],
     )
@@ -288,6 +288,10 @@ def findings_history(config: Path = ConfigOption, as_json: bool = JsonOption) ->
             database.dispose()
     if as_json:
         print_json({"revisions": [r.as_dict() for r in revisions]})
+        return
+    if not revisions:
+        console.print("no catalogue revision yet: the catalogue is the findings file as "
+                      "configured", highlight=False)
         return
     print_table(
         "Catalogue revisions (the findings file is the base)",
