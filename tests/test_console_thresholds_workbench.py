@@ -154,7 +154,7 @@ def test_workbench_tries_a_pair_and_adds_a_disabled_finding(node, browser, shots
     page.click("text=Score on recent studies")
     result = page.inner_text("section.card >> nth=1")
     assert "4 of the last 200 studies scored" in result
-    assert f"mean {cli['summary']['mean']:.3f}" in result
+    assert f"mean {cli['summary']['mean']:.4f}" in result
     assert (auroc["n_positive"], auroc["n_negative"]) == (2, 2)
     shown = result.replace("\n", " ")
     assert (f"AUROC {auroc['auroc']:.3f} (95% {auroc['lower']:.3f}–{auroc['upper']:.3f}"
