@@ -190,3 +190,32 @@ def test_cli_try_add_enable_and_the_worker_scores_the_new_finding(node) -> None:
     assert [(r.action, r.target, r.origin) for r in rows] == [
         ("catalogue.enable", PAIR.label, "cli"), ("catalogue.add", PAIR.label, "cli")]
     assert rows[1].actor.endswith("(as rad1)") and rows[1].after["entry"]["enabled"] is False
+
+
+def test_embeddings_go_with_their_study_when_the_work_list_row_is_purged(database) -> None:
+    from sqlalchemy import delete, func, select
+
+    from storage.models import ImageEmbedding, Study
+
+    uid = "1.2.826.0.1.3680043.10.1001.77"
+    now = datetime(2026, 11, 1, tzinfo=UTC)
+    vector = np.ones(4, dtype="<f4").tobytes()
+    with database.sessions.begin() as session:
+        study_id = worklist.record_instance(session, worklist.InstanceRecord(
+            f"{uid}.1.1", f"{uid}.1", uid, "1.2.840.10008.5.1.4.1.1.1.1", "1.2.840.10008.1.2.1",
+            "DX", "CHEST", "PA", f"{uid}/x.dcm", 10, "MOD"), now).study_id
+        results.add_result(session, results.NewResult(
+            study_id=study_id, study_instance_uid=uid, result_key=uid, version=1,
+            supersedes_id=None, worker_id="w", model_name="m", checkpoint_sha256s=("a" * 64,),
+            catalogue_version="c", clinical_use=False, profile_version=1, aggregation="mean",
+            sr_series_instance_uid=f"{uid}.8", sr_sop_instance_uid=f"{uid}.8.1",
+            summary_series_instance_uid=f"{uid}.9", summary_sop_instance_uid=f"{uid}.9.1",
+            findings=(results.FindingRecord("Edema", 0.5, 0.5, True),),
+            images=(results.ImageRecord(f"{uid}.1.1", True, None, {"Edema": 0.5}, (),
+                                        {"a" * 64: vector}),),
+        ), now)
+    count = select(func.count()).select_from(ImageEmbedding)
+    with database.sessions.begin() as session:
+        assert session.scalar(count) == 1
+        session.execute(delete(Study).where(Study.id == study_id))  # as retention does
+        assert session.scalar(count) == 0
