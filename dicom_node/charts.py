@@ -21,7 +21,8 @@ def histogram_svg(
     footnote: str = "",
 ) -> str:
     """An SVG of step histograms, each series normalised to a fraction of its own total (so a
-    200-study series compares with a 2000-image one), and the threshold as a dashed line.
+    200-study series compares with a 2000-image one; the first filled, the others as lines
+    that stay visible over it), and the threshold as a dashed line.
     `edges`: bins + 1 score edges; each series: (name, counts per bin)."""
     from matplotlib.backends.backend_svg import FigureCanvasSVG
     from matplotlib.figure import Figure
@@ -29,12 +30,14 @@ def histogram_svg(
     figure = Figure(figsize=(6.4, 3.4), dpi=100)
     FigureCanvasSVG(figure)
     axes = figure.add_axes((0.1, 0.22, 0.86, 0.66))
-    for name, counts in series:
+    styles = ({"fill": True, "alpha": 0.35}, {"linestyle": "-"}, {"linestyle": ":"})
+    for i, (name, counts) in enumerate(series):
         total = sum(counts)
         if not total:
             continue
         fractions = [c / total for c in counts]
-        axes.stairs(fractions, list(edges), label=f"{name} (n={total})", linewidth=1.6)
+        axes.stairs(fractions, list(edges), label=f"{name} (n={total})", linewidth=1.8,
+                    color=f"C{i}", **styles[i % len(styles)])
     if threshold is not None:
         axes.axvline(threshold, color="0.2", linestyle="--", linewidth=1,
                      label=f"threshold {threshold:.3f}")

@@ -70,10 +70,12 @@ class DriftReport:
 
 def drift(
     database: Database, catalogue: Catalogue, *, last: int = 200, bins: int = DEFAULT_BINS,
-    findings: Sequence[str] | None = None,
+    findings: Sequence[str] | None = None, also_show: Sequence[float] = (),
 ) -> DriftReport:
     """Histograms of the last `last` analysed studies and of the newest calibration set for
-    each enabled finding (or those named). Raises ValueError for `last` or `bins` < 1."""
+    each enabled finding (or those named), over the range the scores, the threshold and
+    `also_show` (e.g. a proposed threshold) span (`score_edges`). Raises ValueError for
+    `last` or `bins` < 1."""
     if last < 1 or bins < 1:
         raise ValueError("the number of studies and of bins must be at least 1")
     defaults = {f.label: f.default_threshold for f in catalogue.findings}
@@ -81,7 +83,6 @@ def drift(
         active = profiles.active_profile(session, defaults)
         recent = results.recent_study_scores(session, last)
         calibration = calibration_sets.latest_calibration_set(session)
-    edges = np.linspace(MIN_PROBABILITY, MAX_PROBABILITY, bins + 1)
     labels = list(findings) if findings else [f.label for f in catalogue.enabled()]
     out = []
     for label in labels:
@@ -89,8 +90,10 @@ def drift(
         cal = calibration.findings.get(label) if calibration else None
         y = np.array(cal.labels if cal else [], dtype=int)
         s = np.array(cal.scores if cal else [], dtype=float)
+        threshold = active.threshold_for(label, defaults[label])
+        edges = score_edges([*scores, *s, threshold, *also_show], bins)
         out.append(FindingDrift(
-            finding=label, threshold=active.threshold_for(label, defaults[label]),
+            finding=label, threshold=threshold,
             edges=tuple(float(e) for e in edges), recent=_counts(scores, edges),
             calibration_positive=_counts(s[y == 1], edges),
             calibration_negative=_counts(s[y == 0], edges),
@@ -99,6 +102,19 @@ def drift(
             ks_statistic=ks_statistic(scores, s) if scores.size and s.size else None,
         ))
     return DriftReport(len(recent), calibration.describe() if calibration else None, tuple(out))
+
+
+def score_edges(values: Sequence[float], bins: int = DEFAULT_BINS) -> np.ndarray:
+    """`bins` + 1 equal-width edges over the span of `values` widened by 10% on each side
+    (at least 0.05 wide), inside the reachable range [0.119, 0.881]: a model whose scores
+    all lie within a few hundredths still shows a shape instead of one full bin."""
+    data = np.asarray(values, dtype=float)
+    if not data.size:
+        return np.linspace(MIN_PROBABILITY, MAX_PROBABILITY, bins + 1)
+    low, high = float(data.min()), float(data.max())
+    pad = max((high - low) * 0.1, (0.05 - (high - low)) / 2, 0.0)
+    low, high = max(low - pad, MIN_PROBABILITY), min(high + pad, MAX_PROBABILITY)
+    return np.linspace(low, high, bins + 1)
 
 
 def ks_statistic(a: np.ndarray, b: np.ndarray) -> float:

@@ -182,7 +182,9 @@ def try_prompt(
         labelled = (results.study_embeddings(session, study_uids=list(study_labels))
                     if study_labels else [])
     scores, left_out = _score_all(recent, text)
-    edges = np.linspace(MIN_PROBABILITY, MAX_PROBABILITY, HISTOGRAM_BINS + 1)
+    from dicom_node.drift import score_edges
+
+    edges = score_edges([*(s for _, s in scores), threshold], HISTOGRAM_BINS)
     values = np.clip([s for _, s in scores], edges[0], edges[-1])
     counts = np.histogram(values, bins=edges)[0] if scores else np.zeros(HISTOGRAM_BINS, int)
     auroc = None

@@ -93,9 +93,29 @@ def cardiomegaly_scores(node) -> list[float]:
         database.dispose()
 
 
+def record_calibration_set(node, scores: list[float]) -> None:
+    """A stored calibration set, as `thresholds calibrate` leaves one (that command and its
+    storage are tested in test_thresholds_calibrate): 40 images around the recent scores."""
+    from dicom_node import thresholds
+
+    low, high = min(scores), max(scores)
+    values = [low + (high - low) * i / 39 for i in range(40)]
+    labels = [int(i >= 15) for i in range(40)]
+    database = open_database(f"sqlite:///{node.data_dir / 'worklist.sqlite'}", migrate=False)
+    try:
+        thresholds.record_calibration_set(
+            database, author="ml-team", labels_name="site-labels.csv", labels_sha256="0" * 64,
+            label_policy="uncertain=exclude, blank=negative", model_name="demo",
+            checkpoint_sha256s=[], catalogue_version="", profile_version=None,
+            findings={"Cardiomegaly": (labels, values)})
+    finally:
+        database.dispose()
+
+
 def test_threshold_change_through_the_impact_preview(node, browser, shots) -> None:
     scores = sorted(cardiomegaly_scores(node))
     proposed = round((scores[1] + scores[2]) / 2, 4)  # two studies on each side
+    record_calibration_set(node, scores)
     expected = node.cli_json("thresholds", "preview", "Cardiomegaly", str(proposed))
     assert expected["studies_considered"] == 4
     page = signed_in(browser, node, "alice")
@@ -103,15 +123,23 @@ def test_threshold_change_through_the_impact_preview(node, browser, shots) -> No
     page.screenshot(path=str(shots / "thresholds.png"), full_page=True)
     page.select_option("select[name=finding]", "Cardiomegaly")
     page.fill("input[name=value]", str(proposed))
-    page.click("text=Preview impact")
+    with page.expect_navigation():
+        page.click("text=Preview impact")
     page.wait_for_url(re.compile(r".*/thresholds/preview.*"))
     summary = expected["summary"]
     assert summary[0].upper() + summary[1:] in page.inner_text("p.impact")
     assert page.locator("img.chart").count() == 1
+    calibration = page.inner_text("table.numbers")
+    for point in ("current", "proposed"):
+        for metric in ("sensitivity", "specificity"):
+            shown = expected["calibration"][point][metric]
+            assert f"{shown['estimate']:.3f} ({shown['successes']}/{shown['total']})" in (
+                calibration)
     page.screenshot(path=str(shots / "threshold-preview.png"), full_page=True)
 
     page.fill("input[name=note]", "fewer false alarms in the reading room")
-    page.click("text=Save (not active)")
+    with page.expect_navigation():
+        page.click("text=Save (not active)")
     assert "Saved v2" in page.inner_text("p.notice") and "not active" in page.inner_text(
         "p.notice")
     history = node.cli_json("thresholds", "history")
@@ -121,7 +149,8 @@ def test_threshold_change_through_the_impact_preview(node, browser, shots) -> No
         2, "alice", "fewer false alarms in the reading room")
     assert saved["thresholds"]["Cardiomegaly"] == pytest.approx(proposed)
 
-    page.click("text=Activate v2")
+    with page.expect_navigation():
+        page.click("text=Activate v2")
     assert "v2 is active (was v1)" in page.inner_text("p.notice")
     assert node.cli_json("thresholds", "show")["active_version"] == 2
     page.goto(f"{node.http_url}/thresholds?a=1&b=2")
@@ -151,7 +180,8 @@ def test_workbench_tries_a_pair_and_adds_a_disabled_finding(node, browser, shots
     page.fill("input[name=positive]", "hiatal hernia")
     page.fill("input[name=negative]", "no hiatal hernia")
     page.set_input_files("input[name=labels]", str(labels))
-    page.click("text=Score on recent studies")
+    with page.expect_navigation():
+        page.click("text=Score on recent studies")
     result = page.inner_text("section.card >> nth=1")
     assert "4 of the last 200 studies scored" in result
     assert f"mean {cli['summary']['mean']:.4f}" in result
@@ -163,13 +193,15 @@ def test_workbench_tries_a_pair_and_adds_a_disabled_finding(node, browser, shots
 
     page.fill("input[name=code_value]", "HIATHERN")
     page.fill("form[action='/workbench/add'] input[name=note]", "asked by the chest radiologists")
-    page.click("text=Add Hiatal hernia (disabled)")
+    with page.expect_navigation():
+        page.click("text=Add Hiatal hernia (disabled)")
     assert "Added Hiatal hernia as catalogue revision 1" in page.inner_text("p.notice")
     listed = node.cli_json("findings", "list")
     added = [f for f in listed["findings"] if f["label"] == "Hiatal hernia"]
     assert added and added[0]["enabled"] is False and added[0]["code"]["scheme"] == "99DCMNODE"
     page.fill("#catalogue input[name=note]", "validated on 4 studies")
-    page.click("#catalogue >> text=Enable")
+    with page.expect_navigation():
+        page.click("#catalogue button:text-is('Enable')")
     assert "Hiatal hernia enabled" in page.inner_text("p.notice")
     history = node.cli_json("findings", "history")["revisions"]
     assert [(r["action"], r["author"]) for r in history] == [("add", "alice"), ("enable", "alice")]

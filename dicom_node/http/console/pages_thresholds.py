@@ -70,7 +70,8 @@ def preview_page(
     except (ProfileError, ValueError) as exc:
         return render(request, "threshold_preview.html", who, "thresholds", error=str(exc),
                       finding=finding, value=value, last=last, shown=None, chart=None)
-    report = drift.drift(ctx.database, catalogue, last=last, findings=[shown.finding])
+    report = drift.drift(ctx.database, catalogue, last=last, findings=[shown.finding],
+                         also_show=[proposed])
     return render(request, "threshold_preview.html", who, "thresholds", error=None,
                   finding=shown.finding, value=value, last=last, shown=shown,
                   chart=_chart(ctx.settings, report.findings[0], proposed))
