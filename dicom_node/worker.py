@@ -94,7 +94,7 @@ class ModelState:
 
 @dataclass
 class LoadedModel:
-    engine: Any  # ml.engine.ZeroShotEngine: .identity, .labels, .score_uint8(images)
+    engine: Any  # ml.engine.ZeroShotEngine: .identity, .labels, .score_uint8_with_embeddings
     catalogue: Any  # ml.catalogue.Catalogue
 
 
@@ -108,14 +108,15 @@ class _Image:
 
 
 def load_model(settings: Settings) -> LoadedModel:
-    """The configured checkpoints and findings catalogue (seconds: done once per process)."""
-    from ml.catalogue import load_catalogue
+    """The configured checkpoints and the node's findings catalogue: the findings file plus
+    the findings added from the workbench (seconds: done once per process)."""
+    from dicom_node.findings import node_catalogue_from_url
     from ml.engine import ZeroShotEngine
 
     model = settings.model
     if not model.checkpoints:
         raise ValueError("model.checkpoints is empty: configure at least one checkpoint")
-    catalogue = load_catalogue(settings.resolve(model.findings_file))
+    catalogue = node_catalogue_from_url(settings)
     engine = ZeroShotEngine(
         [settings.resolve(path) for path in model.checkpoints],
         catalogue,
@@ -341,11 +342,12 @@ class Worker:
         if not eligible:
             return self._skip(claimed, model, images)
         read = time.perf_counter()
-        scores = self._score(claimed, model, eligible)
+        scores, embeddings = self._score(claimed, model, eligible)
         seconds = {"read": read - started, "score": time.perf_counter() - read}
         self.on_inference(seconds["score"])
         study_scores = aggregate(scores, self.settings.worker.study_aggregation)
-        return self._report(claimed, model, images, eligible, scores, study_scores, seconds)
+        return self._report(claimed, model, images, eligible, (scores, embeddings),
+                            study_scores, seconds)
 
     def _read_images(self, claimed: worklist.ClaimedStudy) -> list[_Image]:
         """Each instance's header (large values left on disk) and, when it is to be scored, its
@@ -365,16 +367,21 @@ class Worker:
 
     def _score(
         self, claimed: worklist.ClaimedStudy, model: LoadedModel, eligible: Sequence[_Image]
-    ) -> np.ndarray:
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(images, findings) probabilities and, per checkpoint, the (images, D) embeddings
+        kept with the result for the prompt workbench."""
         batch = self.settings.model.batch_size
-        chunks = []
+        chunks, embedded = [], []
         for start in range(0, len(eligible), batch):
             pixels = [image.pixels for image in eligible[start : start + batch]]
-            chunks.append(np.asarray(model.engine.score_uint8(pixels), dtype=np.float64))
+            scored = model.engine.score_uint8_with_embeddings(pixels)
+            chunks.append(np.asarray(scored.probabilities, dtype=np.float64))
+            embedded.append(scored.embeddings)
             with self.database.sessions.begin() as session:
                 worklist.renew_lease(session, claimed.study_id, self.worker_id,
                                      self.settings.worklist.lease_seconds, self.clock())
-        return np.concatenate(chunks, axis=0)
+        embeddings = {sha: np.concatenate([e[sha] for e in embedded]) for sha in embedded[0]}
+        return np.concatenate(chunks, axis=0), embeddings
 
     def _skip(
         self, claimed: worklist.ClaimedStudy, model: LoadedModel, images: Sequence[_Image]
@@ -412,7 +419,7 @@ class Worker:
             images=_image_uses(images), previous_text=_previous_text_reports(previous),
         )
         new = self._new_result(claimed, key, version, previous, algorithm, None, uids, [],
-                               _image_records(images, [], np.empty((0, 0)), []))
+                               _image_records(images, [], np.empty((0, 0)), {}, []))
         return self._finish_skipped(claimed, new, written, reason, version, now)
 
     def _skip_silently(self, claimed: worklist.ClaimedStudy, reason: str, read: bool) -> WorkOutcome:
@@ -459,7 +466,7 @@ class Worker:
         model: LoadedModel,
         images: Sequence[_Image],
         eligible: Sequence[_Image],
-        scores: np.ndarray,
+        scored: tuple[np.ndarray, dict[str, np.ndarray]],
         study_scores: np.ndarray,
         seconds: dict[str, float],
     ) -> WorkOutcome:
@@ -492,7 +499,7 @@ class Worker:
                       uids=uids, node_uid=self.node_uid, previous=_previous_reports(previous),
                       when=now)
         new = self._new_result(claimed, key, version, previous, algorithm, profile.version, uids,
-                               findings, _image_records(images, eligible, scores, labels))
+                               findings, _image_records(images, eligible, *scored, labels))
         with self.database.sessions.begin() as session:
             worklist.renew_lease(session, claimed.study_id, self.worker_id,
                                  self.settings.worklist.lease_seconds, now)
@@ -778,17 +785,19 @@ def _image_records(
     images: Sequence[_Image],
     eligible: Sequence[_Image],
     scores: np.ndarray,
+    embeddings: dict[str, np.ndarray],
     labels: Sequence[str],
 ) -> tuple[results.ImageRecord, ...]:
     row = {id(image): i for i, image in enumerate(eligible)}
     records = []
     for image in images:
         if id(image) in row:
-            values = scores[row[id(image)]]
-            scored = {label: round(float(p), 6) for label, p in zip(labels, values, strict=True)}
-            records.append(
-                results.ImageRecord(image.sop_instance_uid, True, None, scored, image.flags)
-            )
+            i = row[id(image)]
+            values = zip(labels, scores[i], strict=True)
+            scored = {label: round(float(p), 6) for label, p in values}
+            vectors = {sha: e[i].astype("<f4").tobytes() for sha, e in embeddings.items()}
+            records.append(results.ImageRecord(
+                image.sop_instance_uid, True, None, scored, image.flags, vectors))
         else:
             records.append(results.ImageRecord(
                 image.sop_instance_uid, False, image.reason, flags=image.flags))

@@ -52,6 +52,52 @@ class ImageScore:
     flags: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class EmbeddedScores:
+    """Probabilities and the image embeddings they came from, for a batch of N images.
+
+    `embeddings` maps each distinct checkpoint SHA-256 to its (N, D) float32 L2-normalised
+    image features (D = the checkpoint's embed_dim, 512 for released CheXzero weights); with
+    `zero_shot_probabilities` and that checkpoint's prompt embeddings they give back the
+    probabilities, so a new prompt pair needs no new image pass."""
+
+    probabilities: np.ndarray  # (N, F) float64, F = enabled findings in catalogue order
+    embeddings: dict[str, np.ndarray]
+
+
+def zero_shot_probabilities(
+    image_features: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor
+) -> torch.Tensor:
+    """(N, F) float64 probabilities from (N, D) L2-normalised image features and (F, D)
+    L2-normalised positive and negative prompt embeddings: CheXzero steps 12-13, raw cosines
+    (no logit scale), softmax over the (positive, negative) pair = sigmoid(pos - neg).
+    The engine and the prompt workbench both score with this one function."""
+    positive_cos = (image_features @ positive.T).double().cpu()
+    negative_cos = (image_features @ negative.T).double().cpu()
+    return torch.sigmoid(positive_cos - negative_cos)
+
+
+def encode_prompts(
+    checkpoint_paths: Sequence[str | Path], prompts: Sequence[str], device: str = "cpu"
+) -> dict[str, torch.Tensor]:
+    """Each distinct checkpoint's (len(prompts), D) L2-normalised float32 prompt embeddings,
+    keyed by the checkpoint file's SHA-256 (one text pass per checkpoint; the image tower is
+    loaded but not run). Raises ml.checkpoint's errors for a missing or unreadable file and
+    ValueError for a prompt longer than the 77-token context."""
+    resolved = resolve_device(device)
+    out: dict[str, torch.Tensor] = {}
+    for path in checkpoint_paths:
+        checkpoint = load_checkpoint(path)
+        if checkpoint.sha256 in out:
+            continue
+        checkpoint.model.to(resolved)
+        context = checkpoint.architecture.context_length
+        out[checkpoint.sha256] = build_text_classifier(
+            checkpoint.model, list(prompts), context, resolved
+        ).cpu()
+    return out
+
+
 @dataclass
 class _Member:
     sha256: str
@@ -180,36 +226,58 @@ class ZeroShotEngine:
         canvases = np.stack([to_canvas(image) for image in images])
         return self.score_canvases(canvases)
 
+    def score_uint8_with_embeddings(self, images: Sequence[np.ndarray]) -> EmbeddedScores:
+        """`score_uint8` plus each checkpoint's image embeddings (see EmbeddedScores)."""
+        if len(images) == 0:
+            return EmbeddedScores(np.zeros((0, len(self.labels))), {})
+        canvases = np.stack([to_canvas(image) for image in images])
+        return self._score_all(canvases)
+
     def score_canvases(self, canvases: np.ndarray) -> np.ndarray:
         """(N, F) probabilities for (N, 320, 320) uint8 canvases (step A already done)."""
+        return self._score_all(canvases).probabilities
+
+    def _score_all(self, canvases: np.ndarray) -> EmbeddedScores:
         if canvases.ndim != 3 or canvases.shape[1:] != (CANVAS, CANVAS):
             raise ImageShapeError(
                 f"expected (N, {CANVAS}, {CANVAS}) canvases, got {canvases.shape}"
             )
-        rows = []
+        batches = []
         for start in range(0, len(canvases), self.batch_size):
             chunk = np.ascontiguousarray(canvases[start : start + self.batch_size])
             batch = torch.from_numpy(chunk)
-            rows.append(self._score_batch(batch.to(self.device)))
-        return np.concatenate(rows) if rows else np.zeros((0, len(self.labels)))
+            batches.append(self._score_batch(batch.to(self.device)))
+        if not batches:
+            return EmbeddedScores(np.zeros((0, len(self.labels))), {})
+        shas = batches[0].embeddings
+        return EmbeddedScores(
+            np.concatenate([b.probabilities for b in batches]),
+            {sha: np.concatenate([b.embeddings[sha] for b in batches]) for sha in shas},
+        )
 
-    def _score_batch(self, canvases: torch.Tensor) -> np.ndarray:
+    def _score_batch(self, canvases: torch.Tensor) -> EmbeddedScores:
         total = torch.zeros(len(canvases), len(self.labels), dtype=torch.float64)
         inputs: dict[int, torch.Tensor] = {}
+        embeddings: dict[str, torch.Tensor] = {}
         for member in self._members:
             if member.image_size not in inputs:
                 inputs[member.image_size] = canvases_to_input(canvases, member.image_size)
-            total += self._member_probabilities(member, inputs[member.image_size])
-        return (total / len(self._members)).numpy()
+            if member.sha256 not in embeddings:  # same bytes twice: one pass, both votes
+                embeddings[member.sha256] = self._member_features(member, inputs[member.image_size])
+            features = embeddings[member.sha256]
+            positive, negative = member.text[: len(self.labels)], member.text[len(self.labels) :]
+            total += zero_shot_probabilities(features, positive, negative)
+        return EmbeddedScores(
+            (total / len(self._members)).numpy(),
+            {sha: f.cpu().numpy() for sha, f in embeddings.items()},
+        )
 
-    def _member_probabilities(self, member: _Member, pixels: torch.Tensor) -> torch.Tensor:
+    def _member_features(self, member: _Member, pixels: torch.Tensor) -> torch.Tensor:
+        """(N, D) float32 L2-normalised image features (CheXzero step 12)."""
         with torch.inference_mode(), self._precision_context():
             features = member.model.encode_image(pixels)
         features = features.float()
-        features = features / features.norm(dim=-1, keepdim=True)
-        cosines = (features @ member.text.T).double().cpu()
-        positive, negative = cosines[:, : len(self.labels)], cosines[:, len(self.labels) :]
-        return torch.sigmoid(positive - negative)  # = softmax over (pos, neg), first entry
+        return features / features.norm(dim=-1, keepdim=True)
 
     def _precision_context(self) -> AbstractContextManager[object]:
         """float16: autocast (matmuls and convolutions in half; LayerNorm, softmax and the

@@ -18,6 +18,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -321,6 +322,74 @@ class ProcessHeartbeat(Base):
     beat_at: Mapped[datetime] = mapped_column(UtcDateTime)
     model_state: Mapped[str] = mapped_column(String(16))  # off|loading|loaded|missing|corrupt|failed
     model_error: Mapped[str | None] = mapped_column(Text)
+
+
+# --- Embeddings, calibration sets, catalogue revisions (console; migration 0013) -------------
+# An image embedding is one checkpoint's L2-normalised image features of one scored image
+# (float32 little-endian, `dim` values, 2 KB at D = 512): with a prompt pair's text embedding it
+# gives the image's probability again, so a new prompt costs one text encoding.
+# A calibration set is the labelled scores a `thresholds calibrate` run measured, kept so that
+# a proposed threshold's sensitivity and specificity can be shown without the images.
+# A catalogue revision adds a finding to the findings catalogue (disabled) or enables/disables
+# one that was added; the shipped/configured TOML file stays the base, never rewritten.
+
+
+class ImageEmbedding(Base):
+    __tablename__ = "image_embedding"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_score_id: Mapped[int] = mapped_column(
+        ForeignKey("image_score.id", ondelete="CASCADE"), index=True
+    )
+    checkpoint_sha256: Mapped[str] = mapped_column(String(64))
+    dtype: Mapped[str] = mapped_column(String(16))  # "float32" (little-endian)
+    dim: Mapped[int] = mapped_column(Integer)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+    __table_args__ = (UniqueConstraint("image_score_id", "checkpoint_sha256"),)
+
+
+class CalibrationSet(Base):
+    __tablename__ = "calibration_set"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    author: Mapped[str] = mapped_column(String(128))
+    labels_name: Mapped[str] = mapped_column(String(255))  # the labels CSV's file name
+    labels_sha256: Mapped[str] = mapped_column(String(64))
+    label_policy: Mapped[str] = mapped_column(Text)
+    model_name: Mapped[str] = mapped_column(String(128))
+    checkpoint_sha256s_json: Mapped[str] = mapped_column(Text)
+    catalogue_version: Mapped[str] = mapped_column(String(64))
+    profile_version: Mapped[int | None] = mapped_column(Integer)  # the version it produced
+
+
+class CalibrationScore(Base):
+    __tablename__ = "calibration_score"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    calibration_set_id: Mapped[int] = mapped_column(
+        ForeignKey("calibration_set.id", ondelete="CASCADE"), index=True
+    )
+    finding: Mapped[str] = mapped_column(String(128))
+    labels_json: Mapped[str] = mapped_column(Text)  # [1, 0, ...] for the labelled, scored images
+    scores_json: Mapped[str] = mapped_column(Text)  # [0.51, ...] in the same order
+
+    __table_args__ = (UniqueConstraint("calibration_set_id", "finding"),)
+
+
+class CatalogueRevision(Base):
+    __tablename__ = "catalogue_revision"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    revision: Mapped[int] = mapped_column(Integer, unique=True)  # 1, 2, ...
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    author: Mapped[str] = mapped_column(String(128))
+    note: Mapped[str] = mapped_column(Text)
+    action: Mapped[str] = mapped_column(String(16))  # add | enable | disable
+    label: Mapped[str] = mapped_column(String(128))
+    entry_json: Mapped[str | None] = mapped_column(Text)  # the [[finding]] table, for add
+    provenance_json: Mapped[str] = mapped_column(Text)  # AUROC, prompts tried on, ...
 
 
 # --- Console accounts, sessions and the audit trail (console; migration 0012_console) -------

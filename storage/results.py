@@ -15,11 +15,14 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from storage.models import ImageScore, Result, ResultFinding
+from storage.models import ImageEmbedding, ImageScore, Result, ResultFinding
+
+EMBEDDING_DTYPE = "float32"  # little-endian; 4 bytes per value
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,8 @@ class ImageRecord:
     reason: str | None = None  # why it was not scored
     scores: Mapping[str, float] | None = None
     flags: tuple[str, ...] = ()  # how eligibility was decided, e.g. view_position_missing
+    # checkpoint SHA-256 -> the image's L2-normalised embedding, float32 little-endian bytes
+    embeddings: Mapping[str, bytes] | None = None
 
 
 @dataclass(frozen=True)
@@ -126,7 +131,7 @@ def add_result(session: Session, new: NewResult, now: datetime) -> int:
         )
         for i, f in enumerate(new.findings)
     )
-    session.add_all(
+    images = [
         ImageScore(
             result_id=row.id, sop_instance_uid=img.sop_instance_uid, eligible=img.eligible,
             reason=img.reason,
@@ -134,9 +139,103 @@ def add_result(session: Session, new: NewResult, now: datetime) -> int:
             flags_json=json.dumps(list(img.flags)) if img.flags else None,
         )
         for img in new.images
+    ]
+    session.add_all(images)
+    session.flush()
+    session.add_all(
+        ImageEmbedding(
+            image_score_id=stored.id, checkpoint_sha256=sha, dtype=EMBEDDING_DTYPE,
+            dim=len(vector) // 4, vector=vector,
+        )
+        for stored, img in zip(images, new.images, strict=True)
+        for sha, vector in (img.embeddings or {}).items()
     )
     session.flush()
     return row.id
+
+
+@dataclass(frozen=True)
+class StudyScores:
+    """The study-level probabilities of a study's newest analysed result."""
+
+    study_instance_uid: str
+    result_id: int
+    created_at: datetime
+    probabilities: Mapping[str, float]  # finding label -> study-level probability
+    present: Mapping[str, bool]  # the decision reported then (under that result's profile)
+    checkpoint_sha256s: tuple[str, ...] = ()  # the model that scored it
+
+
+@dataclass(frozen=True)
+class StudyEmbeddings:
+    """The image embeddings of a study's newest analysed result, to score new prompts on."""
+
+    study_instance_uid: str
+    result_id: int
+    created_at: datetime
+    aggregation: str  # image -> study rule of that result ("mean" | "max")
+    checkpoint_sha256s: tuple[str, ...]  # ensemble members in order (a checkpoint may repeat)
+    images: tuple[Mapping[str, bytes], ...]  # per eligible image: checkpoint SHA-256 -> vector
+
+
+def _newest_analysed(limit: int | None, study_uids: Sequence[str] | None = None) -> Any:
+    """Ids of each study's newest result when it has findings, newest first."""
+    newest = (
+        select(func.max(Result.id).label("id")).group_by(Result.study_id).subquery()
+    )
+    query = (
+        select(Result.id)
+        .join(newest, newest.c.id == Result.id)
+        .where(select(ResultFinding.id).where(ResultFinding.result_id == Result.id).exists())
+        .order_by(Result.created_at.desc(), Result.id.desc())
+    )
+    if study_uids is not None:
+        query = query.where(Result.study_instance_uid.in_(list(study_uids)))
+    return query.limit(limit) if limit is not None else query
+
+
+def recent_study_scores(session: Session, limit: int) -> list[StudyScores]:
+    """Study-level probabilities of the `limit` most recently analysed studies (each study's
+    newest result, skipped "not analysed" ones left out), newest first."""
+    ids = list(session.scalars(_newest_analysed(limit)))
+    rows = session.scalars(select(Result).where(Result.id.in_(ids))).all()
+    by_id = {r.id: r for r in rows}
+    return [
+        StudyScores(
+            by_id[i].study_instance_uid, i, by_id[i].created_at,
+            {f.label: f.probability for f in by_id[i].findings},
+            {f.label: f.present for f in by_id[i].findings},
+            tuple(json.loads(by_id[i].checkpoint_sha256s_json)),
+        )
+        for i in ids
+    ]
+
+
+def study_embeddings(
+    session: Session, limit: int | None = None, study_uids: Sequence[str] | None = None
+) -> list[StudyEmbeddings]:
+    """Embeddings of the most recently analysed studies (`limit` of them), or of the studies
+    `study_uids`, newest first; each study's newest analysed result, its eligible images only.
+    Images scored before embeddings were kept have an empty mapping."""
+    ids = list(session.scalars(_newest_analysed(limit, study_uids)))
+    results = {r.id: r for r in session.scalars(select(Result).where(Result.id.in_(ids)))}
+    vectors: dict[int, dict[str, bytes]] = {}
+    rows = session.execute(
+        select(ImageScore.id, ImageEmbedding.checkpoint_sha256, ImageEmbedding.vector)
+        .join(ImageEmbedding, ImageEmbedding.image_score_id == ImageScore.id)
+        .where(ImageScore.result_id.in_(ids))
+    )
+    for image_id, sha, vector in rows:
+        vectors.setdefault(image_id, {})[sha] = vector
+    out = []
+    for i in ids:
+        r = results[i]
+        out.append(StudyEmbeddings(
+            r.study_instance_uid, r.id, r.created_at, r.aggregation,
+            tuple(json.loads(r.checkpoint_sha256s_json)),
+            tuple(vectors.get(s.id, {}) for s in r.image_scores if s.eligible),
+        ))
+    return out
 
 
 def latest_result(session: Session, study_id: int) -> ResultView | None:

@@ -183,6 +183,16 @@ def test_calibrate_scores_once_and_activates_on_request(workspace, config) -> No
     assert all(saved["thresholds"][f] == t for f, t in fixed["thresholds"].items())
     assert run_json(config, "thresholds", "history")["events"][-1]["version"] == 3
 
+    # the measured labels and scores are kept: a later preview shows the same operating point
+    preview = run_json(config, "thresholds", "preview", "Pneumothorax", "0.6")
+    measured = by_finding(fixed["report"])["Pneumothorax"]
+    current = preview["calibration"]["current"]
+    assert "labels.csv" in preview["calibration"]["source"]
+    assert current["threshold"] == fixed["thresholds"]["Pneumothorax"]
+    assert current["sensitivity"]["total"] == measured["n_positive"]
+    assert current["sensitivity"]["estimate"] == pytest.approx(
+        measured["operating_point"]["sensitivity"]["estimate"])
+
 
 def test_evaluate_writes_auroc_with_intervals_figure_and_csv(workspace, config, tmp_path) -> None:
     run(config, "thresholds", "set", "Edema", "0.52", "--author", "carol")

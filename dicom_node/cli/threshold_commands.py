@@ -26,6 +26,7 @@ from dicom_node.cli.common import (
     ConfigOption,
     JsonOption,
     console,
+    open_worklist,
     print_json,
     print_table,
     progress_bar,
@@ -90,9 +91,21 @@ class Context:
 
 
 def _context(config: Path | None) -> Context:
-    from ml.catalogue import load_catalogue
+    """Settings and the node's catalogue (the findings file plus findings added from the
+    workbench, which live in the database)."""
+    from dicom_node.findings import node_catalogue_from_url
     settings = settings_from(config)
-    return Context(settings, load_catalogue(settings.resolve(settings.model.findings_file)))
+    return Context(settings, node_catalogue_from_url(settings))
+
+
+@contextmanager
+def _database(ctx: Context) -> Iterator[Any]:
+    """The node's database (migrated) for the service layer; disposed afterwards."""
+    database = open_worklist(ctx.settings)
+    try:
+        yield database
+    finally:
+        database.dispose()
 
 
 def _reflow(func: Callable[..., None]) -> Callable[..., None]:
@@ -319,20 +332,14 @@ def diff_versions(
     as_json: bool = JsonOption,
 ) -> None:
     """Findings whose threshold differs between versions A and B, and who made each."""
-    from storage import profiles
+    from dicom_node import thresholds
     with user_errors():
         ctx = _context(config)
-        with _session(ctx) as session:
-            older, newer = profiles.get_profile(session, a), profiles.get_profile(session, b)
-        changes = profiles.diff(older, newer)
+        with _database(ctx) as database:
+            compared = thresholds.diff(database, ctx.catalogue, a, b)
+        older, newer, changes = compared.older, compared.newer, compared.changes
         if as_json:
-            print_json(
-                {
-                    "a": older.as_dict(),
-                    "b": newer.as_dict(),
-                    "changes": [c.as_dict() for c in changes],
-                }
-            )
+            print_json(compared.as_dict())
             return
         print_table(
             f"v{a} ({older.author}, {older.method}) -> v{b} ({newer.author}, {newer.method})",
@@ -352,15 +359,17 @@ def _delta(change: profiles.ThresholdChange) -> str:
 @thresholds_app.command("history")
 @_reflow
 def show_history(config: Path = ConfigOption, as_json: bool = JsonOption) -> None:
-    """Every version created and every activation: when, who, how, what changed, why."""
-    from storage import profiles
+    """Every version created and every activation: when, who, how, what changed, why.
+
+    --json also lists every version with its thresholds and provenance."""
+    from dicom_node import thresholds
     with user_errors():
         ctx = _context(config)
-        with _session(ctx) as session:
-            events = profiles.history(session)
-            active = profiles.active_version(session)
+        with _database(ctx) as database:
+            found = thresholds.history(database, ctx.catalogue)
+        events, active = found.events, found.active_version
         if as_json:
-            print_json({"active_version": active, "events": [e.as_dict() for e in events]})
+            print_json(found.as_dict())
             return
         rows = [
             [
@@ -377,6 +386,116 @@ def show_history(config: Path = ConfigOption, as_json: bool = JsonOption) -> Non
             ["when (UTC)", "event", "who", "changes", "note"],
             rows,
         )
+
+
+@thresholds_app.command("preview")
+@_reflow
+def preview(
+    finding: str = typer.Argument(..., help="Finding label from the catalogue."),
+    value: float = typer.Argument(..., help="Proposed threshold."),
+    last: int = typer.Option(200, "--last", min=1, help="How many recent studies to replay."),
+    config: Path = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """What FINDING at VALUE would change, before anything is saved.
+
+    Replays the stored study-level scores of the last N analysed studies at the active
+    version's threshold and at VALUE (nothing is scored again), and, where `thresholds
+    calibrate` stored a labelled set, shows sensitivity and specificity at both thresholds
+    with Wilson score 95% intervals. Saves nothing.
+    """
+    from dicom_node import thresholds
+    with user_errors():
+        ctx = _context(config)
+        with _database(ctx) as database:
+            shown = thresholds.preview(database, ctx.catalogue, finding, value, last=last)
+    if as_json:
+        print_json(shown.as_dict())
+        return
+    console.print(
+        f"{shown.finding}: v{shown.active_version} threshold {_fmt(shown.current_threshold)} "
+        f"-> proposed {_fmt(shown.proposed_threshold)}", highlight=False)
+    console.print(shown.sentence(), highlight=False)
+    console.print(f"present: {shown.present_now} now, {shown.present_proposed} at the proposed "
+                  f"threshold", highlight=False)
+    if shown.calibration is None:
+        console.print(shown.calibration_missing, highlight=False, markup=False)
+        return
+    cal = shown.calibration
+    print_table(
+        f"On the {cal.source} ({cal.interval_method} intervals)"
+        + ("" if cal.same_model is not False
+           else f"; scored by other checkpoints ({cal.model_name}) than recent studies"),
+        ["threshold", "sensitivity", "specificity"],
+        [[f"{label} {_fmt(point.threshold)}", _proportion(point.sensitivity),
+          _proportion(point.specificity)]
+         for label, point in (("current", cal.current), ("proposed", cal.proposed))],
+    )
+
+
+def _proportion(p: Any) -> str:
+    if p.estimate is None:
+        return "- (no labels)"
+    return f"{p.estimate:.3f} ({p.successes}/{p.total})\n{p.lower:.2f}-{p.upper:.2f}"
+
+
+FindingFilterOption = typer.Option(None, "--finding", help="Only this finding (repeat).")
+SvgDirOption = typer.Option(None, "--svg-dir", help="Write one SVG histogram per finding.")
+
+
+@thresholds_app.command("drift")
+@_reflow
+def drift_command(
+    last: int = typer.Option(200, "--last", min=1, help="How many recent studies."),
+    finding: list[str] = FindingFilterOption,
+    svg_dir: Path = SvgDirOption,
+    config: Path = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Score distributions of recent studies against the stored calibration set, per finding.
+
+    Mean score of each and the Kolmogorov-Smirnov statistic D (0: same distribution, 1: no
+    overlap); --svg-dir writes the histograms the console shows.
+    """
+    from dicom_node import drift, thresholds
+    with user_errors():
+        ctx = _context(config)
+        names = [thresholds.finding_label(ctx.catalogue, f) for f in finding or []]
+        with _database(ctx) as database:
+            report = drift.drift(database, ctx.catalogue, last=last, findings=names or None)
+        files = _write_drift_svgs(ctx, report, svg_dir) if svg_dir else []
+    if as_json:
+        print_json({**report.as_dict(), "files": files})
+        return
+    print_table(
+        f"Score drift: last {report.studies} studies vs "
+        f"{report.calibration or 'no calibration set stored'}",
+        ["finding", "threshold", "recent mean\n(studies)", "calibration\nmean (images)",
+         "KS D"],
+        [[f.finding, _fmt(f.threshold), f"{_fmt(f.recent_mean)}\n({f.n_recent})",
+          f"{_fmt(f.calibration_mean)}\n({f.n_calibration})", _fmt(f.ks_statistic, 2)]
+         for f in report.findings],
+    )
+    if files:
+        console.print(f"wrote {len(files)} SVG file(s) to {svg_dir}", highlight=False)
+
+
+def _write_drift_svgs(ctx: Context, report: Any, folder: Path) -> list[str]:
+    from dicom_node.charts import histogram_svg
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for f in report.findings:
+        svg = histogram_svg(
+            f"{f.finding}: recent studies vs calibration set", f.edges,
+            [("recent studies", f.recent), ("calibration positives", f.calibration_positive),
+             ("calibration negatives", f.calibration_negative)],
+            threshold=f.threshold, clinical_use=ctx.settings.model.clinical_use,
+            footnote=ctx.settings.model.name,
+        )
+        path = folder / f"{''.join(c if c.isalnum() else '-' for c in f.finding)}.svg"
+        path.write_text(svg)
+        files.append(str(path))
+    return files
 
 
 def _catalogue_entry(catalogue: Catalogue, label: str) -> Any:
@@ -583,7 +702,39 @@ def calibrate(
                 _author(author),
                 note,
             )
+        _record_calibration_set(ctx, scored, created.version if created else None, author)
         _print_calibration(scored, report, base, thresholds, created, activated, changes, as_json)
+
+
+def _record_calibration_set(
+    ctx: Context, scored: ScoredSet, version: int | None, author: str | None
+) -> None:
+    """Keep the labelled scores (per finding, images that are labelled and scored) so that
+    `thresholds preview` and the console can show sensitivity and specificity at any
+    threshold later, without the labels file or the images."""
+    import numpy as np
+
+    from dicom_node import thresholds
+    findings = {}
+    for j, finding in enumerate(scored.findings):
+        keep = ~np.isnan(scored.labels[:, j]) & ~np.isnan(scored.scores[:, j])
+        findings[finding] = (
+            [int(v) for v in scored.labels[keep, j]], [float(v) for v in scored.scores[keep, j]]
+        )
+    provenance = scored.provenance
+    with _database(ctx) as database:
+        thresholds.record_calibration_set(
+            database,
+            author=_author(author),
+            labels_name=scored.labelled.csv_path.name,
+            labels_sha256=str(provenance["labels_sha256"]),
+            label_policy=str(provenance["label_policy"]),
+            model_name=str(provenance["model"]),
+            checkpoint_sha256s=[c["sha256"] for c in provenance["checkpoints"]],
+            catalogue_version=str(provenance["catalogue_version"]),
+            profile_version=version,
+            findings=findings,
+        )
 
 
 def _with_out_of_bag_intervals(

@@ -19,6 +19,7 @@ def _register() -> None:
     # Imported here so that each module can `from dicom_node.cli.typer_app import app`.
     from dicom_node.cli import (
         destination_commands,  # noqa: F401  destinations
+        finding_commands,  # noqa: F401  findings
         node_commands,  # noqa: F401  serve, status, studies
         predict_commands,  # noqa: F401  predict
         purge_commands,  # noqa: F401  purge

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import typer
 
-from dicom_node.cli.typer_app import app
 from dicom_node.cli.common import (
     CliError,
     ConfigOption,
@@ -25,6 +24,7 @@ from dicom_node.cli.common import (
     settings_from,
     user_errors,
 )
+from dicom_node.cli.typer_app import app
 
 users_app = typer.Typer(help="Console accounts (roles viewer and admin).", no_args_is_help=True)
 app.add_typer(users_app, name="users")

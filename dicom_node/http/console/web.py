@@ -192,8 +192,8 @@ SECURITY_HEADERS = {
 
 
 # The page modules (each has `router`); a new page adds its module name here.
-PAGE_MODULES = ("pages_auth", "pages_overview", "pages_studies", "pages_destinations",
-                "pages_audit")
+PAGE_MODULES = ("pages_auth", "pages_overview", "pages_studies", "pages_thresholds",
+                "pages_workbench", "pages_destinations", "pages_audit")
 
 
 def install(app: FastAPI, ctx: ConsoleContext) -> None:
