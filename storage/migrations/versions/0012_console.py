@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0012_console"
-down_revision = "0010_retention"
+down_revision = "0011_text_report"
 branch_labels = None
 depends_on = None
 
