@@ -53,6 +53,15 @@ def status_report(settings: Settings, reader: WorkListReader, now: datetime) -> 
     }
 
 
+def current_report(settings: Settings, now: datetime) -> dict[str, Any]:
+    """status_report over a fresh read-only reader of the configured work list (the console's
+    Overview). Raises storage.reader.ReadError when the work list cannot be read."""
+    from storage.reader import open_reader
+
+    with open_reader(settings.database_url) as reader:
+        return status_report(settings, reader, now)
+
+
 def activity(database: Database, now: datetime, days: int = 7) -> dict[str, Any]:
     """For the Overview: studies per state that arrived today (UTC) and in each of the last
     `days` days ({"YYYY-MM-DD": {state: count}}, oldest day first), the five latest FAILED

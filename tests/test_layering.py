@@ -50,8 +50,8 @@ def test_ml_library_never_imports_training() -> None:
 
 def test_console_pages_hold_no_sql() -> None:
     """The console's handlers call the service layer: no SQLAlchemy, and from storage only the
-    Database handle, the state enum and the outbound error they name."""
-    allowed = ("storage.db", "storage.states", "storage.outbound")
+    Database handle, the state enum and the outbound and profile errors they name."""
+    allowed = ("storage.db", "storage.states", "storage.outbound", "storage.profiles")
     found = []
     for path in sorted((ROOT / "dicom_node" / "http" / "console").rglob("*.py")):
         for name in imported_modules(path):

@@ -12,7 +12,6 @@ from dicom_node.http.console.web import (
     context,
     render,
 )
-from storage.reader import open_reader
 
 router = APIRouter()
 
@@ -21,8 +20,7 @@ router = APIRouter()
 def overview(request: Request, who: Reader) -> HTMLResponse:
     ctx = context(request)
     now = ctx.clock()
-    with open_reader(ctx.settings.database_url) as reader:
-        report = node_status.status_report(ctx.settings, reader, now)
+    report = node_status.current_report(ctx.settings, now)
     activity = node_status.activity(ctx.database, now)
     spool = report["spool"]
     total = spool["free_bytes"] + spool["used_bytes"]
