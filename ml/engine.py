@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from open_clip.model import CLIP
 
-from ml.catalogue import Catalogue, Finding
+from ml.catalogue import Catalogue, Finding, apply_derived
 from ml.checkpoint import LoadedCheckpoint, load_checkpoint
 from ml.dicom_image import Conversion
 from ml.prepare import PreparedImage, Preparer
@@ -108,10 +108,15 @@ class ZeroShotEngine:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.catalogue = catalogue
-        self.findings: tuple[Finding, ...] = catalogue.enabled()
+        # Scored by prompt pairs; the derived findings' columns follow them in `labels`.
+        self.findings: tuple[Finding, ...] = catalogue.prompted()
         if not self.findings:
-            raise ValueError(f"the findings catalogue {catalogue.source} enables no finding")
-        self.labels: tuple[str, ...] = tuple(f.label for f in self.findings)
+            raise ValueError(
+                f"the findings catalogue {catalogue.source} enables no prompt-scored finding"
+            )
+        self.labels: tuple[str, ...] = tuple(f.label for f in self.findings) + tuple(
+            f.label for f in catalogue.derived()
+        )
         self.device = resolve_device(device)
         self.precision = _resolve_precision(precision, self.device)
         if self.device.type == "cpu" and cpu_threads > 0:
@@ -181,7 +186,8 @@ class ZeroShotEngine:
         return self.score_canvases(canvases)
 
     def score_canvases(self, canvases: np.ndarray) -> np.ndarray:
-        """(N, F) probabilities for (N, 320, 320) uint8 canvases (step A already done)."""
+        """(N, L) scores for (N, 320, 320) uint8 canvases (step A already done): the prompt-scored
+        findings, then the derived ones (`labels` order)."""
         if canvases.ndim != 3 or canvases.shape[1:] != (CANVAS, CANVAS):
             raise ImageShapeError(
                 f"expected (N, {CANVAS}, {CANVAS}) canvases, got {canvases.shape}"
@@ -191,10 +197,37 @@ class ZeroShotEngine:
             chunk = np.ascontiguousarray(canvases[start : start + self.batch_size])
             batch = torch.from_numpy(chunk)
             rows.append(self._score_batch(batch.to(self.device)))
-        return np.concatenate(rows) if rows else np.zeros((0, len(self.labels)))
+        if not rows:
+            return np.zeros((0, len(self.labels)))
+        prompted = np.concatenate(rows)
+        derived = np.zeros((len(prompted), len(self.labels) - len(self.findings)))
+        return apply_derived(np.hstack([prompted, derived]), self.labels, self.catalogue)
+
+    def heat_maps(self, canvases: np.ndarray, labels: Sequence[str]) -> np.ndarray:
+        """(N, 320, 320) uint8 canvases -> (N, len(labels), 320, 320) float32 maps of where
+        each image matches the finding's positive prompt more than its negative one
+        (`ml.heatmap`: local scores in [0.119, 0.881], the ensemble's mean). `labels`:
+        prompt-scored findings of this engine; a derived or unknown one raises ValueError."""
+        from ml.heatmap import local_features, prompt_maps, to_canvas_grid
+
+        index = {f.label: i for i, f in enumerate(self.findings)}
+        unknown = [label for label in labels if label not in index]
+        if unknown:
+            raise ValueError(f"labels: no prompt pair scored for {unknown} (derived or not enabled)")
+        rows = [index[label] for label in labels]
+        batch = torch.from_numpy(np.ascontiguousarray(canvases)).to(self.device)
+        total = torch.zeros(len(canvases), len(rows), CANVAS, CANVAS)
+        for member in self._members:
+            pixels = canvases_to_input(batch, member.image_size)
+            with torch.inference_mode(), self._precision_context():
+                local = local_features(member.model, pixels)
+                positive = member.text[rows]
+                negative = member.text[[len(self.findings) + r for r in rows]]
+                total += to_canvas_grid(prompt_maps(local, positive, negative)).float().cpu()
+        return (total / len(self._members)).numpy()
 
     def _score_batch(self, canvases: torch.Tensor) -> np.ndarray:
-        total = torch.zeros(len(canvases), len(self.labels), dtype=torch.float64)
+        total = torch.zeros(len(canvases), len(self.findings), dtype=torch.float64)
         inputs: dict[int, torch.Tensor] = {}
         for member in self._members:
             if member.image_size not in inputs:
@@ -208,7 +241,8 @@ class ZeroShotEngine:
         features = features.float()
         features = features / features.norm(dim=-1, keepdim=True)
         cosines = (features @ member.text.T).double().cpu()
-        positive, negative = cosines[:, : len(self.labels)], cosines[:, len(self.labels) :]
+        count = len(self.findings)
+        positive, negative = cosines[:, :count], cosines[:, count:]
         return torch.sigmoid(positive - negative)  # = softmax over (pos, neg), first entry
 
     def _precision_context(self) -> AbstractContextManager[object]:
