@@ -135,6 +135,14 @@ def aggregate(probabilities: np.ndarray, rule: str) -> np.ndarray:
     raise ValueError(f"rule: unknown aggregation {rule!r} (mean | max)")
 
 
+def _with_derived(study_scores: np.ndarray, model: LoadedModel) -> np.ndarray:
+    """The study's derived scores (No Finding) made again from its aggregated scores: 1 - the
+    highest study-level score, not the mean of the images' own derived scores."""
+    from ml.catalogue import apply_derived
+
+    return apply_derived(study_scores[None], model.engine.labels, model.catalogue)[0]
+
+
 def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident():x}"
 
@@ -341,7 +349,9 @@ class Worker:
         scores = self._score(claimed, model, eligible)
         seconds = {"read": read - started, "score": time.perf_counter() - read}
         self.on_inference(seconds["score"])
-        study_scores = aggregate(scores, self.settings.worker.study_aggregation)
+        study_scores = _with_derived(
+            aggregate(scores, self.settings.worker.study_aggregation), model
+        )
         return self._report(claimed, model, images, eligible, scores, study_scores, seconds)
 
     def _read_images(self, claimed: worklist.ClaimedStudy) -> list[_Image]:
@@ -548,7 +558,8 @@ class Worker:
             summary_series_instance_uid=uids.summary.series_instance_uid,
             summary_sop_instance_uid=uids.summary.sop_instance_uid,
             findings=tuple(
-                results.FindingRecord(f.label, f.probability, f.threshold, f.present)
+                results.FindingRecord(f.label, f.probability, f.threshold, f.present,
+                                      f.derivation)
                 for f in findings
             ),
             images=images,

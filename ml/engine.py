@@ -108,15 +108,15 @@ class ZeroShotEngine:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.catalogue = catalogue
-        # Scored by prompt pairs; the derived findings' columns follow them in `labels`.
+        # Scored by prompt pairs; `labels` (the output columns) are all enabled findings in
+        # catalogue order, derived ones (No Finding) computed from the prompt-scored columns.
         self.findings: tuple[Finding, ...] = catalogue.prompted()
         if not self.findings:
             raise ValueError(
                 f"the findings catalogue {catalogue.source} enables no prompt-scored finding"
             )
-        self.labels: tuple[str, ...] = tuple(f.label for f in self.findings) + tuple(
-            f.label for f in catalogue.derived()
-        )
+        self.labels: tuple[str, ...] = tuple(f.label for f in catalogue.enabled())
+        self._columns = [self.labels.index(f.label) for f in self.findings]
         self.device = resolve_device(device)
         self.precision = _resolve_precision(precision, self.device)
         if self.device.type == "cpu" and cpu_threads > 0:
@@ -186,8 +186,7 @@ class ZeroShotEngine:
         return self.score_canvases(canvases)
 
     def score_canvases(self, canvases: np.ndarray) -> np.ndarray:
-        """(N, L) scores for (N, 320, 320) uint8 canvases (step A already done): the prompt-scored
-        findings, then the derived ones (`labels` order)."""
+        """(N, L) scores for (N, 320, 320) uint8 canvases (step A already done), L = `labels`."""
         if canvases.ndim != 3 or canvases.shape[1:] != (CANVAS, CANVAS):
             raise ImageShapeError(
                 f"expected (N, {CANVAS}, {CANVAS}) canvases, got {canvases.shape}"
@@ -199,9 +198,9 @@ class ZeroShotEngine:
             rows.append(self._score_batch(batch.to(self.device)))
         if not rows:
             return np.zeros((0, len(self.labels)))
-        prompted = np.concatenate(rows)
-        derived = np.zeros((len(prompted), len(self.labels) - len(self.findings)))
-        return apply_derived(np.hstack([prompted, derived]), self.labels, self.catalogue)
+        scores = np.zeros((sum(len(r) for r in rows), len(self.labels)))
+        scores[:, self._columns] = np.concatenate(rows)
+        return apply_derived(scores, self.labels, self.catalogue)
 
     def heat_maps(self, canvases: np.ndarray, labels: Sequence[str]) -> np.ndarray:
         """(N, 320, 320) uint8 canvases -> (N, len(labels), 320, 320) float32 maps of where

@@ -50,6 +50,7 @@ def serve(config: Path | None = ConfigOption) -> None:
         except StartupError as exc:
             raise CliError(str(exc)) from None
         check_clinical_use(settings)
+        _check_trained_findings(settings)
         from dicom_node.http import attach as attach_http
         from dicom_node.http.server import HttpStartError
         from dicom_node.service import Service  # pynetdicom, scheduler, model: only when serving
@@ -68,6 +69,15 @@ def serve(config: Path | None = ConfigOption) -> None:
         except OSError as exc:
             node = settings.node
             raise CliError(f"cannot listen on {node.host}:{node.port}: {exc}") from None
+
+
+def _check_trained_findings(settings: Settings) -> None:
+    from dicom_node.trained_findings import UntrainedFindingError, check_settings
+
+    try:
+        check_settings(settings)
+    except UntrainedFindingError as exc:
+        raise CliError(str(exc)) from None
 
 
 @app.command()
@@ -258,7 +268,8 @@ def _print_result(result: dict[str, Any]) -> None:
         ["summary", result["summary_sop_instance_uid"]],
     ])
     print_table("Findings", ["finding", "score", "threshold", "decision"], [
-        [f["label"], f"{f['score']:.4f}", f"{f['threshold']:.4f}", f["decision"]]
+        [f["label"] + (" (derived)" if f.get("derivation") else ""), f"{f['score']:.4f}",
+         f"{f['threshold']:.4f}", f["decision"]]
         for f in result["findings"]
     ])
     print_table("Images", ["SOP Instance UID", "scored", "why not"], [

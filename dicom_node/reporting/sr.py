@@ -279,6 +279,8 @@ def _algorithm_id(finding: FindingOutcome, algorithm: AlgorithmInfo) -> hd.sr.Al
     if algorithm.catalogue_version:
         parameters.append(f"catalogue={algorithm.catalogue_version}")
     parameters.append(SCORE_NOTE)
+    if finding.derivation:  # e.g. No Finding: not a model output of its own
+        parameters.append(f"score {finding.derivation}")
     return hd.sr.AlgorithmIdentification(
         name=algorithm.name,
         version=algorithm.version,
