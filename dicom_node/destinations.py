@@ -106,4 +106,5 @@ def resend(
 
 def _kinds(destination: DestinationSettings) -> set[str]:
     return {kind for kind, on in (("sr", destination.send_sr),
-                                  ("summary", destination.send_summary)) if on}
+                                  ("summary", destination.send_summary),
+                                  ("heatmap", destination.send_heat_maps)) if on}

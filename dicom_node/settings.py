@@ -93,6 +93,7 @@ class WorkerSettings:
     study_aggregation: str = "mean"  # mean | max: per-image probabilities -> study level
     report_skipped: bool = True  # a SKIPPED study gets a "not analysed: why" SR + summary image
     shutdown_grace_seconds: float = 10  # on SIGTERM, wait this long for the study in progress
+    heat_maps_per_study: int = 3  # where-the-model-looked overlays, top-scoring positives; 0: none
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,7 @@ class DestinationSettings:
     port: int
     send_sr: bool = True
     send_summary: bool = True
+    send_heat_maps: bool = True
     connect_timeout_seconds: float = 10
     network_timeout_seconds: float = 60
     dimse_timeout_seconds: float = 120
@@ -194,6 +196,7 @@ _CHECKS: dict[tuple[str, str], typing.Callable[[Any], str | None]] = {
     ("node", "data_dir"): lambda v: None if v.strip() else "must not be empty",
     ("model", "findings_file"): lambda v: None if v.strip() else "must not be empty",
     ("worker", "shutdown_grace_seconds"): lambda v: None if v >= 0 else "must be >= 0",
+    ("worker", "heat_maps_per_study"): lambda v: None if 0 <= v <= 20 else "must be 0..20",
     ("outbound", "pending_alert_seconds"): lambda v: None if v > 0 else "must be > 0",
     ("worklist", "stable_seconds"): lambda v: None if v >= 0 else "must be >= 0",
     ("worklist", "assembly_interval_seconds"): lambda v: None if v > 0 else "must be > 0",

@@ -40,10 +40,13 @@ from dicom_node.heartbeat import LOADED, LOADING, Heartbeat, model_failure
 from dicom_node.logs import log_event
 from dicom_node.reporting.content import AlgorithmInfo, FindingOutcome
 from dicom_node.reporting.evidence import tolerant_headers
+from dicom_node.reporting.heatmap import ranked_positives
 from dicom_node.reporting.outbox import (
+    HEATMAP,
     SR,
     SUMMARY,
     WrittenObject,
+    write_heatmap,
     write_not_analysed,
     write_sr,
     write_summary,
@@ -55,6 +58,7 @@ from dicom_node.reporting.uids import (
     ReportUids,
     ResultKey,
     derived_uid,
+    heatmap_uids,
     report_uids,
 )
 from dicom_node.settings import DestinationSettings, Settings
@@ -511,8 +515,11 @@ class Worker:
                   sr_sop_instance_uid=uids.sr.sop_instance_uid, deliveries=queued)
         summary = write_summary(self.outbox, evidence=evidence, findings=findings,
                                 algorithm=algorithm, uids=uids.summary, when=now)
-        state, more = self._finish(claimed, result_id, [summary])
-        seconds["summary"] = time.perf_counter() - mark
+        seconds["summary"], mark = time.perf_counter() - mark, time.perf_counter()
+        overlays = self._heat_maps(claimed, model, eligible, evidence, scores, findings,
+                                   algorithm, key, version, now)
+        state, more = self._finish(claimed, result_id, [summary, *overlays])
+        seconds["heat_maps"] = time.perf_counter() - mark
         self.on_findings(findings)
         log_event(LOG, "study_reported", study_instance_uid=claimed.study_instance_uid,
                   state=state.value, version=version, profile=profile.label,
@@ -520,6 +527,43 @@ class Worker:
                   present=[f.label for f in findings if f.present],
                   seconds={k: round(v, 4) for k, v in seconds.items()})
         return WorkOutcome(claimed.study_instance_uid, state, result_id, version)
+
+    def _heat_maps(
+        self,
+        claimed: worklist.ClaimedStudy,
+        model: LoadedModel,
+        eligible: Sequence[_Image],
+        evidence: Sequence[Dataset],
+        scores: np.ndarray,
+        findings: Sequence[FindingOutcome],
+        algorithm: AlgorithmInfo,
+        key: ResultKey,
+        version: int,
+        when: datetime,
+    ) -> list[WrittenObject]:
+        """Attention-map overlays for the top `[worker] heat_maps_per_study` findings called
+        present, each on the image that scored it highest. An extra: if making them fails, the
+        study still finishes with its SR and summary (logged as heat_maps_failed)."""
+        chosen = ranked_positives(findings, self.settings.worker.heat_maps_per_study)
+        if not chosen:
+            return []
+        try:
+            uids = heatmap_uids(key.digest(), claimed.study_instance_uid, algorithm.name,
+                                version=version, labels=[f.label for f in chosen])
+            labels = list(model.engine.labels)
+            written = []
+            for finding in chosen:
+                best = int(np.argmax(scores[:, labels.index(finding.label)]))
+                heat = _image_heat_map(model, eligible[best].pixels, finding.label)
+                written.append(write_heatmap(
+                    self.outbox, source=evidence[best], pixels=eligible[best].pixels, heat=heat,
+                    finding=finding, algorithm=algorithm, uids=uids[finding.label], when=when))
+            return written
+        except Exception as exc:  # noqa: BLE001  an optional extra must not fail the study
+            log_event(LOG, "heat_maps_failed", level=logging.ERROR, exc_info=exc,
+                      study_instance_uid=claimed.study_instance_uid,
+                      error=f"{type(exc).__name__}: {exc}")
+            return []
 
     def _finish(
         self, claimed: worklist.ClaimedStudy, result_id: int, objects: Sequence[WrittenObject]
@@ -661,11 +705,44 @@ class Worker:
 
 
 def _wants(destination: DestinationSettings, kind: str) -> bool:
+    if kind == HEATMAP:
+        return destination.send_heat_maps
     return destination.send_sr if kind == SR else destination.send_summary
 
 
+def _image_heat_map(model: LoadedModel, pixels: np.ndarray | None, label: str) -> np.ndarray:
+    """The engine's map for `label` on one scored 8-bit image, at the image's own size."""
+    from ml.heatmap import canvas_to_image
+    from ml.preprocess import to_canvas
+
+    if pixels is None:
+        raise ValueError("the image has no decoded pixels")
+    canvas_map = model.engine.heat_maps(to_canvas(pixels)[None], [label])[0, 0]
+    return canvas_to_image(canvas_map, pixels.shape)
+
+
 def _stored_objects(outbox: Spool, previous: results.ResultView) -> list[WrittenObject]:
-    """The SR and summary image of a stored result, as written to the outbox."""
+    """The SR, summary image and attention-map overlays of a stored result, as written to the
+    outbox (overlays only where their files exist: they are an extra)."""
+    return _stored_reports(outbox, previous) + _stored_heat_maps(outbox, previous)
+
+
+def _stored_heat_maps(outbox: Spool, previous: results.ResultView) -> list[WrittenObject]:
+    labels = [f.label for f in previous.findings if f.present and not f.derivation]
+    if not labels:
+        return []
+    uids = heatmap_uids(previous.result_key, previous.study_instance_uid, previous.model_name,
+                        version=previous.version, labels=labels)
+    return [
+        WrittenObject(HEATMAP, previous.study_instance_uid, u.series_instance_uid,
+                      u.sop_instance_uid, SecondaryCaptureImageStorage,
+                      outbox.relative_path(previous.study_instance_uid, u.sop_instance_uid))
+        for u in uids.values()
+        if outbox.exists(previous.study_instance_uid, u.sop_instance_uid)
+    ]
+
+
+def _stored_reports(outbox: Spool, previous: results.ResultView) -> list[WrittenObject]:
     return [
         WrittenObject(SR, previous.study_instance_uid, previous.sr_series_instance_uid,
                       previous.sr_sop_instance_uid, ComprehensiveSRStorage,

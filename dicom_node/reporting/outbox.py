@@ -8,9 +8,11 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from pydicom import Dataset
 
 from dicom_node.reporting.content import AlgorithmInfo, FindingOutcome
+from dicom_node.reporting.heatmap import build_heatmap_sc
 from dicom_node.reporting.sr import (
     PreviousReport,
     build_findings_sr,
@@ -22,11 +24,12 @@ from storage.spool import Spool
 
 SR = "sr"
 SUMMARY = "summary"
+HEATMAP = "heatmap"
 
 
 @dataclass(frozen=True)
 class WrittenObject:
-    kind: str  # sr | summary
+    kind: str  # sr | summary | heatmap
     study_instance_uid: str
     series_instance_uid: str
     sop_instance_uid: str
@@ -88,6 +91,23 @@ def write_summary(
         content_datetime=when,
     )
     return _write(outbox, SUMMARY, summary)
+
+
+def write_heatmap(
+    outbox: Spool,
+    *,
+    source: Dataset,
+    pixels: np.ndarray,
+    heat: np.ndarray,
+    finding: FindingOutcome,
+    algorithm: AlgorithmInfo,
+    uids: InstanceUids,
+    when: datetime.datetime,
+) -> WrittenObject:
+    """Render one attention-map overlay and write it (durable on return)."""
+    overlay = build_heatmap_sc(source=source, pixels=pixels, heat=heat, finding=finding,
+                               algorithm=algorithm, uids=uids, content_datetime=when)
+    return _write(outbox, HEATMAP, overlay)
 
 
 def write_not_analysed(
