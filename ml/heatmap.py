@@ -44,19 +44,27 @@ def local_features(model: CLIP, pixels: torch.Tensor) -> torch.Tensor:
     return tokens / tokens.norm(dim=-1, keepdim=True)
 
 
+def vit_sequence(visual: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """(N, 1 + g*g, width): the transformer's output, class token first (before ln_post)."""
+    return visual.transformer(visual._embeds(pixels))
+
+
 def _vit_tokens(visual: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
-    x = visual._embeds(pixels)
-    x = visual.transformer(x)
-    x = visual.ln_post(x[:, 1:])
-    x = x @ visual.proj
+    x = visual.ln_post(vit_sequence(visual, pixels)[:, 1:]) @ visual.proj
     side = round(x.shape[1] ** 0.5)
     return x.reshape(x.shape[0], side, side, -1)
 
 
-def _resnet_tokens(visual: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+def resnet_grid(visual: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """(N, C, g, g): layer4's output, what the attention pool summarises."""
     x = visual.stem(pixels.to(visual.conv1.weight.dtype))
     for layer in (visual.layer1, visual.layer2, visual.layer3, visual.layer4):
         x = layer(x)
+    return x
+
+
+def _resnet_tokens(visual: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    x = resnet_grid(visual, pixels)
     n, c, h, w = x.shape
     pool = visual.attnpool
     x = x.reshape(n, c, h * w).permute(0, 2, 1)  # (N, HW, C)
