@@ -7,14 +7,19 @@ from __future__ import annotations
 
 import logging
 import socket
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from pydicom.sr.coding import Code
 from typer.testing import CliRunner
 
 from dicom_node.cli import app
 from dicom_node.logs import _EVENT_ATTR
+from dicom_node.reporting.content import FindingOutcome
+from dicom_node.reporting.sr import build_findings_sr
+from dicom_node.reporting.uids import ResultKey, report_uids
 from dicom_node.settings import load_settings
 from dicom_node.shipped import demo_checkpoint, findings_file
 from dicom_node.trained_findings import UntrainedFindingError, check_settings
@@ -22,6 +27,7 @@ from ml.catalogue import load_catalogue
 from ml.model_card import read_card, untrained_findings
 from ml.synth.spec import SYNTH_FINDINGS
 from tests.peers import run_cli, toml_text
+from tests.report_samples import WHEN, algorithm, dciodvfy, dx_image, findings
 
 
 def _catalogue_enabling(tmp_path: Path, label: str) -> Path:
@@ -103,3 +109,28 @@ def test_shipped_catalogue_notes_why_the_others_are_disabled():
     disabled = [f for f in catalogue.findings if not f.enabled]
     assert {f.label for f in disabled}.isdisjoint(SYNTH_FINDINGS)
     assert all("not trained" in (f.note or "") for f in disabled)
+
+
+def test_no_finding_is_reported_as_derived_in_the_sr(tmp_path):
+    source = dx_image("1.2.826.0.1.3680043.8.498.2")
+    outcomes = [*findings()[:2], FindingOutcome(
+        label="No Finding", code=Code("408573005", "SCT", "Imaging result normal"), site=None,
+        probability=0.29, threshold=0.5, present=False,
+        derivation=load_catalogue(findings_file()).by_label("No Finding").derivation)]
+    key = ResultKey.of(study_instance_uid=source.StudyInstanceUID, model_name="demo",
+                       checkpoint_sha256s=["a1" * 32], profile="v1",
+                       source_sop_instance_uids=[source.SOPInstanceUID])
+    uids = report_uids(key, version=1, labels=[f.label for f in outcomes])
+    sr = build_findings_sr(evidence=[source], findings=outcomes, algorithm=algorithm(),
+                           uids=uids.sr, tracking_uids=dict(uids.tracking), node_uid="1.2.3.4",
+                           content_datetime=WHEN)
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    assert dciodvfy(path)[0] == []
+    dump = subprocess.run(["/usr/bin/dsrdump", "+Pl", str(path)], capture_output=True, text=True,
+                          check=True).stdout
+    groups = dump.split("Tracking Identifier")
+    no_finding = next(g for g in groups if '"No Finding"' in g)
+    assert "score derived: 1 - the highest score among the enabled findings" in no_finding
+    others = [g for g in groups[1:] if '"No Finding"' not in g]
+    assert others and all("derived" not in g for g in others)

@@ -120,4 +120,8 @@ def test_no_overlay_when_no_finding_is_called_present(heat_node):
     assert heat_node.process().state is StudyState.DONE
     (result,) = heat_node.results(study.study)
     assert not any(f.present for f in result.findings)
+    no_finding = next(f for f in result.findings if f.label == "No Finding")
+    assert "1 - the highest" in no_finding.derivation  # stored as derived
+    others = max(f.probability for f in result.findings if not f.derivation)
+    assert no_finding.probability == pytest.approx(1 - others)
     assert [d for d in heat_node.deliveries() if d.kind == "heatmap"] == []
