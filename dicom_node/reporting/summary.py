@@ -76,7 +76,7 @@ def render_summary(findings: Sequence[FindingOutcome], algorithm: AlgorithmInfo)
     notes += _wrap(f"Probability: {SCORE_NOTE}.", fonts.small)
     for f in findings:
         if f.derivation:
-            notes += _wrap(f"{f.label} (derived): {f.derivation}.", fonts.small)
+            notes += _wrap(f"{f.label}: {f.derivation}.", fonts.small)
     height = MARGIN * 2 + 130 + 70 * len(caveat_lines) + ROW_HEIGHT * (len(findings) + 1)
     height += 30 + 45 * len(notes)
     image = Image.new("L", (WIDTH, height), 0)
