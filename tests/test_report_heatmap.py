@@ -125,3 +125,24 @@ def test_no_overlay_when_no_finding_is_called_present(heat_node):
     others = max(f.probability for f in result.findings if not f.derivation)
     assert no_finding.probability == pytest.approx(1 - others)
     assert [d for d in heat_node.deliveries() if d.kind == "heatmap"] == []
+
+
+def test_a_destination_added_later_gets_the_stored_overlays(heat_node):
+    _activate(heat_node, 0.12)
+    study = StudyUids()
+    heat_node.receive(make_radiograph(view="PA", study=study, seed=3))
+    heat_node.process()
+    viewer = DestinationSettings(name="viewer", ae_title="VIEW", host="127.0.0.1", port=3)
+    settings = heat_node.worker.settings
+    heat_node.worker.settings = replace(settings, destinations=[*settings.destinations, viewer])
+    # a late lateral changes no input: the stored result is delivered, not remade
+    heat_node.receive(make_radiograph(view="LL", study=study, seed=4, instance_number=2))
+    assert heat_node.process().state is StudyState.DONE
+    assert len(heat_node.results(study.study)) == 1
+    sent = {(d.destination, d.kind) for d in heat_node.deliveries()}
+    pacs = sorted(d.sop_instance_uid for d in heat_node.deliveries()
+                  if d.destination == "pacs" and d.kind == "heatmap")
+    later = sorted(d.sop_instance_uid for d in heat_node.deliveries()
+                   if d.destination == "viewer" and d.kind == "heatmap")
+    assert len(pacs) == 2 and later == pacs
+    assert ("viewer", "sr") in sent and ("viewer", "summary") in sent
