@@ -27,10 +27,14 @@ from ml.synth.spec import PRESENT, SYNTH_FINDINGS, StudySpec, draw_study
 pytestmark = pytest.mark.slow
 
 HEIGHT = 512  # rows of each phantom
-# Measured: FILLED IN BELOW
-FALSE_POSITIVE_CEILING = 0.0
-NO_FINDING_AUROC_FLOOR = 0.0
-HIT_RATE_FLOOR = 0.0
+# Measured at 512 rows on seeds 2002 (300 studies) and 2003 (150 phantoms without findings):
+# no finding called on 0 of 150 (95 % upper bound 2 %); derived No Finding AUROC 0.982 (51
+# studies without pathology of 300); heat-map maximum inside the drawn region for 184 of 257
+# findings called present (0.716: Cardiomegaly 58/58, Pleural Effusion 48/50, Consolidation
+# 39/49, Lung Opacity 32/48, Pneumothorax 7/52: its map peaks off the air band).
+FALSE_POSITIVE_CEILING = 0.05
+NO_FINDING_AUROC_FLOOR = 0.93
+HIT_RATE_FLOOR = 0.60
 MAPPED = ("Cardiomegaly", "Pleural Effusion", "Pneumothorax", "Consolidation", "Lung Opacity")
 
 
@@ -85,19 +89,21 @@ def test_derived_no_finding_separates_studies_without_pathology(engine, studies)
 
 
 def test_heat_map_maximum_falls_inside_the_drawn_finding(engine, studies):
+    cases = [(spec, image) for spec, image in studies
+             if any(spec.state(f) == PRESENT for f in MAPPED)]
+    canvases = np.stack([to_canvas(image) for _, image in cases])
+    scores = engine.score_canvases(canvases)
     hits: dict[str, list[bool]] = {f: [] for f in MAPPED}
-    for spec, image in studies:
-        present = [f for f in MAPPED if spec.state(f) == PRESENT]
-        if not present:
-            continue
-        canvas = to_canvas(image)[None]
-        scores = dict(zip(engine.labels, engine.score_canvases(canvas)[0], strict=True))
-        called = [f for f in present if scores[f] >= 0.5]  # overlays are made for these only
-        if not called:
-            continue
-        for label, canvas_map in zip(called, engine.heat_maps(canvas, called)[0], strict=True):
-            row, column = peak(canvas_to_image(canvas_map, image.shape))
-            hits[label].append(bool(finding_region(spec, label, *image.shape)[row, column]))
+    for start in range(0, len(cases), 16):
+        maps = engine.heat_maps(canvases[start : start + 16], MAPPED)
+        for (spec, image), row_scores, found in zip(cases[start : start + 16],
+                                                    scores[start : start + 16], maps):
+            for label, canvas_map in zip(MAPPED, found, strict=True):
+                # overlays are made for findings called present only
+                if spec.state(label) != PRESENT or row_scores[engine.labels.index(label)] < 0.5:
+                    continue
+                row, column = peak(canvas_to_image(canvas_map, image.shape))
+                hits[label].append(bool(finding_region(spec, label, *image.shape)[row, column]))
     total = [hit for found in hits.values() for hit in found]
     rate = sum(total) / len(total)
     print(f"heat-map hit rate {rate:.3f} ({sum(total)} of {len(total)}); "
