@@ -92,9 +92,10 @@ def resend(
     now: datetime,
     names: Sequence[str] = (),
 ) -> list[int]:
-    """Queue the study's current SR and summary again for the named destinations (default:
-    every configured one), as each destination's send_sr/send_summary allows. Even objects
-    a destination acknowledged go again: this is the explicit admin act. Returns the
+    """Queue the study's current SR, summary and attention-map overlays again for the named
+    destinations (default: every configured one), as each destination's send_sr, send_summary
+    and send_heat_maps allow. Even objects a destination acknowledged go again: this is the
+    explicit admin act. Returns the
     delivery ids queued; raises UnknownDestination or storage.outbound.OutboundError."""
     targets = [find(settings, n) for n in names] if names else list(settings.destinations)
     if not targets:

@@ -551,14 +551,18 @@ class Worker:
             uids = heatmap_uids(key.digest(), claimed.study_instance_uid, algorithm.name,
                                 version=version, labels=[f.label for f in chosen])
             labels = list(model.engine.labels)
-            written = []
-            for finding in chosen:
-                best = int(np.argmax(scores[:, labels.index(finding.label)]))
-                heat = _image_heat_map(model, eligible[best].pixels, finding.label)
-                written.append(write_heatmap(
-                    self.outbox, source=evidence[best], pixels=eligible[best].pixels, heat=heat,
-                    finding=finding, algorithm=algorithm, uids=uids[finding.label], when=when))
-            return written
+            best = {f.label: int(np.argmax(scores[:, labels.index(f.label)])) for f in chosen}
+            maps: dict[str, np.ndarray] = {}
+            for index in sorted(set(best.values())):  # one forward pass per image
+                wanted = [label for label, i in best.items() if i == index]
+                maps.update(zip(wanted, _image_heat_maps(model, eligible[index].pixels, wanted),
+                                strict=True))
+            return [
+                write_heatmap(self.outbox, source=evidence[best[f.label]],
+                              pixels=eligible[best[f.label]].pixels, heat=maps[f.label],
+                              finding=f, algorithm=algorithm, uids=uids[f.label], when=when)
+                for f in chosen
+            ]
         except Exception as exc:  # noqa: BLE001  an optional extra must not fail the study
             log_event(LOG, "heat_maps_failed", level=logging.ERROR, exc_info=exc,
                       study_instance_uid=claimed.study_instance_uid,
@@ -710,15 +714,17 @@ def _wants(destination: DestinationSettings, kind: str) -> bool:
     return destination.send_sr if kind == SR else destination.send_summary
 
 
-def _image_heat_map(model: LoadedModel, pixels: np.ndarray | None, label: str) -> np.ndarray:
-    """The engine's map for `label` on one scored 8-bit image, at the image's own size."""
+def _image_heat_maps(
+    model: LoadedModel, pixels: np.ndarray | None, labels: Sequence[str]
+) -> list[np.ndarray]:
+    """The engine's maps for `labels` on one scored 8-bit image, each at the image's size."""
     from ml.heatmap import canvas_to_image
     from ml.preprocess import to_canvas
 
     if pixels is None:
         raise ValueError("the image has no decoded pixels")
-    canvas_map = model.engine.heat_maps(to_canvas(pixels)[None], [label])[0, 0]
-    return canvas_to_image(canvas_map, pixels.shape)
+    canvas_maps = model.engine.heat_maps(to_canvas(pixels)[None], labels)[0]
+    return [canvas_to_image(m, pixels.shape) for m in canvas_maps]
 
 
 def _stored_objects(outbox: Spool, previous: results.ResultView) -> list[WrittenObject]:
