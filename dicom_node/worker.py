@@ -1,6 +1,7 @@
 """The inference worker: claims QUEUED studies, scores their eligible images, records a Result,
 writes the SR to the outbox and queues its deliveries (the sender starts on it at once), then
-does the same for the summary image and finishes the study.
+does the same for the summary image and the attention-map overlays of the findings called
+present (`[worker] heat_maps_per_study`) and finishes the study.
 
 Study-level probability: the mean (default) or max over the study's eligible frontal images of
 each image's probability, per finding (`[worker] study_aggregation`); every image's own scores

@@ -1,4 +1,4 @@
-"""Writing a result's objects (SR, summary image) to the outbox, atomically and durably, before
+"""Writing a result's objects (SR, summary image, attention-map overlays) to the outbox, atomically and durably, before
 the outbound rows that point at them are committed."""
 
 from __future__ import annotations
