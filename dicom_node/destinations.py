@@ -96,11 +96,12 @@ def resend(
     *,
     actor: Actor,
 ) -> list[int]:
-    """Queue the study's current SR, summary and text report again for the named destinations
-    (default: every configured one), as each destination's send_sr/send_summary/
-    send_text_report allows. Even objects
-    a destination acknowledged go again: this is the explicit admin act, audited as
-    "study.resend" by `actor`. Returns the delivery ids queued; raises UnknownDestination or storage.outbound.OutboundError."""
+    """Queue the study's current SR, summary, text report and attention-map overlays again for
+    the named destinations (default: every configured one), as each destination's send_sr,
+    send_summary, send_text_report and send_heat_maps allow. Even objects a destination
+    acknowledged go again: this is the explicit admin act, audited as "study.resend" by
+    `actor`. Returns the delivery ids queued; raises UnknownDestination or
+    storage.outbound.OutboundError."""
     from storage import outbound
 
     targets = [find(settings, n) for n in names] if names else list(settings.destinations)
@@ -140,7 +141,8 @@ def retry_deliveries(
 def _kinds(destination: DestinationSettings) -> set[str]:
     return {kind for kind, on in (("sr", destination.send_sr),
                                   ("summary", destination.send_summary),
-                                  ("text", destination.send_text_report)) if on}
+                                  ("text", destination.send_text_report),
+                                  ("heatmap", destination.send_heat_maps)) if on}
 
 
 def _audit():  # dicom_node.audit imports SQLAlchemy: only for changes

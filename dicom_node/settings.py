@@ -83,6 +83,8 @@ class ModelSettings:
     prepare_mode: str = "threads"  # threads | processes: where files are decoded beside the model
     prepare_workers: int = 0  # 0: half the CPU cores (1..8)
     caveat: str = "NOT FOR CLINICAL USE — demo model trained on synthetic data"
+    # true: start even when a checkpoint's model card says an enabled finding was not trained
+    allow_untrained_findings: bool = False
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,7 @@ class WorkerSettings:
     study_aggregation: str = "mean"  # mean | max: per-image probabilities -> study level
     report_skipped: bool = True  # a SKIPPED study gets a "not analysed: why" SR + summary image
     shutdown_grace_seconds: float = 10  # on SIGTERM, wait this long for the study in progress
+    heat_maps_per_study: int = 3  # where-the-model-looked overlays, top-scoring positives; 0: none
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,7 @@ class DestinationSettings:
     send_sr: bool = True
     send_summary: bool = True
     send_text_report: bool = True  # the text report SR (what OHIF and other viewers render)
+    send_heat_maps: bool = True
     connect_timeout_seconds: float = 10
     network_timeout_seconds: float = 60
     dimse_timeout_seconds: float = 120
@@ -198,6 +202,7 @@ _CHECKS: dict[tuple[str, str], typing.Callable[[Any], str | None]] = {
     ("node", "data_dir"): lambda v: None if v.strip() else "must not be empty",
     ("model", "findings_file"): lambda v: None if v.strip() else "must not be empty",
     ("worker", "shutdown_grace_seconds"): lambda v: None if v >= 0 else "must be >= 0",
+    ("worker", "heat_maps_per_study"): lambda v: None if 0 <= v <= 20 else "must be 0..20",
     ("outbound", "pending_alert_seconds"): lambda v: None if v > 0 else "must be > 0",
     ("worklist", "stable_seconds"): lambda v: None if v >= 0 else "must be >= 0",
     ("worklist", "assembly_interval_seconds"): lambda v: None if v > 0 else "must be > 0",

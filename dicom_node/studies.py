@@ -95,7 +95,7 @@ def study_result(database: Database, study_instance_uid: str) -> dict[str, Any] 
         "aggregation": latest.aggregation,
         "findings": [
             {"label": f.label, "score": round(f.probability, 4), "threshold": f.threshold,
-             "decision": "present" if f.present else "absent"}
+             "decision": "present" if f.present else "absent", "derivation": f.derivation}
             for f in latest.findings
         ],
         "images": [

@@ -1,6 +1,7 @@
 """The inference worker: claims QUEUED studies, scores their eligible images, records a Result,
 writes the SR to the outbox and queues its deliveries (the sender starts on it at once), then
-does the same for the summary image and the text report and finishes the study.
+does the same for the summary image, the text report and the attention-map overlays of the
+findings called present (`[worker] heat_maps_per_study`) and finishes the study.
 
 Study-level probability: the mean (default) or max over the study's eligible frontal images of
 each image's probability, per finding (`[worker] study_aggregation`); every image's own scores
@@ -40,11 +41,14 @@ from dicom_node.heartbeat import LOADED, LOADING, Heartbeat, model_failure
 from dicom_node.logs import log_event
 from dicom_node.reporting.content import AlgorithmInfo, FindingOutcome, ImageUse
 from dicom_node.reporting.evidence import tolerant_headers
+from dicom_node.reporting.heatmap import ranked_positives
 from dicom_node.reporting.outbox import (
+    HEATMAP,
     SR,
     SUMMARY,
     TEXT,
     WrittenObject,
+    write_heatmap,
     write_not_analysed,
     write_sr,
     write_summary,
@@ -58,6 +62,7 @@ from dicom_node.reporting.uids import (
     ReportUids,
     ResultKey,
     derived_uid,
+    heatmap_uids,
     report_uids,
 )
 from dicom_node.settings import DestinationSettings, Settings
@@ -137,6 +142,14 @@ def aggregate(probabilities: np.ndarray, rule: str) -> np.ndarray:
     if rule == "max":
         return probabilities.max(axis=0)
     raise ValueError(f"rule: unknown aggregation {rule!r} (mean | max)")
+
+
+def _with_derived(study_scores: np.ndarray, model: LoadedModel) -> np.ndarray:
+    """The study's derived scores (No Finding) made again from its aggregated scores: 1 - the
+    highest study-level score, not the mean of the images' own derived scores."""
+    from ml.catalogue import apply_derived
+
+    return apply_derived(study_scores[None], model.engine.labels, model.catalogue)[0]
 
 
 def default_worker_id() -> str:
@@ -345,7 +358,9 @@ class Worker:
         scores, embeddings = self._score(claimed, model, eligible)
         seconds = {"read": read - started, "score": time.perf_counter() - read}
         self.on_inference(seconds["score"])
-        study_scores = aggregate(scores, self.settings.worker.study_aggregation)
+        study_scores = _with_derived(
+            aggregate(scores, self.settings.worker.study_aggregation), model
+        )
         return self._report(claimed, model, images, eligible, (scores, embeddings),
                             study_scores, seconds)
 
@@ -475,6 +490,7 @@ class Worker:
         commit that also finishes the study. A crash between the two leaves the study leased;
         whoever takes it next finds the same inputs and `_redeliver` builds the missing ones."""
         catalogue, labels = model.catalogue, list(model.engine.labels)
+        scores = scored[0]
         defaults = {f.label: f.default_threshold for f in catalogue.enabled()}
         with self.database.sessions.begin() as session:
             profile = profiles.active_profile(session, defaults)
@@ -516,8 +532,11 @@ class Worker:
         text = write_text_report(self.outbox, evidence=evidence, findings=findings,
                                  algorithm=algorithm, uids=uids.text, node_uid=self.node_uid,
                                  previous=_previous_text_reports(previous), when=now, images=uses)
-        state, more = self._finish(claimed, result_id, [summary, text])
-        seconds["summary"] = time.perf_counter() - mark
+        seconds["summary"], mark = time.perf_counter() - mark, time.perf_counter()
+        overlays = self._heat_maps(claimed, model, eligible, evidence, scores, findings,
+                                   algorithm, key, version, now)
+        state, more = self._finish(claimed, result_id, [summary, text, *overlays])
+        seconds["heat_maps"] = time.perf_counter() - mark
         self.on_findings(findings)
         log_event(LOG, "study_reported", study_instance_uid=claimed.study_instance_uid,
                   state=state.value, version=version, profile=profile.label,
@@ -525,6 +544,47 @@ class Worker:
                   present=[f.label for f in findings if f.present],
                   seconds={k: round(v, 4) for k, v in seconds.items()})
         return WorkOutcome(claimed.study_instance_uid, state, result_id, version)
+
+    def _heat_maps(
+        self,
+        claimed: worklist.ClaimedStudy,
+        model: LoadedModel,
+        eligible: Sequence[_Image],
+        evidence: Sequence[Dataset],
+        scores: np.ndarray,
+        findings: Sequence[FindingOutcome],
+        algorithm: AlgorithmInfo,
+        key: ResultKey,
+        version: int,
+        when: datetime,
+    ) -> list[WrittenObject]:
+        """Attention-map overlays for the top `[worker] heat_maps_per_study` findings called
+        present, each on the image that scored it highest. An extra: if making them fails, the
+        study still finishes with its SR and summary (logged as heat_maps_failed)."""
+        chosen = ranked_positives(findings, self.settings.worker.heat_maps_per_study)
+        if not chosen:
+            return []
+        try:
+            uids = heatmap_uids(key.digest(), claimed.study_instance_uid, algorithm.name,
+                                version=version, labels=[f.label for f in chosen])
+            labels = list(model.engine.labels)
+            best = {f.label: int(np.argmax(scores[:, labels.index(f.label)])) for f in chosen}
+            maps: dict[str, np.ndarray] = {}
+            for index in sorted(set(best.values())):  # one forward pass per image
+                wanted = [label for label, i in best.items() if i == index]
+                maps.update(zip(wanted, _image_heat_maps(model, eligible[index].pixels, wanted),
+                                strict=True))
+            return [
+                write_heatmap(self.outbox, source=evidence[best[f.label]],
+                              pixels=eligible[best[f.label]].pixels, heat=maps[f.label],
+                              finding=f, algorithm=algorithm, uids=uids[f.label], when=when)
+                for f in chosen
+            ]
+        except Exception as exc:  # noqa: BLE001  an optional extra must not fail the study
+            log_event(LOG, "heat_maps_failed", level=logging.ERROR, exc_info=exc,
+                      study_instance_uid=claimed.study_instance_uid,
+                      error=f"{type(exc).__name__}: {exc}")
+            return []
 
     def _finish(
         self, claimed: worklist.ClaimedStudy, result_id: int, objects: Sequence[WrittenObject]
@@ -565,7 +625,8 @@ class Worker:
             text_series_instance_uid=uids.text.series_instance_uid,
             text_sop_instance_uid=uids.text.sop_instance_uid,
             findings=tuple(
-                results.FindingRecord(f.label, f.probability, f.threshold, f.present)
+                results.FindingRecord(f.label, f.probability, f.threshold, f.present,
+                                      f.derivation)
                 for f in findings
             ),
             images=images,
@@ -689,13 +750,46 @@ class Worker:
 
 def _wants(destination: DestinationSettings, kind: str) -> bool:
     wanted = {SR: destination.send_sr, SUMMARY: destination.send_summary,
-              TEXT: destination.send_text_report}
+              TEXT: destination.send_text_report, HEATMAP: destination.send_heat_maps}
     return wanted[kind]
 
 
+def _image_heat_maps(
+    model: LoadedModel, pixels: np.ndarray | None, labels: Sequence[str]
+) -> list[np.ndarray]:
+    """The engine's maps for `labels` on one scored 8-bit image, each at the image's size."""
+    from ml.heatmap import canvas_to_image
+    from ml.preprocess import to_canvas
+
+    if pixels is None:
+        raise ValueError("the image has no decoded pixels")
+    canvas_maps = model.engine.heat_maps(to_canvas(pixels)[None], labels)[0]
+    return [canvas_to_image(m, pixels.shape) for m in canvas_maps]
+
+
 def _stored_objects(outbox: Spool, previous: results.ResultView) -> list[WrittenObject]:
-    """The SR, summary image and (when it has one) text report of a stored result, as written
-    to the outbox."""
+    """The SR, summary image, text report (when it has one) and attention-map overlays of a
+    stored result, as written to the outbox (overlays only where their files exist: they are
+    an extra)."""
+    return _stored_reports(outbox, previous) + _stored_heat_maps(outbox, previous)
+
+
+def _stored_heat_maps(outbox: Spool, previous: results.ResultView) -> list[WrittenObject]:
+    labels = [f.label for f in previous.findings if f.present and not f.derivation]
+    if not labels:
+        return []
+    uids = heatmap_uids(previous.result_key, previous.study_instance_uid, previous.model_name,
+                        version=previous.version, labels=labels)
+    return [
+        WrittenObject(HEATMAP, previous.study_instance_uid, u.series_instance_uid,
+                      u.sop_instance_uid, SecondaryCaptureImageStorage,
+                      outbox.relative_path(previous.study_instance_uid, u.sop_instance_uid))
+        for u in uids.values()
+        if outbox.exists(previous.study_instance_uid, u.sop_instance_uid)
+    ]
+
+
+def _stored_reports(outbox: Spool, previous: results.ResultView) -> list[WrittenObject]:
     text = []
     if previous.text_series_instance_uid and previous.text_sop_instance_uid:
         text = [WrittenObject(TEXT, previous.study_instance_uid, previous.text_series_instance_uid,

@@ -11,18 +11,27 @@ import hashlib
 import json
 import math
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 # p = sigmoid(cos_pos - cos_neg) with cosines in [-1, 1]: these are the reachable extremes.
 MIN_PROBABILITY = 1.0 / (1.0 + math.exp(2.0))
 MAX_PROBABILITY = 1.0 / (1.0 + math.exp(-2.0))
 
-_REQUIRED = ("label", "positive_prompt", "negative_prompt", "code", "default_threshold")
-_OPTIONAL = ("site", "enabled")
+_REQUIRED = ("label", "code", "default_threshold")
+_PROMPTS = ("positive_prompt", "negative_prompt")
+_OPTIONAL = ("site", "enabled", "note", "derived")
 _CODE_KEYS = ("value", "scheme", "meaning")
+# How a derived finding's score is computed from the scores of the prompt-scored findings that
+# are enabled beside it, per image (or per study, after aggregation).
+COMPLEMENT_OF_MAX = "1 - max"
+DERIVATIONS = {
+    COMPLEMENT_OF_MAX: "derived: 1 - the highest score among the enabled findings (no prompt pair)",
+}
 
 
 class CatalogueError(ValueError):
@@ -42,6 +51,13 @@ class Finding:
     site_meaning: str | None
     default_threshold: float
     enabled: bool
+    note: str | None = None  # why it is disabled, how it was validated, ...
+    derived: str | None = None  # None: scored by its prompt pair; else a key of DERIVATIONS
+
+    @property
+    def derivation(self) -> str | None:
+        """How a derived finding's score is made, in words (None for a prompt-scored one)."""
+        return DERIVATIONS[self.derived] if self.derived else None
 
 
 @dataclass(frozen=True)
@@ -50,7 +66,16 @@ class Catalogue:
     source: str = ""
 
     def enabled(self) -> tuple[Finding, ...]:
+        """Enabled findings in catalogue order (prompt-scored and derived)."""
         return tuple(f for f in self.findings if f.enabled)
+
+    def prompted(self) -> tuple[Finding, ...]:
+        """Enabled findings scored by their own prompt pair (what a model must have learned)."""
+        return tuple(f for f in self.findings if f.enabled and not f.derived)
+
+    def derived(self) -> tuple[Finding, ...]:
+        """Enabled findings whose score is derived from the prompt-scored ones."""
+        return tuple(f for f in self.findings if f.enabled and f.derived)
 
     def by_label(self, label: str) -> Finding:
         for finding in self.findings:
@@ -61,7 +86,12 @@ class Catalogue:
     @property
     def version(self) -> str:
         """Short hash of the content (not of comments or layout): changes when any entry does."""
-        canonical = json.dumps([asdict(f) for f in self.findings], sort_keys=True)
+        # note and derived only when set: catalogues written before they existed keep their version
+        entries = [
+            {k: v for k, v in asdict(f).items() if v is not None or k not in ("note", "derived")}
+            for f in self.findings
+        ]
+        canonical = json.dumps(entries, sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
@@ -106,13 +136,23 @@ def _parse_entry(entry: Any, where: str) -> Finding:
         raise CatalogueError(f"{where}: must be a table")
     if isinstance(entry.get("label"), str):
         where = f"{where} ({entry['label']!r})"
-    unknown = sorted(set(entry) - set(_REQUIRED) - set(_OPTIONAL))
+    unknown = sorted(set(entry) - set(_REQUIRED) - set(_PROMPTS) - set(_OPTIONAL))
     if unknown:
-        known = ", ".join(_REQUIRED + _OPTIONAL)
+        known = ", ".join(_REQUIRED + _PROMPTS + _OPTIONAL)
         raise CatalogueError(f"{where}: unknown key {unknown[0]!r} (known: {known})")
-    missing = [k for k in _REQUIRED if k not in entry]
+    derived = entry.get("derived")
+    if derived is not None and derived not in DERIVATIONS:
+        raise CatalogueError(
+            f"{where}: key 'derived' = {derived!r} is not a known derivation "
+            f"(known: {', '.join(repr(k) for k in DERIVATIONS)})"
+        )
+    needed = _REQUIRED if derived else _REQUIRED + _PROMPTS
+    missing = [k for k in needed if k not in entry]
     if missing:
         raise CatalogueError(f"{where}: missing key {missing[0]!r}")
+    if derived and any(k in entry for k in _PROMPTS):
+        raise CatalogueError(f"{where}: a derived finding has no prompt pair; remove "
+                             "positive_prompt and negative_prompt")
     label = _text(entry, "label", where)
     code = _code(entry["code"], f"{where}: code")
     site = _code(entry["site"], f"{where}: site") if "site" in entry else (None, None, None)
@@ -121,8 +161,8 @@ def _parse_entry(entry: Any, where: str) -> Finding:
         raise CatalogueError(f"{where}: key 'enabled' must be true or false, got {enabled!r}")
     return Finding(
         label=label,
-        positive_prompt=_text(entry, "positive_prompt", where),
-        negative_prompt=_text(entry, "negative_prompt", where),
+        positive_prompt="" if derived else _text(entry, "positive_prompt", where),
+        negative_prompt="" if derived else _text(entry, "negative_prompt", where),
         code_value=code[0],
         code_scheme=code[1],
         code_meaning=code[2],
@@ -131,7 +171,28 @@ def _parse_entry(entry: Any, where: str) -> Finding:
         site_meaning=site[2],
         default_threshold=_threshold(entry["default_threshold"], where),
         enabled=enabled,
+        note=_text(entry, "note", where) if "note" in entry else None,
+        derived=derived,
     )
+
+
+def apply_derived(scores: np.ndarray, labels: Sequence[str], catalogue: Catalogue) -> np.ndarray:
+    """(N, L) scores whose columns are `labels` -> a copy with every derived finding's column
+    recomputed from the prompt-scored columns of the same row ("1 - max": 1 minus the highest
+    of them). Call it again after aggregating images to a study, so that the study's derived
+    score follows the study's scores. Raises ValueError when a derived finding has no
+    prompt-scored column to derive from."""
+    out = np.array(scores, dtype=np.float64, copy=True)
+    derived = {f.label for f in catalogue.findings if f.derived}
+    prompted = [i for i, label in enumerate(labels) if label not in derived]
+    targets = [i for i, label in enumerate(labels) if label in derived]
+    if not targets:
+        return out
+    if not prompted:
+        raise ValueError("a derived finding needs at least one enabled prompt-scored finding")
+    for i in targets:  # only one derivation exists so far: COMPLEMENT_OF_MAX
+        out[:, i] = 1.0 - out[:, prompted].max(axis=1)
+    return out
 
 
 def _text(entry: Mapping[str, Any], key: str, where: str) -> str:

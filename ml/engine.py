@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from open_clip.model import CLIP
 
-from ml.catalogue import Catalogue, Finding
+from ml.catalogue import Catalogue, Finding, apply_derived
 from ml.checkpoint import LoadedCheckpoint, load_checkpoint
 from ml.dicom_image import Conversion
 from ml.prepare import PreparedImage, Preparer
@@ -61,7 +61,7 @@ class EmbeddedScores:
     `zero_shot_probabilities` and that checkpoint's prompt embeddings they give back the
     probabilities, so a new prompt pair needs no new image pass."""
 
-    probabilities: np.ndarray  # (N, F) float64, F = enabled findings in catalogue order
+    probabilities: np.ndarray  # (N, L) float64, L = the engine's labels (derived included)
     embeddings: dict[str, np.ndarray]
 
 
@@ -154,10 +154,15 @@ class ZeroShotEngine:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.catalogue = catalogue
-        self.findings: tuple[Finding, ...] = catalogue.enabled()
+        # Scored by prompt pairs; `labels` (the output columns) are all enabled findings in
+        # catalogue order, derived ones (No Finding) computed from the prompt-scored columns.
+        self.findings: tuple[Finding, ...] = catalogue.prompted()
         if not self.findings:
-            raise ValueError(f"the findings catalogue {catalogue.source} enables no finding")
-        self.labels: tuple[str, ...] = tuple(f.label for f in self.findings)
+            raise ValueError(
+                f"the findings catalogue {catalogue.source} enables no prompt-scored finding"
+            )
+        self.labels: tuple[str, ...] = tuple(f.label for f in catalogue.enabled())
+        self._columns = [self.labels.index(f.label) for f in self.findings]
         self.device = resolve_device(device)
         self.precision = _resolve_precision(precision, self.device)
         if self.device.type == "cpu" and cpu_threads > 0:
@@ -234,7 +239,7 @@ class ZeroShotEngine:
         return self._score_all(canvases)
 
     def score_canvases(self, canvases: np.ndarray) -> np.ndarray:
-        """(N, F) probabilities for (N, 320, 320) uint8 canvases (step A already done)."""
+        """(N, L) scores for (N, 320, 320) uint8 canvases (step A already done), L = `labels`."""
         return self._score_all(canvases).probabilities
 
     def _score_all(self, canvases: np.ndarray) -> EmbeddedScores:
@@ -249,23 +254,51 @@ class ZeroShotEngine:
             batches.append(self._score_batch(batch.to(self.device)))
         if not batches:
             return EmbeddedScores(np.zeros((0, len(self.labels))), {})
+        prompted = np.concatenate([b.probabilities for b in batches])
+        scores = np.zeros((len(prompted), len(self.labels)))
+        scores[:, self._columns] = prompted
         shas = batches[0].embeddings
         return EmbeddedScores(
-            np.concatenate([b.probabilities for b in batches]),
+            apply_derived(scores, self.labels, self.catalogue),
             {sha: np.concatenate([b.embeddings[sha] for b in batches]) for sha in shas},
         )
 
+    def heat_maps(self, canvases: np.ndarray, labels: Sequence[str]) -> np.ndarray:
+        """(N, 320, 320) uint8 canvases -> (N, len(labels), 320, 320) float32 maps of where
+        each image matches the finding's positive prompt more than its negative one
+        (`ml.heatmap`: local scores in [0.119, 0.881], the ensemble's mean). `labels`:
+        prompt-scored findings of this engine; a derived or unknown one raises ValueError."""
+        from ml.heatmap import local_features, prompt_maps, to_canvas_grid
+
+        index = {f.label: i for i, f in enumerate(self.findings)}
+        unknown = [label for label in labels if label not in index]
+        if unknown:
+            raise ValueError(f"labels: no prompt pair scored for {unknown} (derived or not enabled)")
+        rows = [index[label] for label in labels]
+        batch = torch.from_numpy(np.ascontiguousarray(canvases)).to(self.device)
+        total = torch.zeros(len(canvases), len(rows), CANVAS, CANVAS)
+        for member in self._members:
+            pixels = canvases_to_input(batch, member.image_size)
+            with torch.inference_mode(), self._precision_context():
+                local = local_features(member.model, pixels)
+                positive = member.text[rows]
+                negative = member.text[[len(self.findings) + r for r in rows]]
+                total += to_canvas_grid(prompt_maps(local, positive, negative)).float().cpu()
+        return (total / len(self._members)).numpy()
+
     def _score_batch(self, canvases: torch.Tensor) -> EmbeddedScores:
-        total = torch.zeros(len(canvases), len(self.labels), dtype=torch.float64)
+        """Scores of the prompt-scored findings (N, len(findings)) and the image embeddings."""
+        total = torch.zeros(len(canvases), len(self.findings), dtype=torch.float64)
         inputs: dict[int, torch.Tensor] = {}
         embeddings: dict[str, torch.Tensor] = {}
+        count = len(self.findings)
         for member in self._members:
             if member.image_size not in inputs:
                 inputs[member.image_size] = canvases_to_input(canvases, member.image_size)
             if member.sha256 not in embeddings:  # same bytes twice: one pass, both votes
                 embeddings[member.sha256] = self._member_features(member, inputs[member.image_size])
             features = embeddings[member.sha256]
-            positive, negative = member.text[: len(self.labels)], member.text[len(self.labels) :]
+            positive, negative = member.text[:count], member.text[count:]
             total += zero_shot_probabilities(features, positive, negative)
         return EmbeddedScores(
             (total / len(self._members)).numpy(),

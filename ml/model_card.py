@@ -7,15 +7,19 @@
     clinical_use = false      # true only for a model cleared for clinical use
     clearance = ""            # what clears it (e.g. a regulatory reference); required when true
 
+    findings = ["Cardiomegaly", ...]  # the catalogue labels the weights were trained on
+
 With clinical_use = false, `clearance` says why not (the shipped demo model's card does); status
-and the start-up log quote it. Later issues add keys (findings, intended use); unknown keys are
-kept and ignored here.
+and the start-up log quote it. `findings` lists the findings the checkpoint learned (catalogue
+labels, compared without regard to case); a card without it makes no claim either way (the
+released CheXzero weights come without a card). Unknown keys are kept and ignored here.
 """
 
 from __future__ import annotations
 
 import hashlib
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +47,17 @@ class ModelCard:
     @property
     def clearance(self) -> str:
         return str(self.values.get("clearance", "")).strip()
+
+    @property
+    def findings(self) -> tuple[str, ...] | None:
+        """The findings the weights were trained on, or None when the card does not say.
+        Raises ValueError when `findings` is not a list of strings."""
+        value = self.values.get("findings")
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"model card {self.path}: key 'findings' must be a list of labels")
+        return tuple(value)
 
 
 def card_path(checkpoint: Path) -> Path:
@@ -75,6 +90,19 @@ def card_statement(checkpoint: Path) -> str:
     verdict = "card says cleared for clinical use" if card.clinical_use and card.clearance \
         else "not for clinical use"
     return f"{verdict} ({card.path.name}: {card.clearance or 'no clearance given'})"
+
+
+def untrained_findings(checkpoint: Path, labels: Sequence[str]) -> tuple[list[str], ModelCard | None]:
+    """Of `labels` (prompt-scored findings to enable), those the model card beside `checkpoint`
+    says it was not trained on, and the card. ([], None) without a card; ([], card) when the
+    card lists no findings. Raises ValueError for a card that is not valid TOML or whose
+    `findings` is not a list of strings."""
+    card = read_card(checkpoint)
+    trained = card.findings if card is not None else None
+    if trained is None:
+        return [], card
+    known = {label.casefold() for label in trained}
+    return [label for label in labels if label.casefold() not in known], card
 
 
 def file_sha256(path: Path) -> str:

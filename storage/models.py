@@ -221,6 +221,8 @@ class ResultFinding(Base):
     probability: Mapped[float] = mapped_column(Float)  # study level, 0..1
     threshold: Mapped[float] = mapped_column(Float)  # the threshold used, 0..1
     present: Mapped[bool] = mapped_column(Boolean)
+    # Migration 0011b: how a derived finding's score was made; NULL: scored by its prompt pair
+    derivation: Mapped[str | None] = mapped_column(Text)
 
 
 class ImageScore(Base):

@@ -31,6 +31,7 @@ class FindingRecord:
     probability: float
     threshold: float
     present: bool
+    derivation: str | None = None  # how a derived score was made; None: scored by prompts
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,7 @@ def add_result(session: Session, new: NewResult, now: datetime) -> int:
     session.add_all(
         ResultFinding(
             result_id=row.id, position=i, label=f.label, probability=f.probability,
-            threshold=f.threshold, present=f.present,
+            threshold=f.threshold, present=f.present, derivation=f.derivation,
         )
         for i, f in enumerate(new.findings)
     )
@@ -310,4 +311,6 @@ def _view(row: Result) -> ResultView:
 
 
 def _findings(rows: Sequence[ResultFinding]) -> tuple[FindingRecord, ...]:
-    return tuple(FindingRecord(f.label, f.probability, f.threshold, f.present) for f in rows)
+    return tuple(
+        FindingRecord(f.label, f.probability, f.threshold, f.present, f.derivation) for f in rows
+    )

@@ -12,8 +12,10 @@ import numpy as np
 import pydicom
 import pytest
 
+from dicom_node.reporting.uids import HEATMAP_SERIES_NUMBER, SUMMARY_SERIES_NUMBER
 from dicom_node.settings import load_settings
 from dicom_node.worker import load_model
+from ml.catalogue import apply_derived
 from ml.dicom_image import dataset_to_uint8
 from ml.testing import write_random_checkpoint
 from tests.dicom_factory import StudyUids, make_radiograph, write
@@ -44,7 +46,8 @@ def engine(checkpoint):
     return load_model(settings).engine
 
 
-def _node(workdir: Path, checkpoint: Path, orthanc: OrthancPeer, **outbound) -> NodeProcess:
+def _node(workdir: Path, checkpoint: Path, orthanc: OrthancPeer, heat_maps: int = 3,
+          **outbound) -> NodeProcess:
     model: dict[str, object] = {"checkpoints": [str(checkpoint)], "batch_size": 4}
     if checkpoint.name == "random.pt":
         model["name"] = "random-test-weights"
@@ -52,7 +55,7 @@ def _node(workdir: Path, checkpoint: Path, orthanc: OrthancPeer, **outbound) -> 
         workdir,
         worklist={"stable_seconds": 1, "assembly_interval_seconds": 0.25},
         model=model,
-        worker={"enabled": True, "poll_interval_seconds": 2},
+        worker={"enabled": True, "poll_interval_seconds": 2, "heat_maps_per_study": heat_maps},
         outbound={"poll_interval_seconds": 1, **outbound},
     )
     with node.config_path.open("a") as f:
@@ -124,26 +127,53 @@ def test_study_in_findings_and_summary_out_in_orthanc(tmp_path, checkpoint, engi
         ap = make_radiograph(view="AP", study=study, seed=3, instance_number=3)
         _send(node, tmp_path / "modality", pa, lateral, ap)
         _wait_for_objects(node, orthanc, study.study, 1, 1, "the SR and summary in Orthanc")
+        _wait_until_sent(node)
 
         (sr_path,) = _fetch(orthanc, study.study, SR_CLASS, tmp_path)
-        (sc_path,) = _fetch(orthanc, study.study, SC_CLASS, tmp_path)
+        images = _fetch(orthanc, study.study, SC_CLASS, tmp_path)
+        (sc_path,) = _series(images, SUMMARY_SERIES_NUMBER)
+        overlays = _series(images, HEATMAP_SERIES_NUMBER)
         (text_path,) = _fetch(orthanc, study.study, TEXT_CLASS, tmp_path)
         _check_sr(sr_path, study, engine, pa, ap, lateral)
         _check_summary(sc_path, study, pa, ap)
         _check_text_report(text_path, sr_path)
-        for kind, path in (("SR", sr_path), ("summary", sc_path), ("text report", text_path)):
+        expected_overlays = _called(sr_path)
+        assert len(overlays) == expected_overlays  # one per finding called present, up to 3
+        checked = [("SR", sr_path), ("summary", sc_path), ("text report", text_path)]
+        checked += [("overlay", p) for p in overlays]
+        for kind, path in checked:
             errors, warnings = dciodvfy(path)
             assert errors == [], errors
             print(f"dciodvfy {kind}: 0 errors, warnings {dict(Counter(warnings))}")
 
         # issue 6: a profile activated while the node runs changes the next SR's decisions
-        _check_profile_change(node, orthanc, study, tmp_path, sr_path)
+        second_sr = _check_profile_change(node, orthanc, study, tmp_path, sr_path)
+        _wait_until_sent(node)
         deliveries = node.cli_json("outbound", "list")
         assert {d["state"] for d in deliveries} == {"SENT"}
-        assert len(deliveries) == 6  # SR, summary and text report of two results
+        kinds = Counter(d["kind"] for d in deliveries)
+        assert kinds == Counter(sr=2, summary=2, text=2,
+                                heatmap=expected_overlays + _called(second_sr))
     finally:
         node.stop()
         orthanc.stop()
+
+
+def _wait_until_sent(node) -> None:
+    node.wait_for(lambda: {d["state"] for d in node.cli_json("outbound", "list")} == {"SENT"},
+                  "every delivery SENT")
+
+
+def _series(paths: list[Path], number: int) -> list[Path]:
+    return [p for p in paths if pydicom.dcmread(p, stop_before_pixels=True).SeriesNumber == number]
+
+
+def _called(sr_path: Path) -> int:
+    """How many attention-map overlays the SR's decisions call for: one per prompt-scored
+    finding called present (No Finding is derived), at most 3."""
+    decisions = _decisions(_groups(sr_path)[1])
+    return min(3, sum(d == "Present" for label, (_, _, d) in decisions.items()
+                      if label != "No Finding"))
 
 
 def _check_sr(path, study, engine, pa, ap, lateral):
@@ -154,7 +184,8 @@ def _check_sr(path, study, engine, pa, ap, lateral):
     comments = [i.TextValue for i in report.ContentSequence if i.ValueType == "TEXT"
                 and i.ConceptNameCodeSequence[0].CodeValue == "121106"]
     assert comments and comments[0].startswith("NOT FOR CLINICAL USE")
-    expected = engine.score_uint8([dataset_to_uint8(pa), dataset_to_uint8(ap)]).mean(axis=0)
+    images = engine.score_uint8([dataset_to_uint8(pa), dataset_to_uint8(ap)])
+    expected = apply_derived(images.mean(axis=0)[None], engine.labels, engine.catalogue)[0]
     decisions = _decisions(groups)
     assert list(decisions) == list(engine.labels)
     for (certainty, threshold, decision), p in zip(decisions.values(), expected, strict=True):
@@ -218,6 +249,7 @@ def _check_profile_change(node, orthanc, study, tmp_path, first_sr):
     assert predecessor.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == (
         pydicom.dcmread(old).SOPInstanceUID)
     assert f"threshold={flipped:.3f};profile=v2" in _parameters(new)
+    return new
 
 
 def _parameters(path) -> str:
@@ -231,7 +263,7 @@ def test_pacs_down_at_first_gets_every_object_exactly_once(tmp_path):
     orthanc = OrthancPeer(tmp_path / "orthanc", dicom_port=free_port(), http_port=free_port())
     # issue 11: the destination is probed (not each object retried) and an outage never makes
     # an object DEAD, even with max_attempts = 1
-    node = _node(tmp_path / "node", random, orthanc, probe_initial_delay_seconds=0.5,
+    node = _node(tmp_path / "node", random, orthanc, heat_maps=0, probe_initial_delay_seconds=0.5,
                  probe_max_delay_seconds=1, max_attempts=1)
     try:
         node.start()

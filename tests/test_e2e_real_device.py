@@ -17,10 +17,11 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
+from dicom_node.reporting.uids import SUMMARY_SERIES_NUMBER
 from dicom_node.settings import load_settings
 from tests.peers import NodeProcess, OrthancPeer, storescu
 from tests.report_samples import dciodvfy
-from tests.test_e2e_orthanc import SC_CLASS, SR_CLASS, _decisions, _fetch, _groups
+from tests.test_e2e_orthanc import SC_CLASS, SR_CLASS, _decisions, _fetch, _groups, _series
 
 data_store = pytest.importorskip("data_store", reason="pydicom-data is a test dependency")
 
@@ -87,7 +88,8 @@ def test_philips_chest_pa_in_four_encodings_reaches_the_pacs(tmp_path, node, ort
         node.wait_for_state(study, "DONE", timeout=240)
         _wait_for_results(node, orthanc, study)
         (sr_path,) = _fetch(orthanc, study, SR_CLASS, tmp_path / name)
-        (sc_path,) = _fetch(orthanc, study, SC_CLASS, tmp_path / name)
+        (sc_path,) = _series(_fetch(orthanc, study, SC_CLASS, tmp_path / name),
+                             SUMMARY_SERIES_NUMBER)
         report, groups = _groups(sr_path)
         assert report.PatientSex == ds.PatientSex  # copied from the image as it has it
         referenced = {img.referenced_sop_instance_uid for img in groups[0].source_images}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
 from engine_samples import FINDINGS_FILE
 
@@ -12,9 +13,11 @@ from ml.catalogue import (
     MAX_PROBABILITY,
     MIN_PROBABILITY,
     CatalogueError,
+    apply_derived,
     load_catalogue,
     parse_catalogue,
 )
+from ml.synth.spec import SYNTH_FINDINGS
 from ml.tokenizer import token_ids
 
 CHEXPERT = (
@@ -29,14 +32,42 @@ def shipped():
     return load_catalogue(FINDINGS_FILE)
 
 
-def test_ships_the_14_chexpert_findings_with_no_finding_disabled(shipped):
+def test_ships_the_14_chexpert_findings_enabling_only_what_the_demo_model_learned(shipped):
     assert tuple(f.label for f in shipped.findings) == CHEXPERT
-    assert [f.label for f in shipped.findings if not f.enabled] == ["No Finding"]
+    assert {f.label for f in shipped.prompted()} == set(SYNTH_FINDINGS)
+    disabled = [f for f in shipped.findings if not f.enabled]
+    assert len(disabled) == 7
+    assert all("not trained" in (f.note or "") for f in disabled)
     assert all(MIN_PROBABILITY < f.default_threshold < MAX_PROBABILITY for f in shipped.findings)
+
+
+def test_no_finding_is_derived_not_prompted(shipped):
+    (no_finding,) = shipped.derived()
+    assert no_finding.label == "No Finding" and no_finding.enabled
+    assert no_finding.positive_prompt == "" and "1 - the highest" in no_finding.derivation
+
+
+def test_derived_score_is_one_minus_the_highest_enabled_score(shipped):
+    labels = ["Cardiomegaly", "Pneumothorax", "No Finding"]
+    scores = np.array([[0.3, 0.62, 0.0], [0.2, 0.25, 0.9]])
+    derived = apply_derived(scores, labels, shipped)
+    assert derived[:, 2].tolist() == pytest.approx([0.38, 0.75])
+    assert derived[:, :2].tolist() == scores[:, :2].tolist()
+
+
+def test_a_derived_finding_takes_no_prompts():
+    entry = {**_entry(label="Normal", derived="1 - max"), "positive_prompt": "normal"}
+    with pytest.raises(CatalogueError, match=r"'Normal'.*a derived finding has no prompt pair"):
+        parse_catalogue({"finding": [entry]})
+    with pytest.raises(CatalogueError, match=r"'derived' = 'mean' is not a known derivation"):
+        parse_catalogue({"finding": [_entry(derived="mean", positive_prompt=None,
+                                            negative_prompt=None)]})
 
 
 def test_prompts_tokenize_exactly_like_chexzeros_templates(shipped):
     for finding in shipped.findings:
+        if finding.derived:
+            continue
         assert token_ids(finding.positive_prompt) == token_ids(finding.label)
         assert token_ids(finding.negative_prompt) == token_ids(f"no {finding.label}")
 

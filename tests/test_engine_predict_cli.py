@@ -42,15 +42,19 @@ def test_json_has_one_object_per_image_with_identity_and_skips(inputs, checkpoin
     by_name = {Path(o["path"]).name: o for o in objects}
     assert set(by_name) == {"chest.png", "frontal.dcm", "IM0001", "lateral.dcm"}
     frontal = by_name["frontal.dcm"]
-    assert len(frontal["probabilities"]) == 13 and "No Finding" not in frontal["probabilities"]
-    assert all(0.119 <= p <= 0.881 for p in frontal["probabilities"].values())
+    scores = frontal["probabilities"]
+    assert len(scores) == 7 and "Edema" not in scores  # the shipped catalogue: six + No Finding
+    assert all(0.119 <= p <= 0.881 for p in scores.values())
+    others = [p for label, p in scores.items() if label != "No Finding"]
+    assert scores["No Finding"] == pytest.approx(1 - max(others))
+    assert "1 - the highest" in frontal["derived"]["No Finding"]
     assert frontal["model"]["checkpoint_sha256s"] == [file_sha256(checkpoint)]
     assert frontal["clinical_use"] is False and "NOT FOR CLINICAL USE" in frontal["note"]
     assert frontal["skipped_reason"] is None and frontal["flags"] == []
     lateral = by_name["lateral.dcm"]
     assert lateral["probabilities"] is None and "lateral view" in lateral["skipped_reason"]
-    above = frontal["above_threshold"]["Edema"]
-    assert above == (frontal["probabilities"]["Edema"] >= frontal["thresholds"]["Edema"])
+    above = frontal["above_threshold"]["Pneumothorax"]
+    assert above == (scores["Pneumothorax"] >= frontal["thresholds"]["Pneumothorax"])
 
 
 def test_deflated_dicom_gives_the_findings_of_the_uncompressed_file(inputs, checkpoint, tmp_path):

@@ -51,7 +51,8 @@ def test_a_prompt_longer_than_the_context_is_an_error(checkpoint):
 
 def test_labels_follow_the_enabled_findings(engine, catalogue):
     assert engine.labels == tuple(f.label for f in catalogue.enabled())
-    assert "No Finding" not in engine.labels
+    assert "No Finding" in engine.labels  # derived: no prompt pair is scored for it
+    assert "No Finding" not in {f.label for f in engine.findings}
     assert engine.identity.name == "tiny" and len(engine.identity.checkpoint_sha256s) == 1
 
 
@@ -59,7 +60,7 @@ def test_text_embeddings_are_computed_once_per_checkpoint_and_prompt(checkpoint,
     engine = ZeroShotEngine([checkpoint, checkpoint], catalogue, device="cpu")
     model = engine._members[0].model
     assert engine._members[1].model is model  # same bytes: one model, two votes
-    assert len(engine._text_cache) == 2 * len(engine.labels)
+    assert len(engine._text_cache) == 2 * len(engine.findings)
     calls = []
     original = model.encode_text
     model.encode_text = lambda *a, **k: calls.append(1) or original(*a, **k)

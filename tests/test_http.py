@@ -87,8 +87,10 @@ def test_metrics_move_as_a_study_flows_and_readyz_is_ready_with_the_model(
 
         def delivered() -> dict | None:
             found = samples(node)
-            return found if value(found, "dicom_node_deliveries_total", destination="pacs",
-                                  outcome="sent") == 3 else None
+            sent = value(found, "dicom_node_deliveries_total", destination="pacs", outcome="sent")
+            pending = value(found, "dicom_node_deliveries_pending", destination="pacs")
+            # SR, summary, text report and an attention-map overlay per finding called present
+            return found if sent >= 3 and pending == 0 else None
 
         after = node.wait_for(delivered, "the SR, summary image and text report delivered")
     finally:

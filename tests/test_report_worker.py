@@ -13,6 +13,7 @@ import pytest
 
 from dicom_node.settings import load_settings
 from dicom_node.worker import Worker, aggregate, load_model, outbox_for
+from ml.catalogue import apply_derived
 from ml.dicom_image import dataset_to_uint8
 from ml.testing import write_random_checkpoint
 from storage import outbound, profiles, results, worklist
@@ -53,6 +54,7 @@ def node(tmp_path, checkpoint, database, model):
             "node": {"data_dir": str(tmp_path / "data")},
             "model": {"checkpoints": [str(checkpoint)], "name": "tiny-test"},
             "worklist": {"stable_seconds": 1, "max_attempts": 2, "retry_delay_seconds": 1},
+            "worker": {"heat_maps_per_study": 0},  # tests/test_report_heatmap.py has them
         },
     )
     settings = _with_destination(settings)
@@ -135,7 +137,9 @@ def test_study_is_scored_reported_and_queued_per_destination(node, model):
 
     assert outcome.state is StudyState.DONE
     (result,) = node.results(study.study)
-    expected = model.engine.score_uint8([dataset_to_uint8(pa), dataset_to_uint8(ap)]).mean(0)
+    images = model.engine.score_uint8([dataset_to_uint8(pa), dataset_to_uint8(ap)])
+    # No Finding (derived) is 1 - the highest study-level score, not a mean of the images' own
+    expected = apply_derived(images.mean(0)[None], model.engine.labels, model.catalogue)[0]
     assert [f.label for f in result.findings] == list(model.engine.labels)
     assert [f.probability for f in result.findings] == pytest.approx(expected.tolist())
     assert all(f.present == (f.probability >= f.threshold) for f in result.findings)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -22,6 +22,9 @@ from dicom_node.cli.common import (
 )
 from dicom_node.cli.typer_app import app
 from dicom_node.cli.worklist_views import iso_time, jsonable, parse_state, safe_url
+
+if TYPE_CHECKING:
+    from dicom_node.settings import Settings
 
 studies_app = typer.Typer(help="Studies in the work list.", no_args_is_help=True)
 app.add_typer(studies_app, name="studies")
@@ -46,6 +49,7 @@ def serve(config: Path | None = ConfigOption) -> None:
         except StartupError as exc:
             raise CliError(str(exc)) from None
         check_clinical_use(settings)
+        _check_trained_findings(settings)
         from dicom_node.http import attach as attach_http
         from dicom_node.http.server import HttpStartError
         from dicom_node.service import Service  # pynetdicom, scheduler, model: only when serving
@@ -65,6 +69,15 @@ def serve(config: Path | None = ConfigOption) -> None:
         except OSError as exc:
             node = settings.node
             raise CliError(f"cannot listen on {node.host}:{node.port}: {exc}") from None
+
+
+def _check_trained_findings(settings: Settings) -> None:
+    from dicom_node.trained_findings import UntrainedFindingError, check_settings
+
+    try:
+        check_settings(settings)
+    except UntrainedFindingError as exc:
+        raise CliError(str(exc)) from None
 
 
 @app.command()
@@ -157,7 +170,8 @@ def _print_result(result: dict[str, Any]) -> None:
         ["text report", result["text_sop_instance_uid"] or "none (an older result)"],
     ])
     print_table("Findings", ["finding", "score", "threshold", "decision"], [
-        [f["label"], f"{f['score']:.4f}", f"{f['threshold']:.4f}", f["decision"]]
+        [f["label"] + (" (derived)" if f.get("derivation") else ""), f"{f['score']:.4f}",
+         f"{f['threshold']:.4f}", f["decision"]]
         for f in result["findings"]
     ])
     print_table("Images", ["SOP Instance UID", "scored", "why not"], [

@@ -149,7 +149,8 @@ def _engine(settings: Settings, model: _Model, catalogue: Catalogue) -> ZeroShot
 def _as_json(
     score: ImageScore, engine: ZeroShotEngine, model: _Model, catalogue: Catalogue, conversion: str
 ) -> dict[str, Any]:
-    thresholds = {f.label: f.default_threshold for f in engine.findings}
+    enabled = [catalogue.by_label(label) for label in engine.labels]
+    thresholds = {f.label: f.default_threshold for f in enabled}
     above = None
     if score.probabilities is not None:
         above = {k: p >= thresholds[k] for k, p in score.probabilities.items()}
@@ -158,6 +159,7 @@ def _as_json(
         "probabilities": score.probabilities,
         "thresholds": thresholds,
         "above_threshold": above,
+        "derived": {f.label: f.derivation for f in enabled if f.derivation},
         "skipped_reason": score.skipped_reason,
         "flags": list(score.flags),
         "model": {
@@ -186,10 +188,11 @@ def _print_people(
                           highlight=False, markup=False)
             continue
         rows = []
-        for finding in engine.findings:
+        for finding in map(catalogue.by_label, engine.labels):
             p = score.probabilities[finding.label]
             call = "above" if p >= finding.default_threshold else "below"
-            rows.append((finding.label, f"{p:.4f}", f"{finding.default_threshold:.3f}", call))
+            label = f"{finding.label} (derived)" if finding.derivation else finding.label
+            rows.append((label, f"{p:.4f}", f"{finding.default_threshold:.3f}", call))
         print_table(f"{score.path}{flags}", ("finding", "score", "threshold", "call"), rows)
     if not model.clinical_use:
         console.print(f"[bold red]{model.caveat}[/]", highlight=False)

@@ -77,6 +77,9 @@ OutOption = typer.Option(
     Path("evaluation"), "--out", help="Folder for roc.png, metrics.csv, metrics.json."
 )
 SeedOption = typer.Option(0, "--seed", min=0, help="Bootstrap seed (0 reproduces CheXzero's).")
+ForceOption = typer.Option(
+    False, "--force", help="Activate even if a model card says an enabled finding was not "
+    "trained (logged; its scores mean nothing).")
 
 REACHABLE_RANGE_REASON = (
     "zero-shot scores are sigmoid(cos(image, positive) - cos(image, negative)) of two "
@@ -129,6 +132,21 @@ def _session(ctx: Context) -> Iterator[Session]:
             session.commit()
     finally:
         database.dispose()
+
+
+def _check_trained(ctx: Context, force: bool) -> None:
+    """Refuse (CliError, one line) to put thresholds to use for findings the configured
+    checkpoints' model cards say were not trained, unless `force` (then a warning line)."""
+    from dicom_node.trained_findings import UntrainedFindingError, check_trained_findings
+    checkpoints = [ctx.settings.resolve(p) for p in ctx.settings.model.checkpoints]
+    try:
+        forced = check_trained_findings(checkpoints, ctx.catalogue, force=force,
+                                        how_to_force="--force")
+    except UntrainedFindingError as exc:
+        raise CliError(str(exc)) from None
+    for item in forced:
+        console.print(f"forced: {item.sentence(ctx.catalogue)}", highlight=False, markup=False,
+                      soft_wrap=True)
 
 
 def _author(author: str | None) -> str:
@@ -192,6 +210,7 @@ def set_threshold(
     note: str = NoteOption,
     author: str = AuthorOption,
     activate: bool = typer.Option(True, "--activate/--no-activate", help="Make it active now."),
+    force: bool = ForceOption,
     config: Path = ConfigOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -200,6 +219,8 @@ def set_threshold(
     with user_errors():
         ctx = _context(config)
         label = _finding_label(ctx.catalogue, finding)
+        if activate:
+            _check_trained(ctx, force)
         if not MIN_PROBABILITY < value < MAX_PROBABILITY:
             raise CliError(
                 f"threshold {value} for {label} can never be crossed: {REACHABLE_RANGE_REASON}"
@@ -266,6 +287,7 @@ def activate_version(
     version: int = typer.Argument(..., help="Profile version to make active."),
     note: str = NoteOption,
     author: str = AuthorOption,
+    force: bool = ForceOption,
     config: Path = ConfigOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -277,6 +299,7 @@ def activate_version(
     from storage import profiles
     with user_errors():
         ctx = _context(config)
+        _check_trained(ctx, force)
         with _session(ctx) as session:
             before = profiles.active_version(session)
             who = _author(author)
@@ -650,6 +673,7 @@ def calibrate(
     seed: int = SeedOption,
     note: str = NoteOption,
     author: str = AuthorOption,
+    force: bool = ForceOption,
     config: Path = ConfigOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -667,6 +691,8 @@ def calibrate(
     with user_errors():
         chosen_method = parse_method(method)
         ctx = _context(config)
+        if activate:
+            _check_trained(ctx, force)
         scored = _score_labelled(
             ctx, labels_csv, checkpoint, _policy(uncertain, blank), images_root
         )

@@ -39,6 +39,7 @@ class FindingOutcome:
     probability: float  # 0..1
     threshold: float  # 0..1
     present: bool
+    derivation: str | None = None  # a derived score (No Finding): how it was made, in words
 
     @classmethod
     def from_catalogue(cls, finding: Any, probability: float, threshold: float) -> FindingOutcome:
@@ -53,6 +54,7 @@ class FindingOutcome:
             probability=float(probability),
             threshold=float(threshold),
             present=float(probability) >= float(threshold),
+            derivation=getattr(finding, "derivation", None),
         )
 
 

@@ -1,4 +1,5 @@
-"""Writing a result's objects (findings SR, summary image, text report) to the outbox, atomically and durably, before
+"""Writing a result's objects (findings SR, summary image, text report, attention-map overlays)
+to the outbox, atomically and durably, before
 the outbound rows that point at them are committed."""
 
 from __future__ import annotations
@@ -8,9 +9,11 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from pydicom import Dataset
 
 from dicom_node.reporting.content import AlgorithmInfo, FindingOutcome, ImageUse
+from dicom_node.reporting.heatmap import build_heatmap_sc
 from dicom_node.reporting.sr import (
     PreviousReport,
     build_findings_sr,
@@ -24,12 +27,13 @@ from storage.spool import Spool
 SR = "sr"
 SUMMARY = "summary"
 TEXT = "text"
-KINDS = (SR, SUMMARY, TEXT)
+HEATMAP = "heatmap"
+KINDS = (SR, SUMMARY, TEXT, HEATMAP)
 
 
 @dataclass(frozen=True)
 class WrittenObject:
-    kind: str  # sr | summary | text
+    kind: str  # sr | summary | text | heatmap
     study_instance_uid: str
     series_instance_uid: str
     sop_instance_uid: str
@@ -119,6 +123,23 @@ def write_text_report(
         node_uid=node_uid, images=images, previous=previous, content_datetime=when,
     )
     return _write(outbox, TEXT, report)
+
+
+def write_heatmap(
+    outbox: Spool,
+    *,
+    source: Dataset,
+    pixels: np.ndarray,
+    heat: np.ndarray,
+    finding: FindingOutcome,
+    algorithm: AlgorithmInfo,
+    uids: InstanceUids,
+    when: datetime.datetime,
+) -> WrittenObject:
+    """Render one attention-map overlay and write it (durable on return)."""
+    overlay = build_heatmap_sc(source=source, pixels=pixels, heat=heat, finding=finding,
+                               algorithm=algorithm, uids=uids, content_datetime=when)
+    return _write(outbox, HEATMAP, overlay)
 
 
 def write_not_analysed(

@@ -299,6 +299,8 @@ def _algorithm_id(finding: FindingOutcome, algorithm: AlgorithmInfo) -> hd.sr.Al
     if algorithm.conversion:
         parameters.append(f"dicom_conversion={algorithm.conversion}")
     parameters.append(CERTAINTY_NOTE)
+    if finding.derivation:  # e.g. No Finding: not a model output of its own
+        parameters.append(f"score {finding.derivation}")
     return hd.sr.AlgorithmIdentification(
         name=algorithm.name,
         version=algorithm.version,

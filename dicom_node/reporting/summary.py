@@ -88,6 +88,9 @@ def render_summary(
     fonts = _fonts()
     caveat_lines = [] if algorithm.clinical_use else _wrap(algorithm.caveat, fonts.caveat)
     notes = _notes(algorithm, images, when, fonts)
+    for f in findings:
+        if f.derivation:
+            notes += _wrap(f"{f.label}: {f.derivation}.", fonts.small)
     height = MARGIN * 2 + 130 + 70 * len(caveat_lines) + ROW_HEIGHT * (len(findings) + 1)
     height += 30 + 45 * len(notes)
     image = Image.new("L", (WIDTH, height), 0)
@@ -135,7 +138,8 @@ def _draw_table(draw: ImageDraw.ImageDraw, fonts: _Fonts, findings: Sequence[Fin
     for f in findings:
         font = fonts.bold if f.present else fonts.body
         fill = 255 if f.present else 190
-        cells = (f.label, *score_and_threshold(f), "PRESENT" if f.present else "absent")
+        label = f"{f.label} (derived)" if f.derivation else f.label
+        cells = (label, *score_and_threshold(f), "PRESENT" if f.present else "absent")
         for (_, x), text in zip(_COLUMNS, cells):
             draw.text((MARGIN + x, y + 8), text, font=font, fill=fill)
         y += ROW_HEIGHT

@@ -26,6 +26,8 @@ _NAMESPACE = uuid.UUID("b083782e-b5a0-474d-baa4-c9864ef999c7")
 SR_SERIES_NUMBER = 9901
 SUMMARY_SERIES_NUMBER = 9902
 TEXT_REPORT_SERIES_NUMBER = 9903
+HEATMAP_SERIES_NUMBER = 9904
+HEATMAPS_PER_VERSION = 100  # instance numbers: version 1 maps are 1.., version 2 maps 101..
 
 
 def derived_uid(*parts: str) -> str:
@@ -157,3 +159,22 @@ def text_report_uids(key: ResultKey, *, version: int) -> InstanceUids:
         series_number=TEXT_REPORT_SERIES_NUMBER,
         instance_number=version,
     )
+
+
+def heatmap_uids(key_digest: str, study_instance_uid: str, model_name: str, *, version: int,
+                 labels: Sequence[str]) -> dict[str, InstanceUids]:
+    """UIDs of a result's attention-map overlays, one per finding label (in the given order):
+    one series per study and model like the SR's, instances named by the result key digest
+    (`ResultKey.digest()`) and the label, so a stored result's overlays can be found again."""
+    if version < 1:
+        raise ValueError(f"version: must be >= 1, got {version}")
+    series = derived_uid("heatmap-series", study_instance_uid, model_name)
+    return {
+        label: InstanceUids(
+            series_instance_uid=series,
+            sop_instance_uid=derived_uid("heatmap-instance", key_digest, label),
+            series_number=HEATMAP_SERIES_NUMBER,
+            instance_number=(version - 1) * HEATMAPS_PER_VERSION + i + 1,
+        )
+        for i, label in enumerate(labels)
+    }

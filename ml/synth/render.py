@@ -10,6 +10,7 @@ pneumothorax or a lobar consolidation stays visible on a real radiograph.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -225,15 +226,61 @@ def _mediastinum(image: np.ndarray, f: Frame, spec: StudySpec, soft: float) -> N
     image[column] = np.maximum(image[column], soft * 1.12)
     knob = (d - a.mediastinum_halfwidth * 0.95) ** 2 + (f.y - (f.apex + 0.16)) ** 2 < 0.028**2
     image[knob] = np.maximum(image[knob], soft * 1.1)
-    thoracic = 2 * f.halfwidth
-    heart_w = spec.ctr * thoracic
-    rx, ry = heart_w / 2, a.heart_height * (1.0 + 0.8 * (spec.ctr - 0.4)) * 0.6
-    hcx, hcy = f.cx + 0.16 * heart_w, f.base - ry * 0.45
-    r = ((f.x - hcx) / rx) ** 2 + ((f.y - hcy) / ry) ** 2
-    heart = np.clip((1.0 - r) / 0.08, 0, 1).astype(np.float32)
+    heart = np.clip((1.0 - _heart_radius(f, spec)) / 0.08, 0, 1).astype(np.float32)
     image += heart * (np.maximum(image, soft * 1.12) - image)
     trachea = (np.abs(d) < 0.012) & (f.y < f.apex + 0.18)
     image[trachea] -= 0.12
+
+
+def _heart_radius(f: Frame, spec: StudySpec) -> np.ndarray:
+    """Squared elliptic radius from the heart's centre: < 1 inside the heart shadow."""
+    heart_w = spec.ctr * 2 * f.halfwidth
+    rx, ry = heart_w / 2, spec.anatomy.heart_height * (1.0 + 0.8 * (spec.ctr - 0.4)) * 0.6
+    hcx, hcy = f.cx + 0.16 * heart_w, f.base - ry * 0.45
+    return ((f.x - hcx) / rx) ** 2 + ((f.y - hcy) / ry) ** 2
+
+
+def finding_region(spec: StudySpec, finding: str, height: int, width: int) -> np.ndarray | None:
+    """Where `finding` is drawn on the frontal image of (height, width): a boolean mask, or
+    None when the study does not have it or it has no compact region (Support Devices: tubes
+    and leads cross the whole film). Same geometry as the renderer: the heart shadow
+    (Cardiomegaly), the fluid below the meniscus (Pleural Effusion), the air band between chest
+    wall and collapsed lung (Pneumothorax), the opacified lobe (Consolidation, Lung Opacity)."""
+    f = _frame(spec, height, width)
+    if finding == "Cardiomegaly":
+        return _heart_radius(f, spec) < 1.0 if spec.cardiomegaly else None
+    if finding == "Pleural Effusion" and spec.effusion is not None:
+        return _any_side(spec.effusion, lambda side: _effusion_region(f, spec.effusion, side))
+    if finding == "Pneumothorax" and spec.pneumothorax is not None:
+        ptx = spec.pneumothorax
+        s = SIDES[ptx.side]
+        hx, hy = f.cx + s * (f.medial + 0.02), f.apex + 0.45 * (f.base - f.apex)
+        collapsed = _lung_mask(f, s, hx + (f.x - hx) / ptx.extent, hy + (f.y - hy) / ptx.extent)
+        return _lung_mask(f, s, f.x, f.y) & ~collapsed
+    if finding in ("Consolidation", "Lung Opacity") and spec.consolidation is not None:
+        cons = spec.consolidation
+
+        def lobe(side: str) -> np.ndarray:
+            s = SIDES[side]
+            zone = _lobe(f, s, cons.lobe if side == cons.side else "lower")
+            return zone & _lung_mask(f, s, f.x, f.y)
+
+        return _any_side(cons, lobe)
+    return None
+
+
+def _any_side(sided: Sided, region: Callable[[str], np.ndarray]) -> np.ndarray:
+    sides = ["right", "left"] if sided.side == "bilateral" else [sided.side]
+    masks = [region(side) for side in sides]
+    return np.logical_or.reduce(masks)
+
+
+def _effusion_region(f: Frame, eff: Sided, side: str) -> np.ndarray:
+    s = SIDES[side]
+    base = f.base + (0.025 if s > 0 else -0.01)
+    u = np.clip((s * (f.x - f.cx) - f.medial) / (f.halfwidth - f.medial), 0, 1)
+    level = base - eff.extent * (base - f.apex) - 0.06 * u**2
+    return _lung_mask(f, s, f.x, f.y, dome=False) & (f.y > level)
 
 
 def _gastric_bubble(image: np.ndarray, f: Frame) -> None:

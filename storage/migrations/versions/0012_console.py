@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0012_console"
-down_revision = "0011_text_report"
+down_revision = "0011b_derived_findings"
 branch_labels = None
 depends_on = None
 

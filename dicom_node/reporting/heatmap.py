@@ -1,0 +1,169 @@
+"""Where-the-model-looked overlays: one Secondary Capture per finding called present, showing the
+chest image the finding was scored on with a translucent map of where the image matched the
+finding's positive prompt more than its negative one (`ml.heatmap`), the finding's name, score
+and threshold, and the words "approximate attention map, not a segmentation".
+
+RGB, 8 bits, same study, its own series. The map is scaled per image (transparent up to its
+median, most opaque and yellow at its maximum): it shows where, not how much. No patient
+identification is drawn (Burned In Annotation NO); the caveat is drawn when the model is not
+for clinical use.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+from pydicom import Dataset
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+
+from dicom_node.reporting.content import AlgorithmInfo, FindingOutcome, check_algorithm
+from dicom_node.reporting.evidence import tolerant_headers
+
+# Shared Secondary Capture header code, kept in the summary module for now.
+from dicom_node.reporting.summary import (
+    _add_series_and_equipment,
+    _copy_patient_and_study,
+    _font,
+)
+from dicom_node.reporting.uids import InstanceUids
+
+LABEL = "approximate attention map, not a segmentation"
+MAX_SIDE = 1024  # the overlay is at most this many pixels on its long side
+OPACITY = 0.6  # at the map's maximum
+SERIES_DESCRIPTION = "AI attention maps"
+
+
+def render_overlay(
+    pixels: np.ndarray, heat: np.ndarray, finding: FindingOutcome, algorithm: AlgorithmInfo
+) -> np.ndarray:
+    """(rows, columns, 3) uint8 RGB: a text band over the grey `pixels` (2-D uint8, as scored)
+    blended with `heat` (same shape, any range; scaled to its own median..max). Raises ValueError
+    when the shapes differ or the map is not finite."""
+    if pixels.ndim != 2 or pixels.dtype != np.uint8 or heat.shape != pixels.shape:
+        raise ValueError(f"pixels: 2-D uint8 with heat of the same shape, got {pixels.shape} "
+                         f"{pixels.dtype} and {heat.shape}")
+    if not np.isfinite(heat).all():
+        raise ValueError("heat: must be finite")
+    check_algorithm(algorithm)
+    grey, weight = _fit(pixels, heat)
+    colour = np.stack([np.full_like(weight, 255.0), 40.0 + 170.0 * weight,
+                       np.zeros_like(weight)], axis=-1)
+    alpha = (OPACITY * weight**1.5)[..., None]
+    blended = grey[..., None] * (1 - alpha) + colour * alpha
+    image = Image.fromarray(np.round(blended).astype(np.uint8), mode="RGB")
+    return np.asarray(_with_text_band(image, finding, algorithm))
+
+
+def _fit(pixels: np.ndarray, heat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Grey image and map weight (0..1) at the overlay's size (long side <= MAX_SIDE)."""
+    rows, columns = pixels.shape
+    scale = min(1.0, MAX_SIDE / max(rows, columns))
+    size = (max(1, round(columns * scale)), max(1, round(rows * scale)))
+    grey = Image.fromarray(pixels).resize(size, Image.Resampling.LANCZOS)
+    low, high = float(np.median(heat)), float(heat.max())  # transparent below the median
+    weight = (heat - low) / (high - low) if high > low else np.zeros_like(heat)
+    weight_image = Image.fromarray(weight.astype(np.float32), mode="F")
+    weight = np.asarray(weight_image.resize(size, Image.Resampling.BILINEAR))
+    return np.asarray(grey, dtype=np.float64), np.clip(weight, 0.0, 1.0).astype(np.float64)
+
+
+def _with_text_band(image: Image.Image, finding: FindingOutcome,
+                    algorithm: AlgorithmInfo) -> Image.Image:
+    width = image.width
+    size = max(14, min(36, width // 34))
+    bold, plain = _font(True, size), _font(False, size)
+    title = (f"{finding.label}: PRESENT, score {finding.probability:.2f} "
+             f"(threshold {finding.threshold:.2f})")
+    lines = [(title, bold, (255, 255, 255)),
+             (f"Where the model looked: {LABEL}", plain, (255, 200, 120))]
+    if not algorithm.clinical_use:
+        lines.append((algorithm.caveat, bold, (255, 90, 90)))
+    wrapped = [(text, font, fill) for line, font, fill in lines for text in _wrap(line, font, width)]
+    step = round(size * 1.3)
+    band = step * len(wrapped) + size
+    canvas = Image.new("RGB", (width, image.height + band), (0, 0, 0))
+    canvas.paste(image, (0, band))
+    draw = ImageDraw.Draw(canvas)
+    for i, (text, font, fill) in enumerate(wrapped):
+        draw.text((size // 2, size // 2 + i * step), text, font=font, fill=fill)
+    return canvas
+
+
+def _wrap(text: str, font: object, width: int) -> list[str]:
+    lines: list[str] = []
+    for word in text.split():
+        candidate = f"{lines[-1]} {word}" if lines else word
+        if lines and font.getlength(candidate) <= width - 20:  # type: ignore[attr-defined]
+            lines[-1] = candidate
+        else:
+            lines.append(word)
+    return lines
+
+
+def build_heatmap_sc(
+    *,
+    source: Dataset,
+    pixels: np.ndarray,
+    heat: np.ndarray,
+    finding: FindingOutcome,
+    algorithm: AlgorithmInfo,
+    uids: InstanceUids,
+    content_datetime: datetime.datetime | None = None,
+) -> Dataset:
+    """A Secondary Capture Image Storage instance (RGB) overlaying `heat` on `pixels`, the 8-bit
+    image of `source` that the finding was scored on. Patient and study come from `source`.
+    Raises ValueError for a finding not called present or mismatched arrays."""
+    if not finding.present:
+        raise ValueError(f"finding {finding.label}: heat maps are made for present findings only")
+    if finding.derivation:
+        raise ValueError(f"finding {finding.label}: a derived score has no map of its own")
+    rgb = render_overlay(pixels, heat, finding, algorithm)
+    (header,) = tolerant_headers([source])
+    when = content_datetime or datetime.datetime.now(datetime.UTC)
+    ds = Dataset()
+    _copy_patient_and_study(ds, header)
+    _add_series_and_equipment(ds, uids, algorithm, when)
+    ds.SeriesDescription = SERIES_DESCRIPTION + ("" if algorithm.clinical_use
+                                                 else " - NOT FOR CLINICAL USE")
+    _add_rgb_image(ds, rgb, header)
+    ds.ImageComments = f"{finding.label}: {LABEL}" + (
+        "" if algorithm.clinical_use else f". {algorithm.caveat}")
+    ds.DerivationDescription = (
+        f"Local prompt evidence for {finding.label} (positive vs negative prompt) over the "
+        "scored image: " + LABEL)[:1024]
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = uids.sop_instance_uid
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return ds
+
+
+def _add_rgb_image(ds: Dataset, rgb: np.ndarray, source: Dataset) -> None:
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+    ds.PatientOrientation = ""
+    ds.BurnedInAnnotation = "NO"
+    ds.LossyImageCompression = "00"
+    reference = Dataset()
+    reference.ReferencedSOPClassUID = source.SOPClassUID
+    reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    ds.SourceImageSequence = [reference]
+    ds.SamplesPerPixel = 3
+    ds.PhotometricInterpretation = "RGB"
+    ds.PlanarConfiguration = 0
+    ds.Rows, ds.Columns = rgb.shape[:2]
+    ds.BitsAllocated = 8
+    ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ds.PixelData = np.ascontiguousarray(rgb).tobytes()
+
+
+def ranked_positives(findings: Sequence[FindingOutcome], cap: int) -> list[FindingOutcome]:
+    """The findings to map: present, prompt-scored (not derived), highest score first, at most
+    `cap` (0: none)."""
+    present = [f for f in findings if f.present and not f.derivation]
+    return sorted(present, key=lambda f: f.probability, reverse=True)[: max(0, cap)]
