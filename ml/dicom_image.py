@@ -69,8 +69,10 @@ from pydicom.uid import (
 )
 
 from ml.dicom_anatomy import body_part
+from ml.decoders import decode_fast, decode_reduced, fast_decodable
 from ml.dicom_view import FRONTAL, LATERAL, infer_view
 from ml.pixel_data import ImageReadError, check_lengths, check_pixel_data, fit_bits_stored
+from ml.preprocess import CANVAS, resize_as_full
 
 log = logging.getLogger(__name__)
 
@@ -273,12 +275,15 @@ class Radiograph:
     flags: tuple[str, ...] = ()
 
 
-def prepare_radiograph(ds: Dataset, path: Path, conversion: Conversion) -> Radiograph:
+def prepare_radiograph(
+    ds: Dataset, path: Path, conversion: Conversion, *, reduced: bool = True
+) -> Radiograph:
     """The node's reading of one spooled file `path`, whose header `ds` was read with
     `defer_size=DEFER_SIZE`: lengths checked against the file, eligibility, then one greyscale
-    frame decoded to its Bits Stored bits and converted to 8 bits. Never raises for a bad image:
-    every problem becomes the `reason` (a multi-frame or colour image is not scored here, where
-    `predict` would use its first frame or its luma)."""
+    frame decoded to its Bits Stored bits and converted to 8 bits (`scoring_uint8`: with
+    `reduced`, possibly at reduced resolution and already at step A's size). Never raises for
+    a bad image: every problem becomes the `reason` (a multi-frame or colour image is not
+    scored here, where `predict` would use its first frame or its luma)."""
     size = stream_size(ds, path)
     try:
         check_lengths(ds, size)
@@ -290,11 +295,27 @@ def prepare_radiograph(ds: Dataset, path: Path, conversion: Conversion) -> Radio
     flags = tuple(f for f in verdict.flags if f != "multi_frame_first_frame_used")
     try:
         check_pixel_data(ds, size, single_frame_grey=True, path=path)
-        pixels, decoded = decode_frame(ds, pixel_source(ds, path))
-        image = pixels_to_uint8(ds, pixels, conversion)
+        image, decoded = scoring_uint8(ds, pixel_source(ds, path), conversion, reduced=reduced)
     except ImageReadError as exc:
         return Radiograph(None, str(exc), flags)
     return Radiograph(image, None, flags + decoded)
+
+
+def scoring_uint8(
+    ds: Dataset, source: Dataset | Path, conversion: Conversion, *, reduced: bool, fast: bool = True
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """(image, flags): the 2-D uint8 image to score. With `reduced`, a JPEG 2000 or baseline
+    JPEG frame is decoded at reduced resolution (`decode_frame` with `fit`), converted, and
+    LANCZOS-resized to the size step A gives the full image (ml.preprocess.resize_as_full):
+    its canvas keeps the full image's geometry. Otherwise the full frame, as `decode_frame`.
+    `fast`: see `decode_frame`. Raises ImageReadError."""
+    fit = CANVAS if reduced else None
+    pixels, flags = decode_frame(ds, source, fit=fit, fast=fast)
+    image = pixels_to_uint8(ds, pixels, conversion)
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    if pixels.shape[:2] != (rows, columns):
+        image = resize_as_full(image, columns, rows)
+    return image, flags
 
 
 def read_bitmap_uint8(path: Path) -> np.ndarray:
@@ -331,19 +352,28 @@ def decode_pixels(ds: Dataset, source: Dataset | Path | None = None) -> np.ndarr
 
 
 def decode_frame(
-    ds: Dataset, source: Dataset | Path | None = None
+    ds: Dataset, source: Dataset | Path | None = None, *, fit: int | None = None,
+    fast: bool = True,
 ) -> tuple[np.ndarray, tuple[str, ...]]:
     """(pixels, flags): the first frame, (rows, columns) or (rows, columns, samples), with only
     its Bits Stored bits (ml.pixel_data.fit_bits_stored, whatever the transfer syntax).
 
     `source` may be the file path: then only the pixel data is read from it (the dataset may
-    have been read with deferred pixel data). Raises ImageReadError with a one-line reason.
+    have been read with deferred pixel data). With `fit` (pixels), a JPEG 2000 or baseline JPEG
+    frame may come back smaller, at the coarsest power-of-two scale whose long side is still
+    >= `fit` (ml.decoders.decode_reduced); the caller tells by the shape. `fast`: imagecodecs
+    first where it matches pydicom's decoders (ml.decoders), else pydicom's plugins only (the
+    old path, kept for bench/inference.py). Raises ImageReadError with a one-line reason.
     """
     source = ds if source is None else source
     rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     if rows * columns > MAX_PIXELS:
         raise ImageReadError(f"image of {columns}x{rows} pixels exceeds the {MAX_PIXELS} limit")
     syntax = _transfer_syntax(ds)
+    if fast and syntax.is_encapsulated:
+        pixels = _decode_with_imagecodecs_or_pillow(ds, source, syntax, fit)
+        if pixels is not None:
+            return fit_bits_stored(ds, pixels)
     index = 0 if int(ds.get("NumberOfFrames", 1) or 1) > 1 else None
     plugin = _preferred_plugin(syntax)
     # unused bits are cleared by fit_bits_stored for every syntax alike (pydicom would clear
@@ -362,6 +392,23 @@ def decode_frame(
     except Exception as exc:  # noqa: BLE001  any decoder failure means "cannot decode"
         raise _undecodable(syntax, exc) from None
     return fit_bits_stored(ds, pixels)
+
+
+def _decode_with_imagecodecs_or_pillow(
+    ds: Dataset, source: Dataset | Path, syntax: UID, fit: int | None
+) -> np.ndarray | None:
+    """The first links of the decoder chain (ml.decoders): a reduced-resolution decode when
+    `fit` allows one, else a faster full decode; None (logged) when neither applies or works."""
+    try:
+        if fit is not None:
+            reduced = decode_reduced(ds, source, syntax, fit)
+            if reduced is not None:
+                return reduced.pixels
+        if fast_decodable(ds, syntax):
+            return decode_fast(ds, source, syntax)
+    except Exception:  # noqa: BLE001  a faster decoder failing only means the next one is asked
+        log.warning("fast decoder failed; pydicom decodes", extra={"syntax": syntax})
+    return None
 
 
 def _undecodable(syntax: UID, exc: BaseException) -> ImageReadError:
