@@ -68,8 +68,8 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from ml.dicom_anatomy import body_part
 from ml.decoders import decode_fast, decode_reduced, fast_decodable
+from ml.dicom_anatomy import body_part
 from ml.dicom_view import FRONTAL, LATERAL, infer_view
 from ml.pixel_data import ImageReadError, check_lengths, check_pixel_data, fit_bits_stored
 from ml.preprocess import CANVAS, resize_as_full
@@ -80,6 +80,7 @@ Conversion = Literal["equalize", "voi"]
 CONVERSIONS = ("equalize", "voi")
 DEFER_SIZE = 256 * 1024  # bytes: larger values stay on disk until used (or never read)
 MAX_PIXELS = 100_000_000  # a 10k x 10k radiograph; anything larger is refused, not swapped
+LOOKUP_ROWS = 256  # rows per block in table look-ups and histograms (bounds intp copies)
 
 ELIGIBLE_MODALITIES = ("CR", "DX")
 FRONTAL_VIEWS = ("PA", "AP")
@@ -276,7 +277,7 @@ class Radiograph:
 
 
 def prepare_radiograph(
-    ds: Dataset, path: Path, conversion: Conversion, *, reduced: bool = True
+    ds: Dataset, path: Path, conversion: Conversion, *, reduced: bool = False
 ) -> Radiograph:
     """The node's reading of one spooled file `path`, whose header `ds` was read with
     `defer_size=DEFER_SIZE`: lengths checked against the file, eligibility, then one greyscale
@@ -508,10 +509,26 @@ def _monochrome_to_uint8(
     if invert:
         table = 255 - table
     table[lut.padding] = 0
-    image = table.astype(np.uint8)[lut.index]  # fancy indexing: no intp copy of the indexes
+    image = look_up(table.astype(np.uint8), lut.index)
     if conversion == "equalize":
-        image = equalize_uint8(image, excluded_black=lut.padding_count)
+        image = equalize_uint8(image, excluded_black=lut.padding_count, in_place=True)
     return image
+
+
+def look_up(table: np.ndarray, index: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """`table[index]` (any shape of integer `index`) by np.take over blocks of rows: half the
+    time of one fancy-indexing pass, and np.take's intp copy of the indexes stays one block
+    (LOOKUP_ROWS rows) instead of 8 bytes a pixel. `out` may be `index` itself when the dtypes
+    agree (in place)."""
+    out = np.empty(index.shape, dtype=table.dtype) if out is None else out
+    if _pairs_apply(table, index, out):
+        return out
+    if index.ndim < 2:
+        return np.take(table, index, out=out)
+    for start in range(0, index.shape[0], LOOKUP_ROWS):
+        block = slice(start, start + LOOKUP_ROWS)
+        np.take(table, index[block], out=out[block])
+    return out
 
 
 def _build_lut(ds: Dataset, pixels: np.ndarray) -> _Lut:
@@ -526,25 +543,42 @@ def _build_lut(ds: Dataset, pixels: np.ndarray) -> _Lut:
         domain, inverse = np.unique(pixels, return_inverse=True)
         index = inverse.reshape(pixels.shape)
     padding = _padding_mask(ds, domain)
-    padding_count = 0
-    if padding.any():
-        padded = padding[index]
-        padding_count = int(np.count_nonzero(padded))
-        if padding_count == index.size:
-            raise ImageReadError("every pixel is pixel padding; nothing to show")
-        lo, hi = _min_max_excluding(pixels, padded)
-    else:
+    if not padding.any():
         lo, hi = pixels.min(), pixels.max()
-    used = (domain >= lo) & (domain <= hi) & ~padding
+        used = (domain >= lo) & (domain <= hi)
+        return _Lut(index=index, domain=domain, padding=padding, padding_count=0, used=used)
+    counts = _value_counts(index, domain.size)
+    padding_count = int(counts[padding].sum())
+    if padding_count == index.size:
+        raise ImageReadError("every pixel is pixel padding; nothing to show")
+    occupied = domain[(counts > 0) & ~padding]
+    used = (domain >= occupied.min()) & (domain <= occupied.max()) & ~padding
     return _Lut(index=index, domain=domain, padding=padding, padding_count=padding_count, used=used)
 
 
-def _min_max_excluding(pixels: np.ndarray, excluded: np.ndarray) -> tuple[Any, Any]:
-    keep = ~excluded
-    info = np.iinfo(pixels.dtype) if pixels.dtype.kind in "iu" else np.finfo(pixels.dtype)
-    lo = pixels.min(where=keep, initial=info.max)
-    hi = pixels.max(where=keep, initial=info.min)
-    return lo, hi
+def _pairs_apply(table: np.ndarray, index: np.ndarray, out: np.ndarray) -> bool:
+    """A 256-entry uint8 table on a uint8 image, looked up two pixels at a time through a
+    65536-entry table of pairs (half the look-ups: 1.8x faster here). False: not applicable."""
+    if not (table.shape == (256,) and table.dtype == index.dtype == out.dtype == np.uint8
+            and index.flags.c_contiguous and out.flags.c_contiguous and index.size % 2 == 0):
+        return False
+    pairs = np.arange(65536, dtype=np.uint16).view(np.uint8).reshape(-1, 2)  # memory order
+    table2 = np.ascontiguousarray(table[pairs]).view(np.uint16).ravel()
+    source, target = index.reshape(-1).view(np.uint16), out.reshape(-1).view(np.uint16)
+    block = LOOKUP_ROWS * 4096
+    for start in range(0, source.size, block):
+        np.take(table2, source[start : start + block], out=target[start : start + block])
+    return True
+
+
+def _value_counts(index: np.ndarray, size: int) -> np.ndarray:
+    """Pixels per look-up index (a histogram on the native bit depth), by blocks of rows so
+    that np.bincount's intp copy stays one block."""
+    counts = np.zeros(size, dtype=np.int64)
+    rows = index.reshape(index.shape[0], -1) if index.ndim > 1 else index.reshape(1, -1)
+    for start in range(0, rows.shape[0], LOOKUP_ROWS):
+        counts += np.bincount(rows[start : start + LOOKUP_ROWS].ravel(), minlength=size)
+    return counts
 
 
 def _padding_mask(ds: Dataset, domain: np.ndarray) -> np.ndarray:
@@ -596,18 +630,20 @@ def _voi_lut_top(ds: Dataset, windowed: np.ndarray) -> int:
 
 
 def equalize_uint8(
-    image: np.ndarray, *, stretch: np.ndarray | None = None, excluded_black: int = 0
+    image: np.ndarray, *, stretch: np.ndarray | None = None, excluded_black: int = 0,
+    in_place: bool = False,
 ) -> np.ndarray:
-    """OpenCV `equalizeHist` on an 8-bit image (optionally after a 256-entry stretch table).
+    """OpenCV `equalizeHist` on a 2-D uint8 image (optionally after a 256-entry stretch table).
 
     `excluded_black` pixels of value 0 (padding) are left out of the histogram and stay 0.
+    `in_place`: the result overwrites `image` (a C-contiguous array the caller owns).
     """
-    picture = Image.fromarray(image)
     if stretch is not None:
-        picture = picture.point(stretch.astype(np.uint8).tolist())
-    histogram = np.asarray(picture.histogram(), dtype=np.int64)
+        image, in_place = look_up(stretch.astype(np.uint8), image), True
+    image = np.ascontiguousarray(image)
+    histogram = np.asarray(Image.fromarray(image).histogram(), dtype=np.int64)
     histogram[0] -= excluded_black
-    return np.asarray(picture.point(equalization_table(histogram).tolist()))
+    return look_up(equalization_table(histogram), image, out=image if in_place else None)
 
 
 def equalization_table(histogram: np.ndarray) -> np.ndarray:

@@ -102,7 +102,7 @@ class ZeroShotEngine:
         precision: str = "auto",
         prepare_workers: int | None = None,
         prepare_mode: str = "threads",
-        prepare_reduced: bool = True,
+        prepare_reduced: bool = False,
     ) -> None:
         if not checkpoint_paths:
             raise ValueError("no checkpoint given: a model needs at least one checkpoint file")

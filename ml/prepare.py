@@ -55,7 +55,7 @@ class PreparedImage:
 
 
 def prepare_file(
-    path: str | Path, conversion: Conversion = "equalize", reduced: bool = True
+    path: str | Path, conversion: Conversion = "equalize", reduced: bool = False
 ) -> PreparedImage:
     """Read, check eligibility, convert to 8 bits and place on the 320 canvas (step A).
     `reduced`: JPEG 2000 and baseline JPEG may be decoded at reduced resolution
@@ -99,7 +99,7 @@ class Preparer:
         mode: str = "threads",
         workers: int | None = None,
         *,
-        reduced: bool = True,
+        reduced: bool = False,
         prepare: Callable[[str, Conversion, bool], PreparedImage] = prepare_file,
     ) -> None:
         if mode not in PREPARE_MODES:
