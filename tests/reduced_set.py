@@ -1,6 +1,6 @@
 """A varied set of compressed radiographs for measuring reduced-resolution decoding (ml.decoders)
 against a full decode: synthetic phantoms with findings (ml.synth: DX or CR, 12/14/16 bits
-stored, MONOCHROME1 or 2, chosen by the seed) at several sizes, each written as JPEG 2000
+stored, chosen by the seed; every second phantom MONOCHROME1) at several sizes, each written as JPEG 2000
 lossless, JPEG 2000 lossy (ratio 20) and 8-bit JPEG baseline (quality 90).
 
 Used by tests/test_decoders.py (a few small images) and bench/inference.py (the |dp| table).
@@ -29,11 +29,14 @@ def write_varied_set(folder: Path, heights: tuple[int, ...], studies: int, seed:
     written = []
     for height in heights:
         out = folder / f"synth-{height}"
-        for study in generate(SynthOptions(out, studies, seed + height, height=height,
-                                           laterals=False)):
+        written_studies = generate(SynthOptions(out, studies, seed + height, height=height,
+                                                laterals=False))
+        for number, study in enumerate(written_studies):
             source = out / study.images[0].relpath
             for variant, syntax in VARIANTS.items():
                 ds = pydicom.dcmread(source)
+                if number % 2:
+                    _as_monochrome1(ds)
                 label = (f"{ds.Columns}x{ds.Rows} {ds.BitsStored}-bit "
                          f"{ds.PhotometricInterpretation} {variant}")
                 if syntax == uids.JPEGBaseline8Bit:
@@ -46,3 +49,16 @@ def write_varied_set(folder: Path, heights: tuple[int, ...], studies: int, seed:
                 ds.save_as(path, enforce_file_format=True)
                 written.append((label, path))
     return written
+
+
+def _as_monochrome1(ds: pydicom.Dataset) -> None:
+    """The same image stored inverted, as MONOCHROME1 (a no-op if it already is)."""
+    if ds.PhotometricInterpretation == "MONOCHROME1":
+        return
+    top = (1 << int(ds.BitsStored)) - 1
+    ds.PixelData = (top - ds.pixel_array).astype("<u2").tobytes()
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    if "PresentationLUTShape" in ds:
+        ds.PresentationLUTShape = "INVERSE"
+    if "WindowCenter" in ds:
+        ds.WindowCenter = f"{top - float(ds.WindowCenter):.1f}"
