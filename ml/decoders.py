@@ -31,9 +31,9 @@ the full image would get, so the canvas keeps its geometry. JPEG-LS, lossless JP
 12-bit JPEG have no such levels (or no installed decoder offers them) and are decoded in full.
 
 It is off by default (`[model] reduced_resolution`): against a full decode, the demo model's
-scores moved by up to 0.077 (mean 0.008) with `equalize` and 0.007 (mean 0.0005) with `voi` on
-the varied synthetic set of bench/inference.py (1024-2048 rows, 12/14 bits; JPEG 2000 lossless
-and lossy, baseline JPEG), above the 0.002 that would let it change scores unasked. The
+scores moved by up to 0.077 (mean 0.007) with `equalize` and 0.0067 (mean 0.0005) with `voi`
+on the varied synthetic set of bench/inference.py (1024-2048 rows, 12/14 bits, MONOCHROME1/2;
+JPEG 2000 lossless and lossy, baseline JPEG; 12 images x 13 findings), above the 0.002 that would let it change scores unasked. The
 equalisation histogram of a smoothed, smaller image is not the full image's, and the model
 trained on equalised images notices.
 """
