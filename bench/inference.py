@@ -1,21 +1,32 @@
-"""Images per second of the whole scoring pipeline against the model's forward pass alone.
+"""Images per second of the whole scoring pipeline against the model's forward pass alone,
+before and after issue 16's decoding work, and what reduced-resolution decoding does to scores.
 
-    python bench/inference.py [--images 32] [--batch-size 16] [--syntax raw j2k jls]
-                              [--mode threads processes] [--workers N] [--device auto]
-                              [--repeats 2]
+    python bench/inference.py [--images 32] [--batch-size 16] [--syntax raw j2k jls jll]
+                              [--path before after reduced] [--mode threads processes]
+                              [--workers N] [--device auto] [--repeats 2]
+                              [--dp-heights 1024 2048 3000] [--dp-studies 2]
 
 Writes realistic 2500x3000 16-bit (12 bits stored) DX files in a temporary folder, uncompressed
-and encoded with JPEG 2000 (lossless, openjpeg) and JPEG-LS (lossless, CharLS), builds a random
-checkpoint of the released ViT-B/32 size, then for each transfer syntax measures in one run:
+and encoded with JPEG 2000 (lossless, openjpeg), JPEG-LS (lossless, CharLS) and lossless JPEG
+(SV1, libjpeg-turbo), builds a random checkpoint of the released ViT-B/32 size, then for each
+transfer syntax and preparation path measures in one run:
 
 - pipeline: `ZeroShotEngine.score_paths` (DICOM read, decode, 8-bit conversion, step A on the
   worker threads; step B, model, scoring on the caller), and
 - model: `encode_image` alone on already-prepared (N, 3, 224, 224) tensors, same batch size,
 
 and prints both rates and their ratio, each the best of `--repeats` alternating runs (other
-load on a shared machine only ever slows a run down). The target on CPU is a ratio of 0.7 or
-more for uncompressed input. For context: serial preparation cost per image (read, decode,
-8-bit conversion, step A) and the preparation rate of the workers alone, per mode.
+load on a shared machine only ever slows a run down). Paths: `before` is the preparation as it
+was before issue 16 (pydicom's decoder plugins, the old 8-bit conversion from
+tests/conversion_reference.py); `after` the node's default now (imagecodecs where it decodes
+identically, the faster conversion); `reduced` adds reduced-resolution decoding (`[model]
+reduced_resolution`, off by default). Targets on 2 cores: ratio >= 0.7 uncompressed, >= 0.5
+JPEG-LS, >= 0.4 JPEG 2000. For context: serial preparation cost per image and the rate of the
+preparation workers alone.
+
+Then the |dp| table: the demo model's scores with reduced-resolution decoding against a full
+decode on a varied synthetic set (tests/reduced_set.py: sizes, 12/14/16 bits, MONOCHROME1/2,
+the synthetic findings; JPEG 2000 lossless and lossy, baseline JPEG), for both conversions.
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ from pydicom.uid import (
     DigitalXRayImageStorageForPresentation,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
+    JPEGLosslessSV1,
     JPEGLSLossless,
     generate_uid,
 )
@@ -41,15 +53,27 @@ from pydicom.uid import (
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from dicom_node.shipped import findings_file
+from dicom_node.shipped import demo_checkpoint, findings_file
 from ml.architecture import ClipArchitecture
 from ml.catalogue import load_catalogue
+from ml.dicom_image import (
+    check_eligibility,
+    check_pixel_data,
+    decode_frame,
+    pixel_source,
+    read_dataset,
+    stream_size,
+)
 from ml.engine import ZeroShotEngine
-from ml.prepare import PREPARE_MODES, prepare_file
-from ml.preprocess import canvases_to_input
+from ml.prepare import PREPARE_MODES, PreparedImage, prepare_file
+from ml.preprocess import canvases_to_input, to_canvas
 from ml.testing import write_random_checkpoint
+from tests import conversion_reference
+from tests.reduced_set import write_varied_set
 
-SYNTAXES = {"raw": ExplicitVRLittleEndian, "j2k": JPEG2000Lossless, "jls": JPEGLSLossless}
+SYNTAXES = {"raw": ExplicitVRLittleEndian, "j2k": JPEG2000Lossless, "jls": JPEGLSLossless,
+            "jll": JPEGLosslessSV1}
+PATHS = ("before", "after", "reduced")
 ROWS, COLUMNS = 3000, 2500
 DISTINCT = 4  # distinct images per syntax; the rest are copies under other names
 
@@ -73,7 +97,9 @@ def write_inputs(folder: Path, syntax_name: str, count: int) -> list[Path]:
     originals = []
     for i in range(min(count, DISTINCT)):
         ds = _dataset(radiograph(i))
-        if SYNTAXES[syntax_name] != ExplicitVRLittleEndian:
+        if SYNTAXES[syntax_name] == JPEGLosslessSV1:
+            _jpeg_lossless(ds)
+        elif SYNTAXES[syntax_name] != ExplicitVRLittleEndian:
             ds.compress(SYNTAXES[syntax_name])
         path = folder / f"{syntax_name}-{i:03d}.dcm"
         ds.save_as(path, enforce_file_format=True)
@@ -84,6 +110,38 @@ def write_inputs(folder: Path, syntax_name: str, count: int) -> list[Path]:
         shutil.copyfile(originals[i % len(originals)], copy)
         paths.append(copy)
     return paths
+
+
+def _jpeg_lossless(ds: Dataset) -> None:
+    """Lossless JPEG, first-order prediction (SV1), by libjpeg-turbo (pydicom has no encoder)."""
+    import imagecodecs
+    from pydicom.encaps import encapsulate
+
+    frame = imagecodecs.jpeg8_encode(ds.pixel_array, lossless=True, predictor=1,
+                                     bitspersample=int(ds.BitsStored))
+    ds.PixelData = encapsulate([frame])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
+
+
+def prepare_before(path: str, conversion: str, reduced: bool) -> PreparedImage:
+    """The preparation as it was before issue 16: pydicom's decoder plugins only and the old
+    8-bit conversion (`reduced` ignored). Module-level so that spawned processes can run it."""
+    path_ = Path(path)
+    ds = read_dataset(path_)
+    if not check_eligibility(ds).eligible:
+        return PreparedImage(path, None, "not eligible")
+    check_pixel_data(ds, stream_size(ds, path_), single_frame_grey=False, path=path_)
+    pixels, _ = decode_frame(ds, pixel_source(ds, path_), fast=False)
+    image = conversion_reference.pixels_to_uint8(ds, pixels, conversion)  # type: ignore[arg-type]
+    return PreparedImage(path, to_canvas(image), None)
+
+
+def use_path(engine: ZeroShotEngine, path: str) -> None:
+    """Point the engine's preparation at one of PATHS (the workers restart on next use)."""
+    engine.close()
+    engine.preparer.prepare = prepare_before if path == "before" else prepare_file
+    engine.preparer.reduced = path == "reduced"
 
 
 def _dataset(pixels: np.ndarray) -> Dataset:
@@ -134,10 +192,12 @@ def pipeline_rate(engine: ZeroShotEngine, paths: list[Path]) -> float:
     return len(results) / elapsed
 
 
-def serial_prepare_ms(paths: list[Path]) -> float:
+def serial_prepare_ms(engine: ZeroShotEngine, paths: list[Path]) -> float:
+    """Milliseconds per image of the engine's preparation function, in this thread."""
+    prepare, reduced = engine.preparer.prepare, engine.preparer.reduced
     start = time.perf_counter()
     for path in paths[:DISTINCT]:
-        prepare_file(path)
+        prepare(str(path), "equalize", reduced)
     return 1000 * (time.perf_counter() - start) / min(len(paths), DISTINCT)
 
 
@@ -153,16 +213,66 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def rates(engine: ZeroShotEngine, name: str, paths: list[Path], canvases: np.ndarray,
+          chosen: list[str], repeats: int) -> dict[str, tuple[float, ...]]:
+    """path -> (serial ms, prepare/s, pipeline/s, model/s), the paths interleaved within each
+    repeat so that they see the same load; best of `repeats` for each rate."""
+    best: dict[str, list[float]] = {p: [float("inf"), 0.0, 0.0, 0.0] for p in chosen}
+    for _ in range(repeats):
+        for path in chosen:
+            use_path(engine, path)
+            row = best[path]
+            row[0] = min(row[0], serial_prepare_ms(engine, paths))
+            row[3] = max(row[3], bare_model_rate(engine, canvases, len(paths)))
+            row[2] = max(row[2], pipeline_rate(engine, paths))
+            row[1] = max(row[1], prepare_only_rate(engine, paths))
+    return {path: tuple(row) for path, row in best.items()}
+
+
+def dp_table(folder: Path, heights: list[int], studies: int, device: str) -> None:
+    """|dp| of reduced-resolution decoding against a full decode, demo model, both conversions."""
+    images = write_varied_set(folder, tuple(heights), studies)
+    engine = ZeroShotEngine([demo_checkpoint()], load_catalogue(findings_file()), device=device)
+    paths = [path for _, path in images]
+    table: dict[str, np.ndarray] = {}
+    for conversion in ("equalize", "voi"):
+        scores = {}
+        for reduced in (False, True):
+            engine.preparer.reduced = reduced
+            scores[reduced] = engine.score_paths(paths, conversion)  # type: ignore[arg-type]
+        table[conversion] = np.array([
+            [abs(a.probabilities[f] - b.probabilities[f]) for f in a.probabilities]
+            for a, b in zip(scores[False], scores[True], strict=True)])
+    engine.close()
+    print(f"\n|dp| reduced-resolution vs full decode, demo model (scores 0..1), "
+          f"{len(images)} images x {table['equalize'].shape[1]} findings")
+    print(f"{'image':<44} {'equalize max':>12} {'mean':>9} {'voi max':>9} {'mean':>9}")
+    for i, (label, _) in enumerate(images):
+        eq, voi = table["equalize"][i], table["voi"][i]
+        print(f"{label:<44} {eq.max():>12.1e} {eq.mean():>9.1e} {voi.max():>9.1e} "
+              f"{voi.mean():>9.1e}")
+    for conversion, dp in table.items():
+        verdict = "within" if dp.max() <= 2e-3 else "ABOVE"
+        print(f"{conversion}: max |dp| {dp.max():.1e}, mean {dp.mean():.1e} ({verdict} the 2e-3 "
+              "that would make reduced_resolution the default)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--syntax", nargs="+", choices=sorted(SYNTAXES), default=list(SYNTAXES))
+    parser.add_argument("--syntax", nargs="+", choices=list(SYNTAXES), default=list(SYNTAXES))
+    parser.add_argument("--path", nargs="+", choices=PATHS, default=list(PATHS),
+                        help="before: as before issue 16; after: now; reduced: now + "
+                        "reduced-resolution decoding (JPEG 2000 only)")
     parser.add_argument("--workers", type=int, default=None, help="preparation threads")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--repeats", type=int, default=2, help="best of N for each rate")
-    parser.add_argument("--mode", nargs="+", choices=PREPARE_MODES, default=list(PREPARE_MODES),
+    parser.add_argument("--mode", nargs="+", choices=PREPARE_MODES, default=["threads"],
                         help="preparation beside the model: threads and/or processes")
+    parser.add_argument("--dp-heights", nargs="*", type=int, default=[1024, 2048, 3000],
+                        help="image heights of the |dp| set (none: skip the table)")
+    parser.add_argument("--dp-studies", type=int, default=2, help="phantoms per height")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp:
@@ -175,24 +285,24 @@ def main() -> None:
         print(f"device {engine.device} ({engine.precision}), torch threads "
               f"{torch.get_num_threads()}, preparation workers {engine.preparer.workers}, "
               f"batch {engine.batch_size}, {args.images} images of {COLUMNS}x{ROWS}")
-        print(f"{'syntax':<6} {'mode':<10} {'prepare ms':>11} {'prepare/s':>10} {'pipeline/s':>11} "
-              f"{'model/s':>8} {'ratio':>6}")
+        print(f"{'syntax':<6} {'mode':<8} {'path':<8} {'prepare ms':>10} {'prepare/s':>9} "
+              f"{'pipeline/s':>10} {'model/s':>8} {'ratio':>6} {'vs before':>9}")
         for name in args.syntax:
             paths = write_inputs(folder, name, args.images)
             canvases = np.stack([prepare_file(p).canvas for p in paths[:DISTINCT]])
-            serial = serial_prepare_ms(paths)
+            chosen = [p for p in args.path if p != "reduced" or name == "j2k"]
             for mode in args.mode:
-                engine.close()
                 engine.preparer.mode = mode
-                prepare = pipeline = model = 0.0
-                for _ in range(args.repeats):  # best of each: other load on the machine only slows
-                    model = max(model, bare_model_rate(engine, canvases, args.images))
-                    pipeline = max(pipeline, pipeline_rate(engine, paths))
-                    prepare = max(prepare, prepare_only_rate(engine, paths))
-                model = max(model, bare_model_rate(engine, canvases, args.images))
-                print(f"{name:<6} {mode:<10} {serial:>11.0f} {prepare:>10.2f} {pipeline:>11.2f} "
-                      f"{model:>8.2f} {pipeline / model:>6.2f}", flush=True)
+                measured = rates(engine, name, paths, canvases, chosen, args.repeats)
+                for path, (serial, prepare, pipeline, model) in measured.items():
+                    gain = (f"{pipeline / measured['before'][2]:>8.2f}x"
+                            if "before" in measured else "")
+                    print(f"{name:<6} {mode:<8} {path:<8} {serial:>10.0f} {prepare:>9.2f} "
+                          f"{pipeline:>10.2f} {model:>8.2f} {pipeline / model:>6.2f} {gain:>9}",
+                          flush=True)
         engine.close()
+        if args.dp_heights:
+            dp_table(folder / "dp", args.dp_heights, args.dp_studies, args.device)
 
 
 if __name__ == "__main__":

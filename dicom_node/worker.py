@@ -129,6 +129,7 @@ def load_model(settings: Settings) -> LoadedModel:
         cpu_threads=model.cpu_threads,
         batch_size=model.batch_size,
         name=model.name,
+        prepare_reduced=model.reduced_resolution,
     )
     return LoadedModel(engine=engine, catalogue=catalogue)
 
@@ -374,7 +375,8 @@ class Worker:
         for instance in claimed.instances:
             path = self.spool.absolute(instance.spool_path)
             ds = pydicom.dcmread(path, defer_size=DEFER_SIZE)
-            read = prepare_radiograph(ds, path, conversion)  # type: ignore[arg-type]
+            read = prepare_radiograph(  # type: ignore[arg-type]
+                ds, path, conversion, reduced=self.settings.model.reduced_resolution)
             images.append(
                 _Image(instance.sop_instance_uid, ds, read.reason, read.pixels, read.flags)
             )

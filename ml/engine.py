@@ -148,6 +148,7 @@ class ZeroShotEngine:
         precision: str = "auto",
         prepare_workers: int | None = None,
         prepare_mode: str = "threads",
+        prepare_reduced: bool = False,
     ) -> None:
         if not checkpoint_paths:
             raise ValueError("no checkpoint given: a model needs at least one checkpoint file")
@@ -168,7 +169,7 @@ class ZeroShotEngine:
         if self.device.type == "cpu" and cpu_threads > 0:
             torch.set_num_threads(cpu_threads)
         self.batch_size = batch_size
-        self.preparer = Preparer(prepare_mode, prepare_workers)
+        self.preparer = Preparer(prepare_mode, prepare_workers, reduced=prepare_reduced)
         self._text_cache: dict[tuple[str, str], torch.Tensor] = {}
         self._members = self._load_members(checkpoint_paths)
         shas = tuple(m.sha256 for m in self._members)

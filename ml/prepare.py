@@ -17,7 +17,7 @@ import logging
 import multiprocessing
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool as BrokenExecutor
 from dataclasses import dataclass
@@ -30,11 +30,10 @@ from ml.dicom_image import (
     ImageReadError,
     check_eligibility,
     check_pixel_data,
-    decode_pixels,
     pixel_source,
-    pixels_to_uint8,
     read_bitmap_uint8,
     read_dataset,
+    scoring_uint8,
     sniff_kind,
     stream_size,
 )
@@ -55,8 +54,12 @@ class PreparedImage:
     flags: tuple[str, ...] = ()
 
 
-def prepare_file(path: str | Path, conversion: Conversion = "equalize") -> PreparedImage:
-    """Read, check eligibility, convert to 8 bits and place on the 320 canvas (step A)."""
+def prepare_file(
+    path: str | Path, conversion: Conversion = "equalize", reduced: bool = False
+) -> PreparedImage:
+    """Read, check eligibility, convert to 8 bits and place on the 320 canvas (step A).
+    `reduced`: JPEG 2000 and baseline JPEG may be decoded at reduced resolution
+    (ml.dicom_image.scoring_uint8)."""
     path = Path(path)
     try:
         if not path.is_file():
@@ -68,7 +71,7 @@ def prepare_file(path: str | Path, conversion: Conversion = "equalize") -> Prepa
         if not eligibility.eligible:
             return PreparedImage(str(path), None, eligibility.reason, eligibility.flags)
         check_pixel_data(ds, stream_size(ds, path), single_frame_grey=False, path=path)
-        image = pixels_to_uint8(ds, decode_pixels(ds, pixel_source(ds, path)), conversion)
+        image, _ = scoring_uint8(ds, pixel_source(ds, path), conversion, reduced=reduced)
         return PreparedImage(str(path), to_canvas(image), None, eligibility.flags)
     except (ImageReadError, ImageShapeError) as exc:
         return PreparedImage(str(path), None, f"unreadable: {str(exc).removeprefix(f'{path}: ')}")
@@ -91,12 +94,21 @@ class Preparer:
     pool restarts and the other images in flight are prepared again. Nothing is dropped.
     """
 
-    def __init__(self, mode: str = "threads", workers: int | None = None) -> None:
+    def __init__(
+        self,
+        mode: str = "threads",
+        workers: int | None = None,
+        *,
+        reduced: bool = False,
+        prepare: Callable[[str, Conversion, bool], PreparedImage] = prepare_file,
+    ) -> None:
         if mode not in PREPARE_MODES:
             known = ", ".join(PREPARE_MODES)
             raise ValueError(f"prepare mode must be one of {known}, got {mode!r}")
         self.mode = mode
         self.workers = workers or default_workers()
+        self.reduced = reduced  # passed to `prepare` (ml.dicom_image.scoring_uint8)
+        self.prepare = prepare  # module-level (processes pickle it); bench/ swaps in the old path
         self._executor: Executor | None = None
 
     def _pool(self) -> Executor:
@@ -116,7 +128,7 @@ class Preparer:
         source = (str(p) for p in paths)
 
         def submit(path: str) -> None:
-            pending.append((path, self._pool().submit(prepare_file, path, conversion)))
+            pending.append((path, self._pool().submit(self.prepare, path, conversion, self.reduced)))
 
         for path in source:
             submit(path)

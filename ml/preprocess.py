@@ -52,6 +52,17 @@ def to_canvas(image: np.ndarray, canvas: int = CANVAS) -> np.ndarray:
     return np.array(board)  # writable: torch refuses read-only buffers
 
 
+def resize_as_full(image: np.ndarray, width: int, height: int, canvas: int = CANVAS) -> np.ndarray:
+    """An image decoded at reduced resolution (ml.decoders), LANCZOS-resized to the size step A
+    gives the full `width` x `height` image, so that its canvas has the same geometry (the
+    int() truncation of `resized_size` would otherwise move it by a pixel). 2-D uint8 in and
+    out; an image already of that size is returned as it is."""
+    size = resized_size(width, height, canvas)
+    if (image.shape[1], image.shape[0]) == size:
+        return image
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
+
+
 def canvases_to_input(canvases: np.ndarray | torch.Tensor, image_size: int) -> torch.Tensor:
     """Step B for a batch: (N, canvas, canvas) uint8 -> (N, 3, image_size, image_size) float32.
 

@@ -1,9 +1,10 @@
 """Score every image once: probabilities cached on disk by image content and model identity.
 
 The key is (SHA-256 of the image file's bytes, model key), where the model key hashes the
-checkpoint files' SHA-256s (in ensemble order), the findings catalogue version (prompts) and
-the DICOM conversion. Renaming or copying an image keeps its scores; changing a checkpoint, a
-prompt or the conversion scores it afresh. Images the engine declines (e.g. a lateral view)
+checkpoint files' SHA-256s (in ensemble order), the findings catalogue version (prompts),
+the DICOM conversion and whether compressed images are decoded at reduced resolution.
+Renaming or copying an image keeps its scores; changing a checkpoint, a prompt, the
+conversion or the reduced-resolution setting scores it afresh. Images the engine declines (e.g. a lateral view)
 are cached with their reason, so they are not retried either; unexpected failures are not.
 
 Storage is one SQLite file (stdlib `sqlite3`; ml/ stays free of the node's database layer).
@@ -51,16 +52,20 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def model_key(checkpoint_sha256s: Sequence[str], catalogue_version: str, conversion: str) -> str:
-    """One string naming everything that changes a probability besides the image."""
-    payload = json.dumps(
-        {
-            "checkpoints": list(checkpoint_sha256s),
-            "catalogue": catalogue_version,
-            "conversion": conversion,
-        },
-        sort_keys=True,
-    )
+def model_key(
+    checkpoint_sha256s: Sequence[str], catalogue_version: str, conversion: str,
+    reduced_resolution: bool = False,
+) -> str:
+    """One string naming everything that changes a probability besides the image
+    (`reduced_resolution`: JPEG 2000 / JPEG decoded near the model's size, ml.decoders)."""
+    fields: dict[str, object] = {
+        "checkpoints": list(checkpoint_sha256s),
+        "catalogue": catalogue_version,
+        "conversion": conversion,
+    }
+    if reduced_resolution:  # absent when off: keys written before the option stay valid
+        fields["reduced_resolution"] = True
+    payload = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 

@@ -143,6 +143,7 @@ def _engine(settings: Settings, model: _Model, catalogue: Catalogue) -> ZeroShot
         name=model.name,
         prepare_mode=settings.model.prepare_mode,
         prepare_workers=settings.model.prepare_workers or None,
+        prepare_reduced=settings.model.reduced_resolution,
     )
 
 

@@ -574,7 +574,7 @@ def _score_labelled(
     paths = _checkpoint_paths(ctx.settings, checkpoints)
     shas = [file_sha256(p) for p in paths]
     conversion = ctx.settings.model.dicom_conversion
-    key = model_key(shas, ctx.catalogue.version, conversion)
+    key = model_key(shas, ctx.catalogue.version, conversion, ctx.settings.model.reduced_resolution)
     cache = ScoreCache(ctx.settings.data_path / CACHE_FILE_NAME)
     with progress_bar("scoring images", len(labelled.paths)) as advance:
         results = score_paths_cached(
@@ -629,6 +629,7 @@ def _engine_scorer(ctx: Context, checkpoints: Sequence[Path], conversion: str) -
         device=model.device,
         cpu_threads=model.cpu_threads,
         batch_size=model.batch_size,
+        prepare_reduced=model.reduced_resolution,
     )
     return lambda paths: engine.score_paths(list(paths), conversion)
 
