@@ -4,8 +4,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# The real peers of the integration tests (dcmtk, Orthanc, dicom3tools) and the summary's font.
-DEBIAN_PEERS ?= dcmtk orthanc orthanc-dicomweb dicom3tools fonts-dejavu-core
+# The real peers of the integration tests (dcmtk, Orthanc, dicom3tools, PostgreSQL) and the
+# summary's font.
+DEBIAN_PEERS ?= dcmtk orthanc orthanc-dicomweb dicom3tools fonts-dejavu-core postgresql
 # yes: install missing peers with apt-get; no: only name them. Default: yes when root.
 INSTALL_PEERS ?= $(if $(filter 0,$(shell id -u)),yes,no)
 

@@ -397,7 +397,8 @@ def _insert_ignoring_conflict(session: Session, values: dict[str, Any]) -> int:
         if exists:
             return 0
         statement = insert(Outbound).values(values)
-    return session.execute(statement).rowcount
+    # RETURNING, not rowcount: with an implicit RETURNING psycopg reports rowcount -1
+    return len(session.execute(statement.returning(Outbound.id)).all())
 
 
 def _view(row: Outbound) -> Delivery:

@@ -550,7 +550,8 @@ def _insert_ignoring_conflict(
         if exists:
             return False
         statement = insert(model).values(values)
-    return session.execute(statement).rowcount == 1
+    # RETURNING, not rowcount: with an implicit RETURNING psycopg reports rowcount -1
+    return session.execute(statement.returning(model.id)).first() is not None
 
 
 def _for_update(statement: Select[Any]) -> Select[Any]:

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -489,3 +490,131 @@ class OrthancPeer:
 
     def instance_count(self) -> int:
         return int(self.get("/statistics")["CountInstances"])
+
+
+# --- PostgreSQL (the shared work list) --------------------------------------------------------
+
+
+@dataclass
+class PostgresServer:
+    """The Debian `postgresql` server: `initdb` into a temporary directory, `postgres` on a free
+    loopback port with its unix socket in that directory; trust authentication (loopback only).
+    Run as the `postgres` user when the tests run as root (the server refuses root), so the
+    directory is its own under the system temporary directory (pytest's is private to root).
+    `stop()` stops the server (it can be started again); `close()` also deletes the directory."""
+
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="dicom-node-pg-")))
+    port: int = field(default_factory=free_port)
+    user: str = "dicom_node"
+    process: subprocess.Popen[bytes] | None = None
+    _databases: int = 0
+
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir / "data"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "postgres.log"
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg://{self.user}@127.0.0.1:{self.port}/{database}"
+
+    @staticmethod
+    def binary(name: str) -> str:
+        import shutil
+
+        for candidate in sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), reverse=True):
+            return str(candidate)
+        found = shutil.which(name)
+        if found is None:
+            raise RuntimeError("PostgreSQL is not installed (Debian package postgresql)")
+        return found
+
+    @staticmethod
+    def _server_user() -> dict[str, Any]:
+        """Popen arguments that run a program as `postgres` when we are root."""
+        if os.geteuid() != 0:
+            return {}
+        return {"user": "postgres", "group": "postgres", "extra_groups": []}
+
+    def start(self) -> PostgresServer:
+        """initdb (first start only), then start the server and wait until it accepts a
+        connection; on any failure the server process is stopped before the error rises."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            import shutil
+
+            shutil.chown(self.workdir, "postgres", "postgres")
+        if not (self.data_dir / "PG_VERSION").exists():
+            initdb = subprocess.run(
+                [self.binary("initdb"), "-D", str(self.data_dir), "-U", self.user,
+                 "--auth=trust", "-E", "UTF8", "--no-sync"],
+                capture_output=True, text=True, check=False, timeout=120, cwd=self.workdir,
+                **self._server_user(),
+            )
+            if initdb.returncode != 0:
+                raise RuntimeError(f"initdb failed: {initdb.stderr.strip()}")
+        log = self.log_path.open("ab")
+        if os.geteuid() == 0:
+            import shutil
+
+            shutil.chown(self.log_path, "postgres", "postgres")
+        self.process = _spawn(
+            [self.binary("postgres"), "-D", str(self.data_dir), "-p", str(self.port),
+             "-h", "127.0.0.1", "-k", str(self.workdir), "-c", "fsync=off",
+             "-c", "max_connections=200", "-c", "full_page_writes=off"],
+            stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, **self._server_user(),
+        )
+        log.close()
+        try:
+            self._wait_until_answering()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_until_answering(self) -> None:
+        import psycopg
+
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                raise RuntimeError(f"postgres exited: {self.log_path.read_text(errors='replace')}")
+            try:
+                psycopg.connect(self.dsn(), connect_timeout=2).close()
+                return
+            except psycopg.OperationalError:
+                time.sleep(0.1)
+        raise RuntimeError("postgres did not accept connections")
+
+    def dsn(self, database: str = "postgres") -> str:
+        return f"host=127.0.0.1 port={self.port} user={self.user} dbname={database}"
+
+    def create_database(self, template: str | None = None) -> str:
+        """A new empty database (a copy of `template` when given); its name."""
+        import psycopg
+
+        self._databases += 1
+        name = f"worklist_{os.getpid()}_{self._databases}"
+        clause = f" TEMPLATE {template}" if template else ""
+        with psycopg.connect(self.dsn(), autocommit=True) as connection:
+            connection.execute(f"CREATE DATABASE {name}{clause}")
+        return name
+
+    def drop_database(self, name: str) -> None:
+        import psycopg
+
+        with psycopg.connect(self.dsn(), autocommit=True) as connection:
+            connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+    def stop(self, sig: int = signal.SIGINT) -> None:
+        """Stop the server (SIGINT: fast shutdown; SIGKILL: a crash)."""
+        _reap(self.process, sig, timeout=30)
+        self.process = None
+
+    def close(self) -> None:
+        import shutil
+
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)

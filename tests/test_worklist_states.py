@@ -9,6 +9,9 @@ import pytest
 from storage import worklist
 from storage.db import Database
 from storage.states import InvalidTransition, LeaseLost, StudyState
+from tests.conftest import BOTH_BACKENDS
+
+pytestmark = BOTH_BACKENDS
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 STUDY = "1.2.826.0.1.3680043.8.498.1"
