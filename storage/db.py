@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# pg_advisory_xact_lock key held while migrating: "dcmn" in ASCII, any constant would do
+MIGRATION_LOCK_KEY = 0x64636D6E
 # Execution option read by the "begin" hook: deferred transactions for read-only work.
 _READ_ONLY = "dicom_node_read_only"
 
@@ -90,17 +92,59 @@ def open_read_only(url: str) -> Database:
     return Database(url=url, engine=engine, sessions=sessionmaker(engine, expire_on_commit=False))
 
 
-def upgrade_to_head(engine: Engine) -> None:
-    """Run `alembic upgrade head` on `engine`, programmatically (no alembic.ini needed)."""
+class SchemaTooNewError(RuntimeError):
+    """The database was migrated by a newer dicom-node: this code must not write to it."""
+
+
+def upgrade_to_head(engine: Engine) -> list[str]:
+    """Run `alembic upgrade head` on `engine`, programmatically (no alembic.ini needed); the
+    revisions applied, oldest first (empty when the schema was current).
+
+    On PostgreSQL the whole upgrade holds a transaction-level advisory lock
+    (MIGRATION_LOCK_KEY): processes starting together on several hosts queue on it, the first
+    migrates, the others then find the schema current. Raises SchemaTooNewError when the
+    database's revision is not one this code knows (a newer dicom-node migrated it).
+    """
     from alembic import command  # only here: importing Alembic costs more than a CLI query
     from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    script = ScriptDirectory.from_config(config)
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
+        current = schema_revision(connection)
+        if current is not None and current not in {r.revision for r in script.walk_revisions()}:
+            raise SchemaTooNewError(
+                f"the work list is at schema revision {current}, newer than this dicom-node "
+                f"knows (its newest is {script.get_current_head()}): upgrade dicom-node here"
+            )
+        pending = [r.revision for r in script.iterate_revisions("head", current or "base")]
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+    return pending[::-1]
+
+
+def migrate(url: str) -> tuple[list[str], str | None]:
+    """`dicom-node db upgrade`: upgrade the database at `url` to head; (revisions applied,
+    revision now). Raises SchemaTooNewError, or SQLAlchemyError when it cannot be reached."""
+    engine = _create_engine(url)
+    try:
+        applied = upgrade_to_head(engine)
+        with engine.connect() as connection:
+            return applied, schema_revision(connection)
+    finally:
+        engine.dispose()
+
+
+def schema_revision(connection: Connection) -> str | None:
+    """The Alembic revision the database is at; None for a database never migrated."""
+    from alembic.migration import MigrationContext
+
+    return MigrationContext.configure(connection).get_current_revision()
 
 
 def _create_engine(url: str) -> Engine:

@@ -15,7 +15,6 @@ import pytest
 from storage.db import Database, open_database
 from tests.peers import NodeProcess, PostgresServer, StoreSCP
 
-
 # Modules that must hold on both back ends say `pytestmark = BOTH_BACKENDS`.
 BACKENDS = ("sqlite", "postgresql")
 BOTH_BACKENDS = pytest.mark.parametrize("database", BACKENDS, indirect=True)
@@ -37,6 +36,16 @@ def postgres_template(postgres_server: PostgresServer) -> str:
     name = postgres_server.create_database()
     open_database(postgres_server.url(name)).dispose()
     return name
+
+
+@pytest.fixture
+def empty_postgres(postgres_server: PostgresServer) -> Iterator[str]:
+    """The URL of a new, empty database (no schema) on the real PostgreSQL; dropped after."""
+    name = postgres_server.create_database()
+    try:
+        yield postgres_server.url(name)
+    finally:
+        postgres_server.drop_database(name)
 
 
 @pytest.fixture

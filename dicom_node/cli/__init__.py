@@ -17,6 +17,7 @@ app = typer.Typer(
 def _register() -> None:
     # Imported here so that each module can `from dicom_node.cli import app`.
     from dicom_node.cli import (
+        db_commands,  # noqa: F401  db
         destination_commands,  # noqa: F401  destinations
         node_commands,  # noqa: F401  serve, status, studies
         predict_commands,  # noqa: F401  predict

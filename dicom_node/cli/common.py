@@ -58,10 +58,15 @@ def open_worklist(settings: Settings, read_only: bool = False) -> Database:
     """The node's work list for a command; `read_only`: no migration and nothing created (an
     empty in-memory work list where the node never ran). Raises CliError naming the database
     (password hidden) when it cannot be opened."""
-    from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
-    from storage.db import NoSchemaError, open_database, open_empty, open_read_only
+    from storage.db import (
+        NoSchemaError,
+        SchemaTooNewError,
+        open_database,
+        open_empty,
+        open_read_only,
+    )
 
     try:
         if read_only:
@@ -69,9 +74,17 @@ def open_worklist(settings: Settings, read_only: bool = False) -> Database:
         return open_database(settings.database_url)
     except NoSchemaError:
         return open_empty()
+    except SchemaTooNewError as exc:
+        raise CliError(str(exc)) from None
     except SQLAlchemyError as exc:
-        shown = make_url(settings.database_url).render_as_string(hide_password=True)
-        raise CliError(f"cannot open the database {shown}: {exc}") from None
+        raise CliError(f"cannot open the database {safe_url(settings)}: {exc}") from None
+
+
+def safe_url(settings: Settings) -> str:
+    """The configured database URL with its password hidden."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(settings.database_url).render_as_string(hide_password=True)
 
 
 def print_json(payload: Any) -> None:

@@ -19,6 +19,7 @@ from dicom_node.cli.common import (
     open_worklist,
     print_json,
     print_table,
+    safe_url,
     settings_from,
     user_errors,
 )
@@ -54,11 +55,14 @@ def serve(config: Path | None = ConfigOption) -> None:
         from dicom_node.http.server import HttpStartError
         from dicom_node.service import Service  # pynetdicom, scheduler, model: only when serving
         from dicom_node.worker import attach as attach_worker_and_sender
+        from storage.db import SchemaTooNewError
 
         try:
             service = Service(settings)
+        except SchemaTooNewError as exc:
+            raise CliError(str(exc)) from None
         except SQLAlchemyError as exc:
-            raise CliError(f"cannot open the database {_safe_url(settings)}: {exc}") from None
+            raise CliError(f"cannot open the database {safe_url(settings)}: {exc}") from None
         attach_http(service)
         attach_worker_and_sender(service)
         try:
@@ -360,7 +364,7 @@ def _status_report(settings: Settings) -> dict[str, Any]:
         "ae_title": settings.node.ae_title,
         "port": settings.node.port,
         "data_dir": str(settings.data_path),
-        "database": _safe_url(settings),
+        "database": safe_url(settings),
         "states": {state.value: count for state, count in counts.items()},
         "ignored_instances": ignored,  # other SOP classes acknowledged, not kept
         "spool": {
@@ -436,10 +440,6 @@ def _parse_state(state: str | None) -> StudyState | None:
         known = ", ".join(s.value for s in StudyState)
         raise CliError(f"unknown state {state!r} (known: {known})") from None
 
-
-def _safe_url(settings: Settings) -> str:
-    from sqlalchemy.engine import make_url
-    return make_url(settings.database_url).render_as_string(hide_password=True)
 
 
 def _jsonable(record: Any) -> dict[str, Any]:

@@ -1,0 +1,46 @@
+"""`dicom-node db upgrade|current`: the work-list schema (Alembic migrations)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from dicom_node.cli import app
+from dicom_node.cli.common import (
+    CliError,
+    ConfigOption,
+    JsonOption,
+    console,
+    print_json,
+    safe_url,
+    settings_from,
+    user_errors,
+)
+
+db_app = typer.Typer(help="The work-list database schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
+    """Migrate the work list to this version's schema (also done at `serve` and `worker`
+    start). On PostgreSQL several hosts may run it together: one migrates, the others wait."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from storage.db import SchemaTooNewError, migrate
+
+    with user_errors():
+        settings = settings_from(config)
+        try:
+            applied, current = migrate(settings.database_url)
+        except SchemaTooNewError as exc:
+            raise CliError(str(exc)) from None
+        except SQLAlchemyError as exc:
+            raise CliError(f"cannot open the database {safe_url(settings)}: {exc}") from None
+        if as_json:
+            print_json({"applied": applied, "revision": current})
+            return
+        done = f"applied {', '.join(applied)}" if applied else "nothing to apply"
+        console.print(f"work list at schema revision {current} ({done})",
+                      highlight=False, markup=False, soft_wrap=True)
