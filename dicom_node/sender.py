@@ -53,7 +53,7 @@ from dicom_node.processes import gone_holders
 from dicom_node.settings import DestinationSettings, OutboundSettings
 from storage import destinations as destination_states
 from storage import outbound
-from storage.db import Database
+from storage.db import Database, is_unavailable
 from storage.models import DestinationStatus, OutboundState
 from storage.outbound import Delivery
 
@@ -316,9 +316,13 @@ class Sender:
                 if self.send_due(name):
                     continue
                 wait = self._seconds_until_due(name)
-            except Exception:  # noqa: BLE001  a database hiccup must not end the thread
-                log_event(LOG, "sender_pass_failed", level=logging.ERROR, destination=name,
-                          exc_info=True)
+            except Exception as exc:  # noqa: BLE001  a database hiccup must not end the thread
+                if is_unavailable(exc):  # claims nothing until the database is back
+                    log_event(LOG, "sender_paused", level=logging.WARNING, destination=name,
+                              error=f"{type(exc).__name__}"[:100])
+                else:
+                    log_event(LOG, "sender_pass_failed", level=logging.ERROR,
+                              destination=name, exc_info=True)
                 wait = self.settings.poll_interval_seconds
             event.wait(timeout=wait)
 
@@ -395,9 +399,11 @@ class Sender:
         }
         now = self.clock()
         if outcome.verdict is Verdict.OK:
-            with self.database.sessions.begin() as session:
+            def sent(session: Session) -> None:
                 outbound.mark_sent(session, delivery.id, now)
                 self._destination_succeeded(session, destination, "C-STORE")
+
+            self._commit_despite_outage(sent, delivery)
             log_event(LOG, "delivery_sent", detail=outcome.message, **fields)
             self.on_delivery(destination.name, "sent")
             return
@@ -413,6 +419,25 @@ class Sender:
                   verdict=str(outcome.verdict), attempts=attempts,
                   retry_in_seconds=None if outcome.verdict.about_destination else delay,
                   error=outcome.message, **fields)
+
+    def _commit_despite_outage(self, work: Callable[[Session], None], delivery: Delivery) -> None:
+        """Commit `work` (recording that the destination has an object), trying again while
+        the database is unreachable: forgetting it would send the object a second time once
+        the claim expires. Gives up only when the node stops (then it is sent again)."""
+        wait = 0.5
+        while True:
+            try:
+                with self.database.sessions.begin() as session:
+                    work(session)
+                return
+            except Exception as exc:
+                if not is_unavailable(exc) or self._stop.is_set():
+                    raise
+                log_event(LOG, "delivery_record_waiting", level=logging.WARNING,
+                          sop_instance_uid=delivery.sop_instance_uid,
+                          destination=delivery.destination, retry_in_seconds=wait)
+                self._stop.wait(timeout=wait)
+                wait = min(wait * 2, 5.0)
 
     def _destination_succeeded(self, session: Session, destination: DestinationSettings,
                                how: str) -> None:

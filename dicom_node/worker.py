@@ -59,12 +59,13 @@ from dicom_node.reporting.uids import (
 )
 from dicom_node.settings import DestinationSettings, Settings
 from storage import outbound, profiles, results, worklist
-from storage.db import Database
+from storage.db import Database, is_unavailable
 from storage.spool import Spool
 from storage.states import LeaseLost, StudyState
 
 LOG = logging.getLogger(__name__)
 MODEL_RETRY_SECONDS = 30
+PAUSE_MAX_SECONDS = 5.0  # longest wait between tries while the database is unreachable
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,8 @@ class Worker:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._paused_since: float | None = None  # monotonic time the database went away
+        self._pause_seconds = 0.0
 
     # -- component life cycle ---------------------------------------------------------------
 
@@ -240,13 +243,36 @@ class Worker:
                 self._stop.wait(timeout=MODEL_RETRY_SECONDS)
                 continue
             try:
+                self._resume_if_paused()
                 if self.run_once() is not None:
                     continue
                 wait = self.settings.worker.poll_interval_seconds
-            except Exception:  # noqa: BLE001  database busy, disk full, ...: try again shortly
-                log_event(LOG, "worker_pass_failed", level=logging.ERROR, exc_info=True)
-                wait = 1.0
+            except Exception as exc:  # noqa: BLE001  database busy, disk full, ...: try again
+                wait = self._pause(exc) if is_unavailable(exc) else 1.0
+                if not is_unavailable(exc):
+                    log_event(LOG, "worker_pass_failed", level=logging.ERROR, exc_info=True)
             self._wake.wait(timeout=wait)
+
+    def _pause(self, exc: BaseException) -> float:
+        """The database is unreachable: log it once, then wait (1, 2, 4 s, at most
+        PAUSE_MAX_SECONDS) before the next try; nothing is claimed meanwhile."""
+        if self._paused_since is None:
+            self._paused_since = time.monotonic()
+            log_event(LOG, "worker_paused", level=logging.WARNING, worker_id=self.worker_id,
+                      error=describe(exc)[:300])
+        self._pause_seconds = min(max(self._pause_seconds * 2, 1.0), PAUSE_MAX_SECONDS)
+        return self._pause_seconds
+
+    def _resume_if_paused(self) -> None:
+        """After an outage: the study this worker held when the database went away goes back
+        to the queue (no attempt counted: the study did nothing wrong), then work goes on."""
+        if self._paused_since is None:
+            return
+        with self.database.sessions.begin() as session:  # raises while still unreachable
+            returned = worklist.give_back(session, self.worker_id, self.clock())
+        log_event(LOG, "worker_resumed", worker_id=self.worker_id, studies_requeued=returned,
+                  paused_seconds=round(time.monotonic() - self._paused_since, 1))
+        self._paused_since, self._pause_seconds = None, 0.0
 
     # -- one study --------------------------------------------------------------------------
 
@@ -303,7 +329,9 @@ class Worker:
             log_event(LOG, "lease_lost", level=logging.WARNING,
                       study_instance_uid=claimed.study_instance_uid, error=str(exc))
             return WorkOutcome(claimed.study_instance_uid, None)
-        except Exception as exc:  # noqa: BLE001  recorded on the study, retried or FAILED
+        except Exception as exc:  # recorded on the study, retried or FAILED
+            if is_unavailable(exc):
+                raise  # the study did nothing wrong: the worker pauses, its lease is given back
             return self._fail(claimed, exc)
 
     def _fail(self, claimed: worklist.ClaimedStudy, exc: Exception) -> WorkOutcome:

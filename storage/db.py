@@ -147,6 +147,31 @@ def schema_revision(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
+_PG_UNAVAILABLE = {"57P01", "57P02", "57P03"}  # admin/crash shutdown, cannot connect now
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True when `exc` says the database cannot be reached for now and the same work will
+    succeed once it is back: a refused or lost connection (PostgreSQL SQLSTATE class 08,
+    57P01-57P03, a connection psycopg could not open), an exhausted pool, a SQLite write lock
+    held past busy_timeout. False for everything else (a constraint, a missing table)."""
+    from sqlalchemy import exc as sa
+
+    if isinstance(exc, sa.TimeoutError | sa.DisconnectionError):
+        return True
+    if not isinstance(exc, sa.DBAPIError):
+        return False
+    if exc.connection_invalidated or isinstance(exc, sa.InterfaceError):
+        return True
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if sqlstate:
+        return str(sqlstate).startswith("08") or sqlstate in _PG_UNAVAILABLE
+    sqlite_name = getattr(exc.orig, "sqlite_errorname", None)
+    if sqlite_name:
+        return sqlite_name in ("SQLITE_BUSY", "SQLITE_LOCKED")
+    return isinstance(exc, sa.OperationalError) and type(exc.orig).__module__.startswith("psycopg")
+
+
 def _create_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":

@@ -307,7 +307,9 @@ class NodeProcess:
         from storage import worklist
         from storage.db import open_database
 
-        database = open_database(f"sqlite:///{self.data_dir / 'worklist.sqlite'}", migrate=False)
+        url = self.sections.get("database", {}).get("url") or (
+            f"sqlite:///{self.data_dir / 'worklist.sqlite'}")
+        database = open_database(url, migrate=False)
         try:
             with database.read_only() as session:
                 detail = worklist.study_detail(session, study_uid)

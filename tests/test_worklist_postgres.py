@@ -1,15 +1,27 @@
 """The work list on a real PostgreSQL shared by several processes: migrations under an advisory
-lock, and a process older than the database refusing to start."""
+lock, a process older than the database refusing to start, the database going away and back."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 from sqlalchemy import create_engine, text
 
-from tests.peers import free_port, run_cli, toml_text
+from tests.dicom_factory import StudyUids, make_radiograph, write
+from tests.peers import (
+    NodeProcess,
+    PostgresServer,
+    echoscu,
+    free_port,
+    run_cli,
+    store_responses,
+    storescu,
+    toml_text,
+)
 
 
 def _config(tmp_path: Path, url: str, name: str = "node") -> Path:
@@ -51,3 +63,50 @@ def test_a_process_older_than_the_database_refuses_in_one_line(
         lines = run.stderr.strip().splitlines()
         assert len(lines) == 1 and "0099_from_the_future" in lines[0], (command, run.stderr)
         assert "newer than this dicom-node" in lines[0]
+
+
+def _responses(node: NodeProcess, files: list[Path]) -> list[str]:
+    sent = storescu(node.port, files, called_ae=node.ae_title)
+    return store_responses(sent.stdout + sent.stderr)
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of this test alone (it is stopped and started again)."""
+    server = PostgresServer()
+    try:
+        yield server.start()
+    finally:
+        server.close()
+
+
+def test_database_down_refuses_transiently_then_continues_without_restart(
+    tmp_path: Path, own_postgres: PostgresServer
+) -> None:
+    url = own_postgres.url(own_postgres.create_database())
+    node = NodeProcess.create(
+        tmp_path / "node", database={"url": url},
+        worker={"enabled": True, "poll_interval_seconds": 0.5},
+    ).start()
+    try:
+        first, second = StudyUids(), StudyUids()
+        a = write(make_radiograph(study=first), tmp_path / "a.dcm")
+        b = write(make_radiograph(study=second, seed=1), tmp_path / "b.dcm")
+        assert _responses(node, [a]) == ["Success"]
+        node.wait_for_state(first.study, "DONE", timeout=120)
+
+        own_postgres.stop()
+        assert _responses(node, [b]) == ["Refused: OutOfResources"]
+        assert echoscu(node.port).returncode == 0  # the listener itself stays up
+        node.wait_for(lambda: node.events("worker_paused"), "the worker to pause", timeout=30)
+        assert not (node.data_dir / "spool" / second.study).exists() or not any(
+            (node.data_dir / "spool" / second.study).iterdir())  # nothing kept half-accepted
+
+        own_postgres.start()
+        assert _responses(node, [b]) == ["Success"]
+        node.wait_for_state(second.study, "DONE", timeout=120)
+        assert node.events("worker_resumed")
+        assert node.study(first.study).state == "DONE"  # nothing acknowledged was lost
+        assert node.process is not None and node.process.poll() is None  # never restarted
+    finally:
+        node.stop()
