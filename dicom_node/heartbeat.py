@@ -26,7 +26,11 @@ LOG = logging.getLogger(__name__)
 OFF, LOADING, LOADED = "off", "loading", "loaded"
 MISSING, CORRUPT, FAILED = "missing", "corrupt", "failed"
 MODEL_NOT_READY = frozenset({MISSING, CORRUPT, FAILED})
-STALE_INTERVALS = 3  # beats missed before a process counts as gone
+STALE_INTERVALS = 3  # beats missed before a process counts as gone (status)
+# A lease or send claim is taken back sooner, once its holder's row is 1.5 intervals old, so
+# the work of a killed process moves on within 2 intervals of the kill (beats come from their
+# own thread, which waits for nothing the process is doing)
+LEASE_STALE_INTERVALS = 1.5
 
 ModelStatus = tuple[str, str | None]  # (state, reason when not loaded)
 
@@ -46,6 +50,11 @@ def model_failure(exc: BaseException) -> ModelStatus:
 def stale_after_seconds(interval_seconds: float) -> float:
     """Age beyond which a heartbeat means the process is not running."""
     return STALE_INTERVALS * interval_seconds
+
+
+def lease_stale_after_seconds(interval_seconds: float) -> float:
+    """Age beyond which the leases and send claims of a process are taken back."""
+    return LEASE_STALE_INTERVALS * interval_seconds
 
 
 class Heartbeat:

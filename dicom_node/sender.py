@@ -36,6 +36,7 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy.orm import Session
 
+from dicom_node.heartbeat import lease_stale_after_seconds
 from dicom_node.logs import log_event
 from dicom_node.outcomes import (
     Answered,
@@ -49,9 +50,10 @@ from dicom_node.outcomes import (
     Verdict,
     classify,
 )
-from dicom_node.processes import gone_holders
+from dicom_node.processes import gone_holders, stale_holders
 from dicom_node.settings import DestinationSettings, OutboundSettings
 from storage import destinations as destination_states
+from storage import heartbeat as heartbeats
 from storage import outbound
 from storage.db import Database, is_unavailable
 from storage.models import DestinationStatus, OutboundState
@@ -255,8 +257,12 @@ class Sender:
         store: StoreFunction = store_files,
         echo: EchoFunction = echo_destination,
         on_delivery: Callable[[str, str], None] = lambda destination, outcome: None,
+        heartbeat_seconds: float = 5,
     ) -> None:
         self.database = database
+        self.heartbeat_seconds = heartbeat_seconds  # [node] heartbeat_seconds: stale claims
+        self._started_at = time.monotonic()
+        self._next_sweep = 0.0
         self.outbox_root = Path(outbox_root)
         self.destinations = {d.name: d for d in destinations}
         self.calling_ae = calling_ae
@@ -298,12 +304,22 @@ class Sender:
             event.set()
 
     def release_gone_claims(self) -> int:
-        """Rows claimed by a sender of this host that no longer runs go back at once (a kill
-        -9 left them claimed for `send_lease_seconds`). Returns how many."""
-        host = socket.gethostname()
+        """Rows claimed by a sender that is gone go back at once (a kill -9 left them claimed
+        for `send_lease_seconds`): a sender of this host that no longer runs, or one on any
+        host whose heartbeat is `lease_stale_after_seconds` old (judged once this sender has
+        reached the database for that long). Returns how many."""
+        host, pid = socket.gethostname(), os.getpid()
+        stale_after = lease_stale_after_seconds(self.heartbeat_seconds)
+        judge_beats = time.monotonic() - self._started_at >= stale_after
         with self.database.sessions.begin() as session:
-            gone = gone_holders(outbound.claim_holders(session), host, os.getpid())
-            released = outbound.release_claims(session, gone)
+            holders = outbound.claim_holders(session)
+            gone = set(gone_holders(holders, host, pid))
+            if judge_beats and len(gone) < len(holders):
+                gone |= set(stale_holders(holders, heartbeats.last_beats(session),
+                                          self.clock() - timedelta(seconds=stale_after),
+                                          pid, host))
+            released = outbound.release_claims(session, sorted(gone))
+        self._next_sweep = time.monotonic() + stale_after / 3
         if released:
             log_event(LOG, "send_claims_released", deliveries=released, holders=gone)
         return released
@@ -313,6 +329,8 @@ class Sender:
         while not self._stop.is_set():
             event.clear()
             try:
+                if time.monotonic() >= self._next_sweep:
+                    self.release_gone_claims()
                 if self.send_due(name):
                     continue
                 wait = self._seconds_until_due(name)

@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -36,7 +36,13 @@ from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage
 
 from dicom_node.assembler import Assembler
 from dicom_node.failures import describe, is_permanent
-from dicom_node.heartbeat import LOADED, LOADING, Heartbeat, model_failure
+from dicom_node.heartbeat import (
+    LOADED,
+    LOADING,
+    Heartbeat,
+    lease_stale_after_seconds,
+    model_failure,
+)
 from dicom_node.logs import log_event
 from dicom_node.reporting.content import AlgorithmInfo, FindingOutcome
 from dicom_node.reporting.evidence import tolerant_headers
@@ -58,6 +64,7 @@ from dicom_node.reporting.uids import (
     report_uids,
 )
 from dicom_node.settings import DestinationSettings, Settings
+from storage import heartbeat as heartbeats
 from storage import outbound, profiles, results, worklist
 from storage.db import Database, is_unavailable
 from storage.spool import Spool
@@ -181,6 +188,8 @@ class Worker:
         self._thread: threading.Thread | None = None
         self._paused_since: float | None = None  # monotonic time the database went away
         self._pause_seconds = 0.0
+        self._reachable_since = time.monotonic()  # since when the database answers us
+        self._next_sweep = 0.0  # monotonic time to look for leases of gone workers again
 
     # -- component life cycle ---------------------------------------------------------------
 
@@ -191,16 +200,26 @@ class Worker:
         self._thread.start()
 
     def release_gone_leases(self) -> int:
-        """Studies leased to a worker of this host whose process no longer runs (a kill -9
-        mid-study) go back to the queue at once instead of after `lease_seconds`; attempts + 1
-        as for an expired lease. Returns how many."""
-        from dicom_node.processes import gone_holders
+        """Studies leased to a worker whose process is gone go back to the queue at once
+        instead of after `lease_seconds`, attempts + 1 as for an expired lease: a worker of
+        this host whose process no longer runs (a kill -9 mid-study), or a worker on any host
+        whose heartbeat is `lease_stale_after_seconds` old. The heartbeat rule waits until this
+        worker itself has reached the database for that long (after an outage every row is
+        old until its process beats again). Returns how many."""
+        from dicom_node.processes import gone_holders, stale_holders
 
+        host, pid, now = socket.gethostname(), os.getpid(), self.clock()
+        stale_after = lease_stale_after_seconds(self.settings.node.heartbeat_seconds)
+        judge_beats = time.monotonic() - self._reachable_since >= stale_after
         with self.database.sessions.begin() as session:
-            gone = gone_holders(worklist.lease_holders(session), socket.gethostname(),
-                                os.getpid())
-            swept = worklist.release_leases(session, gone, self.clock(),
+            holders = worklist.lease_holders(session)
+            gone = set(gone_holders(holders, host, pid))
+            if judge_beats and len(gone) < len(holders):
+                gone |= set(stale_holders(holders, heartbeats.last_beats(session),
+                                          now - timedelta(seconds=stale_after), pid, host))
+            swept = worklist.release_leases(session, sorted(gone), now,
                                             self.settings.worklist.max_attempts)
+        self._next_sweep = time.monotonic() + stale_after / 3
         for outcome in swept:
             log_event(LOG, "lease_released", level=logging.WARNING,
                       study_instance_uid=outcome.study_instance_uid, state=outcome.state.value,
@@ -273,6 +292,7 @@ class Worker:
         log_event(LOG, "worker_resumed", worker_id=self.worker_id, studies_requeued=returned,
                   paused_seconds=round(time.monotonic() - self._paused_since, 1))
         self._paused_since, self._pause_seconds = None, 0.0
+        self._reachable_since = time.monotonic()
 
     # -- one study --------------------------------------------------------------------------
 
@@ -314,6 +334,8 @@ class Worker:
         model = self.model()  # before claiming: without a model, studies stay QUEUED
         if self._stop.is_set():  # shutdown began while the model loaded: claim nothing
             return None
+        if time.monotonic() >= self._next_sweep:
+            self.release_gone_leases()
         now = self.clock()
         with self.database.sessions.begin() as session:
             claimed = worklist.claim_next(
@@ -780,6 +802,7 @@ def make_sender(
         database=database, outbox_root=outbox_for(settings).root,
         destinations=settings.destinations, calling_ae=settings.node.ae_title,
         settings=settings.outbound, clock=clock, on_delivery=on_delivery,
+        heartbeat_seconds=settings.node.heartbeat_seconds,
     )
 
 

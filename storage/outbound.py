@@ -102,8 +102,9 @@ def claim_due(
 ) -> list[Delivery]:
     """Take up to `limit` PENDING rows due for `destination`, oldest first (queue order, so an
     older object never goes after a newer one), leasing them to `claimed_by` for
-    `lease_seconds`."""
-    rows = session.scalars(
+    `lease_seconds`. On PostgreSQL rows another sender is claiming are skipped (FOR UPDATE
+    SKIP LOCKED), so senders on several hosts take disjoint batches without waiting."""
+    due = (
         select(Outbound)
         .where(
             Outbound.state == OutboundState.PENDING,
@@ -113,7 +114,10 @@ def claim_due(
         )
         .order_by(Outbound.id)
         .limit(limit)
-    ).all()
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        due = due.with_for_update(skip_locked=True)
+    rows = session.scalars(due).all()
     lease_until = now + timedelta(seconds=lease_seconds)
     claimed = []
     for row in rows:
