@@ -153,7 +153,7 @@ class Service:
         self.spool.prepare()
         from dicom_node.reconcile import reconcile
 
-        reconcile(self.database, self.spool, Spool(self.settings.data_path / "outbox"),
+        reconcile(self.database, self.spool, Spool(self.settings.outbox_path),
                   self.clock)  # before the listener: nothing is being written yet
         self.assembler.tick()  # expired leases from before a restart go back to the queue now
         for component in self.components:

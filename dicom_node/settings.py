@@ -30,7 +30,8 @@ from dicom_node.shipped import defaults_file, findings_file
 
 ENV_PREFIX = "DICOM_NODE_"
 # Keys naming files or folders (str or list of str): anchored where their layer was written.
-_PATH_KEYS = (("node", "data_dir"), ("model", "findings_file"), ("model", "checkpoints"))
+_PATH_KEYS = (("node", "data_dir"), ("node", "shared_dir"), ("model", "findings_file"),
+              ("model", "checkpoints"))
 DEFAULT_DATA_DIR = "~/.local/share/dicom-node"
 
 
@@ -44,6 +45,7 @@ class NodeSettings:
     host: str = "0.0.0.0"
     port: int = 11112
     data_dir: str = DEFAULT_DATA_DIR
+    shared_dir: str = ""  # spool/ and outbox/; empty: data_dir (see node.toml)
     max_pdu_bytes: int = 1048576
     min_free_disk_mb: int = 1024
     allowed_calling_ae_titles: list[str] = field(default_factory=list)
@@ -170,8 +172,21 @@ class Settings:
         return Path(os.path.abspath(Path(path).expanduser()))
 
     @property
+    def shared_path(self) -> Path:
+        """Where spool/ and outbox/ live: `[node] shared_dir`, or data_dir when it is empty.
+        The work list keeps paths relative to spool/ and outbox/, so hosts sharing it may
+        mount it at different paths."""
+        if self.node.shared_dir.strip():
+            return Path(self.node.shared_dir).expanduser().resolve()
+        return self.data_path
+
+    @property
     def spool_path(self) -> Path:
-        return self.data_path / "spool"
+        return self.shared_path / "spool"
+
+    @property
+    def outbox_path(self) -> Path:
+        return self.shared_path / "outbox"
 
 
 _CHECKS: dict[tuple[str, str], typing.Callable[[Any], str | None]] = {

@@ -783,8 +783,9 @@ def _image_records(
 
 
 def outbox_for(settings: Settings) -> Spool:
-    """Where built SRs and summary images wait for delivery: <data_dir>/outbox/<study>/<sop>."""
-    return Spool(settings.data_path / "outbox")
+    """Where built SRs and summary images wait for delivery: <shared_dir>/outbox/<study>/<sop>
+    (shared_dir: data_dir unless configured)."""
+    return Spool(settings.outbox_path)
 
 
 def make_sender(
