@@ -67,7 +67,8 @@ class Service:
     def __init__(self, settings: Settings, clock: Callable[[], datetime] = utc_now) -> None:
         self.settings = settings
         self.clock = clock
-        self.database: Database = open_database(settings.database_url)
+        self.database: Database = open_database(settings.database_url,
+                                                     options=settings.engine_options)
         self.spool = Spool(settings.spool_path)
         self.study_queued = threading.Event()
         self.metrics = NodeMetrics()  # the node's own Prometheus registry: service.metrics.registry

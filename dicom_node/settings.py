@@ -24,9 +24,12 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dicom_node.shipped import defaults_file, findings_file
+
+if TYPE_CHECKING:
+    from storage.db import EngineOptions
 
 ENV_PREFIX = "DICOM_NODE_"
 # Keys naming files or folders (str or list of str): anchored where their layer was written.
@@ -59,6 +62,10 @@ class NodeSettings:
 @dataclass(frozen=True)
 class DatabaseSettings:
     url: str = ""
+    pool_size: int = 5  # PostgreSQL: connections kept per process ...
+    max_overflow: int = 5  # ... and opened beyond them at peaks
+    statement_timeout_seconds: float = 30  # PostgreSQL: 0 for none
+    connect_timeout_seconds: float = 5
 
 
 @dataclass(frozen=True)
@@ -161,6 +168,14 @@ class Settings:
         return Path(self.node.data_dir).expanduser().resolve()
 
     @property
+    def engine_options(self) -> EngineOptions:
+        from storage.db import EngineOptions
+
+        d = self.database
+        return EngineOptions(d.pool_size, d.max_overflow, d.statement_timeout_seconds,
+                             d.connect_timeout_seconds)
+
+    @property
     def database_url(self) -> str:
         if self.database.url:
             return self.database.url
@@ -204,6 +219,10 @@ _CHECKS: dict[tuple[str, str], typing.Callable[[Any], str | None]] = {
     else "must be ignore or refuse",
     ("node", "max_inflated_mb"): lambda v: None if v >= 1 else "must be >= 1",
     ("node", "heartbeat_seconds"): lambda v: None if v > 0 else "must be > 0",
+    ("database", "pool_size"): lambda v: None if v >= 1 else "must be >= 1",
+    ("database", "max_overflow"): lambda v: None if v >= 0 else "must be >= 0",
+    ("database", "statement_timeout_seconds"): lambda v: None if v >= 0 else "must be >= 0",
+    ("database", "connect_timeout_seconds"): lambda v: None if v >= 1 else "must be >= 1",
     ("node", "data_dir"): lambda v: None if v.strip() else "must not be empty",
     ("model", "findings_file"): lambda v: None if v.strip() else "must not be empty",
     ("worker", "shutdown_grace_seconds"): lambda v: None if v >= 0 else "must be >= 0",

@@ -27,6 +27,22 @@ _READ_ONLY = "dicom_node_read_only"
 
 
 @dataclass(frozen=True)
+class EngineOptions:
+    """Connection settings for a client/server database (PostgreSQL); SQLite ignores them.
+
+    Each process holds at most `pool_size + max_overflow` connections (plus one for LISTEN
+    wake-ups): size PostgreSQL's max_connections for every serve and worker process of every
+    host together. `statement_timeout_seconds` (0: none) ends a statement stuck behind a lock;
+    `connect_timeout_seconds` bounds the wait for an unreachable server (it then counts as
+    down: 0xA700 to peers, workers pause)."""
+
+    pool_size: int = 5
+    max_overflow: int = 5
+    statement_timeout_seconds: float = 30
+    connect_timeout_seconds: float = 5
+
+
+@dataclass(frozen=True)
 class Database:
     url: str
     engine: Engine
@@ -56,9 +72,11 @@ class NoSchemaError(RuntimeError):
     """A read-only opening found no work-list schema (the node never ran on this database)."""
 
 
-def open_database(url: str, *, migrate: bool = True) -> Database:
+def open_database(
+    url: str, *, migrate: bool = True, options: EngineOptions | None = None
+) -> Database:
     """Create the engine for `url`, upgrade the schema to head and return the Database."""
-    engine = _create_engine(url)
+    engine = _create_engine(url, options)
     if migrate:
         upgrade_to_head(engine)
     return Database(url=url, engine=engine, sessions=sessionmaker(engine, expire_on_commit=False))
@@ -75,7 +93,7 @@ def open_empty() -> Database:
                     sessions=sessionmaker(engine, expire_on_commit=False))
 
 
-def open_read_only(url: str) -> Database:
+def open_read_only(url: str, options: EngineOptions | None = None) -> Database:
     """The Database for queries: no migration (Alembic is not even imported), nothing created.
 
     Raises NoSchemaError when there is no work list there yet (a SQLite file that does not exist,
@@ -85,7 +103,7 @@ def open_read_only(url: str) -> Database:
     on_disk = parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")
     if on_disk and not Path(str(parsed.database)).expanduser().is_file():
         raise NoSchemaError(f"no work list at {parsed.database} yet")
-    engine = _create_engine(url)
+    engine = _create_engine(url, options)
     if not inspect(engine).has_table("study"):
         engine.dispose()
         raise NoSchemaError("the database has no work-list schema yet")
@@ -128,10 +146,10 @@ def upgrade_to_head(engine: Engine) -> list[str]:
     return pending[::-1]
 
 
-def migrate(url: str) -> tuple[list[str], str | None]:
+def migrate(url: str, options: EngineOptions | None = None) -> tuple[list[str], str | None]:
     """`dicom-node db upgrade`: upgrade the database at `url` to head; (revisions applied,
     revision now). Raises SchemaTooNewError, or SQLAlchemyError when it cannot be reached."""
-    engine = _create_engine(url)
+    engine = _create_engine(url, options)
     try:
         applied = upgrade_to_head(engine)
         with engine.connect() as connection:
@@ -172,8 +190,10 @@ def is_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, sa.OperationalError) and type(exc.orig).__module__.startswith("psycopg")
 
 
-def _create_engine(url: str) -> Engine:
+def _create_engine(url: str, options: EngineOptions | None = None) -> Engine:
     parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql":
+        return _create_postgres_engine(url, options or EngineOptions())
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
     if parsed.database and parsed.database != ":memory:":
@@ -181,6 +201,16 @@ def _create_engine(url: str) -> Engine:
     engine = create_engine(url, connect_args={"check_same_thread": False})
     _configure_sqlite(engine)
     return engine
+
+
+def _create_postgres_engine(url: str, options: EngineOptions) -> Engine:
+    """pool_pre_ping: a connection that died with a server restart is replaced, not used."""
+    connect_args: dict[str, Any] = {"connect_timeout": max(1, round(options.connect_timeout_seconds))}
+    if options.statement_timeout_seconds > 0:
+        milliseconds = round(options.statement_timeout_seconds * 1000)
+        connect_args["options"] = f"-c statement_timeout={milliseconds}"
+    return create_engine(url, pool_pre_ping=True, pool_size=options.pool_size,
+                         max_overflow=options.max_overflow, connect_args=connect_args)
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -70,8 +70,8 @@ def open_worklist(settings: Settings, read_only: bool = False) -> Database:
 
     try:
         if read_only:
-            return open_read_only(settings.database_url)
-        return open_database(settings.database_url)
+            return open_read_only(settings.database_url, settings.engine_options)
+        return open_database(settings.database_url, options=settings.engine_options)
     except NoSchemaError:
         return open_empty()
     except SchemaTooNewError as exc:

@@ -33,7 +33,7 @@ def db_upgrade(config: Path | None = ConfigOption, as_json: bool = JsonOption) -
     with user_errors():
         settings = settings_from(config)
         try:
-            applied, current = migrate(settings.database_url)
+            applied, current = migrate(settings.database_url, settings.engine_options)
         except SchemaTooNewError as exc:
             raise CliError(str(exc)) from None
         except SQLAlchemyError as exc:
