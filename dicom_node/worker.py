@@ -788,6 +788,35 @@ def outbox_for(settings: Settings) -> Spool:
     return Spool(settings.outbox_path)
 
 
+def make_workers(
+    settings: Settings,
+    database: Database,
+    clock: Callable[[], datetime],
+    count: int,
+    sender: Any = None,
+) -> list[Worker]:
+    """`count` standalone workers (each also assembles and sweeps) for `dicom-node worker`,
+    sharing one loaded model: the checkpoint is read once and held once in memory (on a GPU,
+    once on the device). Raises what loading the model raises."""
+    from dicom_node.assembler import Assembler
+
+    first: Worker | None = None
+    workers: list[Worker] = []
+    for n in range(count):
+        worker = Worker(
+            settings=settings, database=database, spool=Spool(settings.spool_path),
+            outbox=outbox_for(settings), clock=clock,
+            assembler=Assembler(database, settings.worklist, clock),
+            on_result=sender.wake if sender is not None else lambda: None,
+            worker_id=f"{socket.gethostname()}:{os.getpid()}:w{n}",
+            model_loader=load_model if first is None else (lambda _s, f=first: f.model()),
+        )
+        worker.model()
+        first = first or worker
+        workers.append(worker)
+    return workers
+
+
 def make_sender(
     settings: Settings,
     database: Database,
@@ -821,6 +850,7 @@ def attach(service: Any) -> None:
     sender = make_sender(settings, service.database, service.clock, metrics.delivery)
     if sender is not None:
         service.add(sender)
+    worker: Worker | None = None
     if settings.worker.enabled:
         worker = Worker(
             settings=settings, database=service.database, spool=service.spool, outbox=outbox,
@@ -831,3 +861,20 @@ def attach(service: Any) -> None:
         heartbeat.model_status = worker.model_status
         service.add(worker)
         service.on_study_queued(worker.wake)
+    _listen_for_wakeups(service, worker, sender)
+
+
+def _listen_for_wakeups(service: Any, worker: Worker | None, sender: Any) -> None:
+    """On PostgreSQL, studies queued and objects due on any host wake this process's worker
+    and sender at once (LISTEN/NOTIFY); their polling stays as the fallback."""
+    from dicom_node.wakeups import Wakeups
+    from storage.wakeups import OUTBOUND, QUEUED
+
+    if not Wakeups.supported(service.database) or (worker is None and sender is None):
+        return
+    wakeups = Wakeups(service.database)
+    if worker is not None:
+        wakeups.on(QUEUED, worker.wake)
+    if sender is not None:
+        wakeups.on(OUTBOUND, sender.wake)
+    service.add(wakeups)

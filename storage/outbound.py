@@ -24,6 +24,7 @@ from sqlalchemy import and_, case, func, insert, or_, select, type_coerce, updat
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from storage import wakeups
 from storage.models import Outbound, OutboundState, Result, UtcDateTime
 
 
@@ -85,6 +86,8 @@ def enqueue(
             "created_at": now,
         }
         added += _insert_ignoring_conflict(session, values)
+    if added:
+        wakeups.notify(session, wakeups.OUTBOUND)
     return added
 
 
@@ -190,12 +193,15 @@ def release_claims(session: Session, holders: Sequence[str]) -> int:
     """Return every row claimed by one of `holders` (senders known to be gone); the count."""
     if not holders:
         return 0
-    return session.execute(
+    released = session.execute(
         update(Outbound)
         .where(Outbound.claimed_by.in_(list(holders)), Outbound.state == OutboundState.PENDING)
         .values(claimed_by=None, claimed_until=None)
         .execution_options(synchronize_session=False)
     ).rowcount
+    if released:
+        wakeups.notify(session, wakeups.OUTBOUND)
+    return released
 
 
 def make_due(session: Session, destination: str, now: datetime) -> int:

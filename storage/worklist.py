@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import Select, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
+from storage import wakeups
 from storage.models import Instance, Study
 from storage.states import (
     FINISHED_STATES,
@@ -176,7 +177,10 @@ def queue_stable_studies(session: Session, stable_seconds: float, now: datetime)
         .returning(Study.study_instance_uid)
         .execution_options(synchronize_session=False)
     )
-    return list(result.scalars())
+    queued = list(result.scalars())
+    if queued:
+        wakeups.notify(session, wakeups.QUEUED)
+    return queued
 
 
 # --- leases -------------------------------------------------------------------------------
@@ -316,6 +320,8 @@ def give_back(session: Session, worker_id: str, now: datetime) -> list[str]:
         _guarded_update(session, row.id, StudyState.PROCESSING,
                         _outcome_values(StudyState.QUEUED, now),
                         extra_where=(Study.worker_id == worker_id,))
+    if rows:
+        wakeups.notify(session, wakeups.QUEUED)
     return [row.study_instance_uid for row in rows]
 
 
@@ -351,6 +357,8 @@ def _return_leases(
             extra_where=(Study.lease_until == row.lease_until,),
         )
         outcomes.append(SweepOutcome(row.study_instance_uid, target, attempts))
+    if any(o.state is StudyState.QUEUED for o in outcomes):
+        wakeups.notify(session, wakeups.QUEUED)
     return outcomes
 
 
@@ -385,6 +393,7 @@ def requeue(
     if reprocess:
         values["reprocess"] = True
     _guarded_update(session, row.id, state, values)
+    wakeups.notify(session, wakeups.QUEUED)
     return state
 
 
@@ -430,6 +439,8 @@ def fail(
     values: dict[str, Any] = {"attempts": attempts, "last_error": error}
     if target is StudyState.QUEUED and delay > 0:
         values["not_before"] = now + timedelta(seconds=delay)
+    elif target is StudyState.QUEUED:
+        wakeups.notify(session, wakeups.QUEUED)
     return _finish(session, study_id, worker_id, target, now, values)
 
 

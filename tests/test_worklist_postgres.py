@@ -4,6 +4,7 @@ lock, a process older than the database refusing to start, the database going aw
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -110,3 +111,55 @@ def test_database_down_refuses_transiently_then_continues_without_restart(
         assert node.process is not None and node.process.poll() is None  # never restarted
     finally:
         node.stop()
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+def test_a_study_queued_by_any_process_wakes_listeners_at_commit_only(database) -> None:
+    """LISTEN/NOTIFY: the wake-up arrives when the queuing transaction commits (not on a
+    rollback), and the listener comes back by itself after its connection is cut."""
+    from dicom_node.wakeups import Wakeups
+    from storage.wakeups import QUEUED
+
+    woken = threading.Event()
+    wakeups = Wakeups(database)
+    wakeups.on(QUEUED, woken.set)
+    wakeups.start()
+    try:
+        assert woken.wait(10)  # woken once on (re)connecting, for what it may have missed
+        woken.clear()
+        _record(database, "1.2.3.9", commit=False)
+        assert not woken.wait(1.5)
+        _record(database, "1.2.3.9", commit=True)
+        assert woken.wait(5)
+
+        woken.clear()
+        with database.engine.begin() as connection:  # the server drops the listener
+            connection.execute(text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()"))
+        assert woken.wait(15)  # reconnected: wakes everyone once
+        woken.clear()
+        _record(database, "1.2.3.10", commit=True)
+        assert woken.wait(5)
+    finally:
+        wakeups.stop()
+
+
+def _record(database, study: str, commit: bool) -> None:
+    from datetime import UTC, datetime
+
+    from storage import worklist
+
+    record = worklist.InstanceRecord(
+        sop_instance_uid=f"{study}.1", series_instance_uid=f"{study}.2", study_instance_uid=study,
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.1.1", transfer_syntax_uid="1.2.840.10008.1.2.1",
+        modality="DX", body_part_examined="CHEST", view_position="PA",
+        spool_path=f"{study}/{study}.1.dcm", size_bytes=1, calling_ae_title=None)
+    now = datetime.now(UTC)
+    with database.sessions() as session:
+        worklist.record_instance(session, record, now)
+        assert worklist.queue_stable_studies(session, 0, now) == [study]
+        if commit:
+            session.commit()
+        else:
+            session.rollback()
