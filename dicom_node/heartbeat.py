@@ -31,6 +31,9 @@ STALE_INTERVALS = 3  # beats missed before a process counts as gone (status)
 # the work of a killed process moves on within 2 intervals of the kill (beats come from their
 # own thread, which waits for nothing the process is doing)
 LEASE_STALE_INTERVALS = 1.5
+# Workers and senders look for such holders 6 times per stale age (every quarter interval):
+# a kill is noticed at most 1.75 intervals later
+SWEEPS_PER_STALE_AGE = 6
 
 ModelStatus = tuple[str, str | None]  # (state, reason when not loaded)
 

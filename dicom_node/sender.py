@@ -36,7 +36,7 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy.orm import Session
 
-from dicom_node.heartbeat import lease_stale_after_seconds
+from dicom_node.heartbeat import SWEEPS_PER_STALE_AGE, lease_stale_after_seconds
 from dicom_node.logs import log_event
 from dicom_node.outcomes import (
     Answered,
@@ -261,7 +261,7 @@ class Sender:
     ) -> None:
         self.database = database
         self.heartbeat_seconds = heartbeat_seconds  # [node] heartbeat_seconds: stale claims
-        self._started_at = time.monotonic()
+        self._started_at = time.monotonic()  # or the end of the last database outage
         self._next_sweep = 0.0
         self.outbox_root = Path(outbox_root)
         self.destinations = {d.name: d for d in destinations}
@@ -319,7 +319,7 @@ class Sender:
                                           self.clock() - timedelta(seconds=stale_after),
                                           pid, host))
             released = outbound.release_claims(session, sorted(gone))
-        self._next_sweep = time.monotonic() + stale_after / 3
+        self._next_sweep = time.monotonic() + stale_after / SWEEPS_PER_STALE_AGE
         if released:
             log_event(LOG, "send_claims_released", deliveries=released, holders=gone)
         return released
@@ -336,6 +336,7 @@ class Sender:
                 wait = self._seconds_until_due(name)
             except Exception as exc:  # noqa: BLE001  a database hiccup must not end the thread
                 if is_unavailable(exc):  # claims nothing until the database is back
+                    self._started_at = time.monotonic()  # heartbeats are judged anew after it
                     log_event(LOG, "sender_paused", level=logging.WARNING, destination=name,
                               error=f"{type(exc).__name__}"[:100])
                 else:

@@ -39,6 +39,7 @@ from dicom_node.failures import describe, is_permanent
 from dicom_node.heartbeat import (
     LOADED,
     LOADING,
+    SWEEPS_PER_STALE_AGE,
     Heartbeat,
     lease_stale_after_seconds,
     model_failure,
@@ -219,7 +220,7 @@ class Worker:
                                           now - timedelta(seconds=stale_after), pid, host))
             swept = worklist.release_leases(session, sorted(gone), now,
                                             self.settings.worklist.max_attempts)
-        self._next_sweep = time.monotonic() + stale_after / 3
+        self._next_sweep = time.monotonic() + stale_after / SWEEPS_PER_STALE_AGE
         for outcome in swept:
             log_event(LOG, "lease_released", level=logging.WARNING,
                       study_instance_uid=outcome.study_instance_uid, state=outcome.state.value,

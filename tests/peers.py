@@ -286,15 +286,7 @@ class NodeProcess:
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
         """The node's JSON log lines (optionally only those with event == name)."""
-        found = []
-        for line in self.log().splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict) and (name is None or record.get("event") == name):
-                found.append(record)
-        return found
+        return _events(self.log(), name)
 
     def cli_json(self, *args: str) -> Any:
         result = run_cli(*args, "--json", "--config", str(self.config_path))
@@ -333,6 +325,54 @@ class NodeProcess:
                 return value
             time.sleep(0.2)
         raise AssertionError(f"timed out waiting for {what}")
+
+
+@dataclass
+class WorkerProcess:
+    """`dicom-node worker` (no listener) with a node's config: another process, or another
+    host's, working on the same work list."""
+
+    config_path: Path
+    log_path: Path
+    args: tuple[str, ...] = ()
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self) -> WorkerProcess:
+        log = self.log_path.open("ab")
+        self.process = _spawn(
+            [*dicom_node_command(), "worker", "--config", str(self.config_path), *self.args],
+            stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=dict(os.environ),
+        )
+        log.close()
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        code = _reap(self.process, sig, timeout)
+        self.process = None
+        return code
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return _events(self.log(), name)
+
+
+def _events(text: str, name: str | None) -> list[dict[str, Any]]:
+    found = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and (name is None or record.get("event") == name):
+            found.append(record)
+    return found
 
 
 # --- dcmtk storescp ----------------------------------------------------------------------------
