@@ -27,13 +27,13 @@ OFF, LOADING, LOADED = "off", "loading", "loaded"
 MISSING, CORRUPT, FAILED = "missing", "corrupt", "failed"
 MODEL_NOT_READY = frozenset({MISSING, CORRUPT, FAILED})
 STALE_INTERVALS = 3  # beats missed before a process counts as gone (status)
-# A lease or send claim is taken back sooner, once its holder's row is 1.5 intervals old, so
-# the work of a killed process moves on within 2 intervals of the kill (beats come from their
-# own thread, which waits for nothing the process is doing)
-LEASE_STALE_INTERVALS = 1.5
-# Workers and senders look for such holders 6 times per stale age (every quarter interval):
-# a kill is noticed at most 1.75 intervals later
-SWEEPS_PER_STALE_AGE = 6
+# A lease or send claim is taken back sooner, once its holder's row is 1.25 intervals old (a
+# live process's row is at most one interval plus one write old), and workers and senders look
+# for such holders 10 times per that age (every eighth of an interval): a killed worker's
+# study is taken back at most 1.4 intervals after the kill, so another worker can finish it
+# within 2
+LEASE_STALE_INTERVALS = 1.25
+SWEEPS_PER_STALE_AGE = 10
 
 ModelStatus = tuple[str, str | None]  # (state, reason when not loaded)
 

@@ -11,17 +11,22 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 
-def gone_holders(holders: Sequence[str], host: str, own_pid: int) -> list[str]:
+def gone_holders(
+    holders: Sequence[str], host: str, own_pid: int, starting: bool = True
+) -> list[str]:
     """Of `holders` ("host:pid" senders, "host:pid:thread" workers), those on `host` whose
-    process no longer runs, plus this process's own ids (a new process holds nothing yet; in a
-    container the pid repeats). Holders on other hosts are left to their leases."""
+    process no longer runs, plus, when `starting`, this process's own ids (a new process
+    holds nothing yet; in a container the pid repeats). A running process's later look
+    passes starting=False: its own ids are its threads' work in progress. Holders on other
+    hosts are left to their heartbeats and leases."""
     gone = []
     for holder in holders:
         parts = holder.split(":")
         holder_host, pid = (parts[0], parts[1]) if len(parts) in (2, 3) else ("", "")
         if holder_host != host or not pid.isdigit():
             continue
-        if int(pid) == own_pid or not is_running(int(pid)):
+        if (int(pid) == own_pid and starting) or (int(pid) != own_pid
+                                                  and not is_running(int(pid))):
             gone.append(holder)
     return gone
 

@@ -282,7 +282,7 @@ class Sender:
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        self.release_gone_claims()
+        self.release_gone_claims(starting=True)
         self._stop.clear()
         for name in self.destinations:
             thread = threading.Thread(target=self._run, args=(name,), name=f"sender-{name}",
@@ -303,17 +303,18 @@ class Sender:
         for event in self._wake.values():
             event.set()
 
-    def release_gone_claims(self) -> int:
+    def release_gone_claims(self, starting: bool = False) -> int:
         """Rows claimed by a sender that is gone go back at once (a kill -9 left them claimed
         for `send_lease_seconds`): a sender of this host that no longer runs, or one on any
         host whose heartbeat is `lease_stale_after_seconds` old (judged once this sender has
-        reached the database for that long). Returns how many."""
+        reached the database for that long); `starting`: also this process's own (an earlier
+        process with the same pid). Returns how many."""
         host, pid = socket.gethostname(), os.getpid()
         stale_after = lease_stale_after_seconds(self.heartbeat_seconds)
         judge_beats = time.monotonic() - self._started_at >= stale_after
         with self.database.sessions.begin() as session:
             holders = outbound.claim_holders(session)
-            gone = set(gone_holders(holders, host, pid))
+            gone = set(gone_holders(holders, host, pid, starting))
             if judge_beats and len(gone) < len(holders):
                 gone |= set(stale_holders(holders, heartbeats.last_beats(session),
                                           self.clock() - timedelta(seconds=stale_after),

@@ -168,8 +168,12 @@ class Worker:
         on_model_state: Callable[[], None] = lambda: None,
         on_inference: Callable[[float], None] = lambda seconds: None,
         on_findings: Callable[[Sequence[FindingOutcome]], None] = lambda findings: None,
+        first_in_process: bool = True,
     ) -> None:
         self.settings = settings
+        # False for the 2nd..Nth worker of `worker --concurrency N`: starting, it must not
+        # take back leases its siblings already hold
+        self.first_in_process = first_in_process
         self.database = database
         self.spool = spool
         self.outbox = outbox
@@ -195,18 +199,19 @@ class Worker:
     # -- component life cycle ---------------------------------------------------------------
 
     def start(self) -> None:
-        self.release_gone_leases()
+        self.release_gone_leases(starting=self.first_in_process)
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="worker", daemon=True)
         self._thread.start()
 
-    def release_gone_leases(self) -> int:
+    def release_gone_leases(self, starting: bool = False) -> int:
         """Studies leased to a worker whose process is gone go back to the queue at once
         instead of after `lease_seconds`, attempts + 1 as for an expired lease: a worker of
         this host whose process no longer runs (a kill -9 mid-study), or a worker on any host
         whose heartbeat is `lease_stale_after_seconds` old. The heartbeat rule waits until this
         worker itself has reached the database for that long (after an outage every row is
-        old until its process beats again). Returns how many."""
+        old until its process beats again). `starting`: also this process's own leases (left
+        by an earlier process with the same pid, e.g. in a container). Returns how many."""
         from dicom_node.processes import gone_holders, stale_holders
 
         host, pid, now = socket.gethostname(), os.getpid(), self.clock()
@@ -214,7 +219,7 @@ class Worker:
         judge_beats = time.monotonic() - self._reachable_since >= stale_after
         with self.database.sessions.begin() as session:
             holders = worklist.lease_holders(session)
-            gone = set(gone_holders(holders, host, pid))
+            gone = set(gone_holders(holders, host, pid, starting))
             if judge_beats and len(gone) < len(holders):
                 gone |= set(stale_holders(holders, heartbeats.last_beats(session),
                                           now - timedelta(seconds=stale_after), pid, host))
@@ -811,6 +816,7 @@ def make_workers(
             on_result=sender.wake if sender is not None else lambda: None,
             worker_id=f"{socket.gethostname()}:{os.getpid()}:w{n}",
             model_loader=load_model if first is None else (lambda _s, f=first: f.model()),
+            first_in_process=first is None,
         )
         worker.model()
         first = first or worker

@@ -349,11 +349,13 @@ def _return_leases(
     for row in rows:
         attempts = row.attempts + 1
         target = _after_failure(attempts, max_attempts, permanent=False)
+        values = _outcome_values(target, now) | {"attempts": attempts, "last_error": reason(row)}
+        values.pop("queued_at", None)  # it keeps its place: next in line, not behind the queue
         _guarded_update(
             session,
             row.id,
             StudyState.PROCESSING,
-            _outcome_values(target, now) | {"attempts": attempts, "last_error": reason(row)},
+            values,
             extra_where=(Study.lease_until == row.lease_until,),
         )
         outcomes.append(SweepOutcome(row.study_instance_uid, target, attempts))

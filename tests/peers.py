@@ -548,6 +548,7 @@ class PostgresServer:
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="dicom-node-pg-")))
     port: int = field(default_factory=free_port)
     user: str = "dicom_node"
+    fsync: bool = False  # tests need no durability across a power cut; benches ask for it
     process: subprocess.Popen[bytes] | None = None
     _databases: int = 0
 
@@ -604,8 +605,8 @@ class PostgresServer:
             shutil.chown(self.log_path, "postgres", "postgres")
         self.process = _spawn(
             [self.binary("postgres"), "-D", str(self.data_dir), "-p", str(self.port),
-             "-h", "127.0.0.1", "-k", str(self.workdir), "-c", "fsync=off",
-             "-c", "max_connections=200", "-c", "full_page_writes=off"],
+             "-h", "127.0.0.1", "-k", str(self.workdir), "-c", "max_connections=200",
+             *([] if self.fsync else ["-c", "fsync=off", "-c", "full_page_writes=off"])],
             stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, **self._server_user(),
         )
         log.close()

@@ -93,7 +93,7 @@ def worker(
 def _run_once(runners: Sequence[Any], sender: Any, settings: Settings, as_json: bool) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    runners[0].release_gone_leases()
+    runners[0].release_gone_leases(starting=True)
 
     def drain(runner: Any) -> list[Any]:
         done = []
