@@ -62,14 +62,15 @@ def queue_studies(url: str, spool: Spool, count: int) -> None:
     database.dispose()
 
 
-def work(url: str, spool_root: str, worker_id: str, start: float, results) -> None:
+def work(url: str, spool_root: str, worker_id: str, ready, go, results) -> None:
     """One worker process: claim, read the image, complete, until nothing is queued."""
     database = open_database(url, migrate=False)
+    database.ping()  # connected before the clock runs
     spool = Spool(Path(spool_root))
     claims: list[float] = []
     done = 0
-    while time.time() < start:
-        time.sleep(0.001)
+    ready.put(worker_id)
+    go.wait()
     while True:
         began = time.perf_counter()
         with database.sessions.begin() as session:
@@ -90,12 +91,15 @@ def measure(url: str, spool: Spool, studies: int, workers: int) -> tuple[float, 
     """(studies per second, claim times in s) for `workers` processes on a fresh work list."""
     queue_studies(url, spool, studies)
     context = multiprocessing.get_context("spawn")
-    results = context.Queue()
-    start = time.time() + 3  # every process started and connected before the clock runs
+    ready, go, results = context.Queue(), context.Event(), context.Queue()
     processes = [context.Process(target=work, args=(url, str(spool.root), f"bench:{n}:{n}",
-                                                    start, results)) for n in range(workers)]
+                                                    ready, go, results)) for n in range(workers)]
     for process in processes:
         process.start()
+    for _ in processes:  # every process imported, connected and waiting
+        ready.get(timeout=300)
+    start = time.time()
+    go.set()
     outcomes = [results.get(timeout=900) for _ in processes]
     for process in processes:
         process.join()

@@ -419,12 +419,17 @@ class Sender:
         }
         now = self.clock()
         if outcome.verdict is Verdict.OK:
+            first: list[bool] = []
+
             def sent(session: Session) -> None:
-                outbound.mark_sent(session, delivery.id, now)
+                first[:] = [outbound.mark_sent(session, delivery.id, now)]
                 self._destination_succeeded(session, destination, "C-STORE")
 
             self._commit_despite_outage(sent, delivery)
-            log_event(LOG, "delivery_sent", detail=outcome.message, **fields)
+            # "delivery_sent" once per object: a second sender's copy says that it was one
+            log_event(LOG, "delivery_sent" if first[0] else "delivery_sent_again",
+                      level=logging.INFO if first[0] else logging.WARNING,
+                      detail=outcome.message, **fields)
             self.on_delivery(destination.name, "sent")
             return
         attempts = delivery.attempts + 1

@@ -136,15 +136,16 @@ def claim_due(
     return claimed
 
 
-def mark_sent(session: Session, delivery_id: int, now: datetime) -> None:
-    """The destination acknowledged the object: SENT, claim and last error cleared."""
-    session.execute(
+def mark_sent(session: Session, delivery_id: int, now: datetime) -> bool:
+    """The destination acknowledged the object: SENT, claim and last error cleared. False when
+    the row was no longer PENDING (someone else recorded it first)."""
+    return bool(session.execute(
         update(Outbound)
         .where(Outbound.id == delivery_id, Outbound.state == OutboundState.PENDING)
         .values(state=OutboundState.SENT, sent_at=now, attempts=Outbound.attempts + 1,
                 last_error=None, claimed_by=None, claimed_until=None)
         .execution_options(synchronize_session=False)
-    )
+    ).rowcount)
 
 
 def mark_failed(

@@ -25,6 +25,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from storage import heartbeat as heartbeats
 from storage.db import Database, open_database
 from storage.models import Instance, Outbound, OutboundState, Result, Study
 from storage.states import StudyState
@@ -86,6 +87,14 @@ def _count(database: Database, statement) -> int | None:
         return None
 
 
+def _ready(database: Database) -> tuple[int, int]:
+    """(serve processes beating, worker processes beating with their model loaded)."""
+    with database.read_only() as session:
+        beats = heartbeats.list_heartbeats(session)
+    return (sum(b.role == "serve" for b in beats),
+            sum(b.role == "worker" and b.model_state == "loaded" for b in beats))
+
+
 def _wait(what: str, predicate, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -116,6 +125,8 @@ def test_two_listeners_three_workers_one_postgres_exactly_once(
     try:
         for process in (*listeners, *workers):
             process.start()
+        _wait("every process beating, the workers' model loaded",
+              lambda: _ready(database) == (2, 3), 300)
         acknowledged: dict[Path, str] = {}
         senders = [threading.Thread(target=_send, args=(
             listeners[n % 2].port, files[n::ASSOCIATIONS], acknowledged))
@@ -180,6 +191,8 @@ def test_two_listeners_three_workers_one_postgres_exactly_once(
             event["sop_instance_uid"] for process in (*listeners, *workers)
             for event in process.events("delivery_sent"))
         assert set(deliveries) == {sop for sop, _ in sent} and set(deliveries.values()) == {1}
+        assert not [e for process in (*listeners, *workers)
+                    for e in process.events("delivery_sent_again")]
         assert orthanc.instance_count() == 2 * STUDIES
     finally:
         for process in (*workers, *listeners):
