@@ -99,7 +99,8 @@ class RetryPolicy:
 
 
 StoreFunction = Callable[
-    [DestinationSettings, str, Sequence[tuple[int, Path]]], Iterator[tuple[int, Outcome]]
+    [DestinationSettings, str, Sequence[tuple[int, Path]], Callable[[int], bool]],
+    Iterator[tuple[int, Outcome]],
 ]
 EchoFunction = Callable[[DestinationSettings, str], Outcome]
 
@@ -151,12 +152,14 @@ def _diagnose_connect(destination: DestinationSettings) -> str:
 
 
 def store_files(
-    destination: DestinationSettings, calling_ae: str, files: Sequence[tuple[int, Path]]
+    destination: DestinationSettings, calling_ae: str, files: Sequence[tuple[int, Path]],
+    still_ours: Callable[[int], bool] = lambda key: True,
 ) -> Iterator[tuple[int, Outcome]]:
     """C-STORE each file to `destination` in one association, in the given order, yielding
     (key, Outcome) as each response arrives. An association that cannot be made yields the
     same destination outcome for every key; after a destination outcome mid-batch it stops
-    (the rest were not attempted). Closing the generator releases the association."""
+    (the rest were not attempted); a key for which `still_ours(key)` is False just before
+    its C-STORE is skipped (not attempted). Closing the generator releases the association."""
     datasets: list[tuple[int, pydicom.Dataset]] = []
     for key, path in files:
         try:
@@ -174,6 +177,8 @@ def store_files(
     _no_delay(assoc)
     try:
         for key, ds in datasets:
+            if not still_ours(key):
+                continue
             outcome = classify(_store_one(assoc, ds, _address(destination)))
             yield key, outcome
             if outcome.verdict.about_destination:
@@ -381,7 +386,8 @@ class Sender:
         about_destination: Outcome | None = None
         files = [(d.id, self.outbox_root / d.file_path) for d in claimed]
         try:
-            with closing(self.store(destination, self.calling_ae, files)) as outcomes:
+            with closing(self.store(destination, self.calling_ae, files,
+                                    self._still_ours)) as outcomes:
                 for key, outcome in outcomes:
                     attempted.append(key)
                     self._record(destination, by_id[key], outcome)
@@ -393,10 +399,20 @@ class Sender:
             log_event(LOG, "send_failed", level=logging.ERROR, destination=destination.name,
                       exc_info=True)
         with self.database.sessions.begin() as session:
-            outbound.release(session, [i for i in by_id if i not in attempted])
+            outbound.release(session, [i for i in by_id if i not in attempted], self.id)
         if about_destination is not None:
             self._destination_failed(destination, about_destination)
         return len(attempted)
+
+    def _still_ours(self, delivery_id: int) -> bool:
+        """Renew this sender's claim just before a C-STORE; False (skip it, log it) when the
+        claim was taken back meanwhile: another sender may be sending the object."""
+        with self.database.sessions.begin() as session:
+            ours = outbound.keep_claim(session, delivery_id, self.id,
+                                       self.settings.send_lease_seconds, self.clock())
+        if not ours:
+            log_event(LOG, "send_claim_lost", level=logging.WARNING, delivery_id=delivery_id)
+        return ours
 
     def probe(self, name: str) -> int:
         """C-ECHO a destination that is down or refusing; on success it is up and every

@@ -170,15 +170,33 @@ def mark_failed(
     return state
 
 
-def release(session: Session, delivery_ids: Sequence[int]) -> None:
-    """Drop the claim on rows that were claimed but not attempted (no attempt counted)."""
+def release(session: Session, delivery_ids: Sequence[int], claimed_by: str | None = None) -> None:
+    """Drop the claim on rows that were claimed but not attempted (no attempt counted); with
+    `claimed_by`, only rows still claimed by it (another sender may hold them by now)."""
     if delivery_ids:
+        ours = () if claimed_by is None else (Outbound.claimed_by == claimed_by,)
         session.execute(
             update(Outbound)
-            .where(Outbound.id.in_(list(delivery_ids)))
+            .where(Outbound.id.in_(list(delivery_ids)), *ours)
             .values(claimed_by=None, claimed_until=None)
             .execution_options(synchronize_session=False)
         )
+        wakeups.notify(session, wakeups.OUTBOUND)
+
+
+def keep_claim(
+    session: Session, delivery_id: int, claimed_by: str, lease_seconds: float, now: datetime
+) -> bool:
+    """Just before sending: extend the claim of `claimed_by` on a PENDING row; False when it
+    no longer holds it (the claim was taken back, e.g. its heartbeat looked stale, and another
+    sender may be sending it): then it must not be sent."""
+    return bool(session.execute(
+        update(Outbound)
+        .where(Outbound.id == delivery_id, Outbound.state == OutboundState.PENDING,
+               Outbound.claimed_by == claimed_by)
+        .values(claimed_until=now + timedelta(seconds=lease_seconds))
+        .execution_options(synchronize_session=False)
+    ).rowcount)
 
 
 def claim_holders(session: Session) -> list[str]:

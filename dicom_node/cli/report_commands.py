@@ -56,8 +56,8 @@ def worker(
 ) -> None:
     """Run the inference worker and the sender without the DICOM listener.
 
-    It also queues quiet studies and returns expired leases, so it works beside `serve` or on
-    its own against the same data directory and database, on this host or another one.
+    It also queues quiet studies and returns expired leases, so it works
+    beside `serve` or alone, on this host or another sharing the work list.
     """
     from dicom_node.heartbeat import Heartbeat
     from dicom_node.logs import configure_logging
