@@ -803,10 +803,15 @@ def make_workers(
 ) -> list[Worker]:
     """`count` standalone workers (each also assembles and sweeps) for `dicom-node worker`,
     sharing one loaded model: the checkpoint is read once and held once in memory (on a GPU,
-    once on the device). Raises what loading the model raises."""
+    once on the device), and with count > 1 their images are scored together in batches of
+    up to `[model] batch_size` (ml.batching). Raises what loading the model raises."""
     from dicom_node.assembler import Assembler
+    from ml.batching import BatchingScorer
 
-    first: Worker | None = None
+    loaded = load_model(settings)
+    shared = loaded if count == 1 else LoadedModel(
+        engine=BatchingScorer(loaded.engine, max_images=settings.model.batch_size),
+        catalogue=loaded.catalogue)
     workers: list[Worker] = []
     for n in range(count):
         worker = Worker(
@@ -815,11 +820,9 @@ def make_workers(
             assembler=Assembler(database, settings.worklist, clock),
             on_result=sender.wake if sender is not None else lambda: None,
             worker_id=f"{socket.gethostname()}:{os.getpid()}:w{n}",
-            model_loader=load_model if first is None else (lambda _s, f=first: f.model()),
-            first_in_process=first is None,
+            model_loader=lambda _settings: shared, first_in_process=n == 0,
         )
         worker.model()
-        first = first or worker
         workers.append(worker)
     return workers
 
