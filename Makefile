@@ -4,10 +4,11 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# The real peers of the integration tests (dcmtk, Orthanc, dicom3tools), the summary's font, and
-# chromium for the OHIF viewer test (driven by Playwright). npm (fetches the viewer) is checked
-# by `make ohif` instead: a NodeSource nodejs already brings it, and Debian's npm conflicts.
-DEBIAN_PEERS ?= dcmtk orthanc orthanc-dicomweb dicom3tools fonts-dejavu-core chromium
+# The real peers of the integration tests (dcmtk, Orthanc, dicom3tools, PostgreSQL), the
+# summary's font, and chromium for the browser tests (console, OHIF viewer; driven by
+# Playwright). npm (fetches the viewer) is checked by `make ohif` instead: a NodeSource nodejs
+# already brings it, and Debian's npm conflicts.
+DEBIAN_PEERS ?= dcmtk orthanc orthanc-dicomweb dicom3tools fonts-dejavu-core postgresql chromium
 # yes: install missing peers with apt-get; no: only name them. Default: yes when root.
 INSTALL_PEERS ?= $(if $(filter 0,$(shell id -u)),yes,no)
 

@@ -16,7 +16,7 @@ from datetime import datetime
 from dicom_node.logs import log_event
 from dicom_node.settings import WorklistSettings
 from storage import worklist
-from storage.db import Database
+from storage.db import Database, is_unavailable
 from storage.states import StudyState
 
 LOG = logging.getLogger(__name__)
@@ -65,7 +65,11 @@ class Assembler:
         """The scheduler's job: one tick, and a log line instead of a dead job on error."""
         try:
             self.tick()
-        except Exception:  # noqa: BLE001  the next tick retries; the scheduler must live on
+        except Exception as exc:  # noqa: BLE001  the next tick retries; the scheduler lives on
+            if is_unavailable(exc):  # an outage says so once per tick, without a traceback
+                log_event(LOG, "assembly_waiting_for_database", level=logging.WARNING,
+                          error=type(exc).__name__)
+                return
             log_event(LOG, "assembly_failed", level=logging.ERROR, exc_info=True)
 
     @staticmethod

@@ -1,6 +1,6 @@
 """The heartbeat of a running node process (`serve` or a standalone `worker`): a row in the work
-list rewritten every `[node] heartbeat_seconds`, carrying how far the process's model got, and
-deleted on a clean shutdown. `dicom-node status` reads these rows: a row that has not beaten
+list rewritten 3 times per `[node] heartbeat_seconds`, carrying how far the process's model
+got, and deleted on a clean shutdown. `dicom-node status` reads these rows: a row that has not beaten
 for three intervals belongs to a process that is gone.
 
 Model states: off (this process runs no worker), loading, loaded, and why not: missing (a
@@ -28,7 +28,16 @@ LOG = logging.getLogger(__name__)
 OFF, LOADING, LOADED = "off", "loading", "loaded"
 MISSING, CORRUPT, FAILED = "missing", "corrupt", "failed"
 MODEL_NOT_READY = frozenset({MISSING, CORRUPT, FAILED})
-STALE_INTERVALS = 3  # beats missed before a process counts as gone
+STALE_INTERVALS = 3  # beats missed before a process counts as gone (status)
+# A lease or send claim is taken back sooner, once its holder's row is 1.25 intervals old (a
+# live process beats 3 times per interval, so its row is a third of one plus a write old,
+# also when its host is loaded and the beat thread waits for the CPU), and workers and senders look
+# for such holders 10 times per that age (every eighth of an interval): a killed worker's
+# study is taken back at most 1.4 intervals after the kill, so another worker can finish it
+# within 2
+LEASE_STALE_INTERVALS = 1.25
+BEATS_PER_INTERVAL = 3
+SWEEPS_PER_STALE_AGE = 10
 
 ModelStatus = tuple[str, str | None]  # (state, reason when not loaded)
 
@@ -48,6 +57,11 @@ def model_failure(exc: BaseException) -> ModelStatus:
 def stale_after_seconds(interval_seconds: float) -> float:
     """Age beyond which a heartbeat means the process is not running."""
     return STALE_INTERVALS * interval_seconds
+
+
+def lease_stale_after_seconds(interval_seconds: float) -> float:
+    """Age beyond which the leases and send claims of a process are taken back."""
+    return LEASE_STALE_INTERVALS * interval_seconds
 
 
 class Heartbeat:
@@ -117,7 +131,9 @@ class Heartbeat:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(timeout=self.interval)
+            # three beats per interval: a live process's row stays well younger than the
+            # 1.25 intervals after which others take its leases back, even on a busy host
+            self._wake.wait(timeout=self.interval / BEATS_PER_INTERVAL)
             self._wake.clear()
             if not self._stop.is_set():
                 self.beat()

@@ -19,7 +19,7 @@ from dicom_node.logs import log_event
 from dicom_node.processes import is_running
 from storage import worklist
 from storage.db import Database
-from storage.spool import Spool
+from storage.spool import HOST_TOKEN, Spool
 
 LOG = logging.getLogger(__name__)
 
@@ -45,7 +45,9 @@ def reconcile(
             worklist.record_instance(session, record, clock())
         counts["recorded"] += 1
     for store in (spool, outbox):
-        for path, pid in store.temporaries():
+        for path, host, pid in store.temporaries():
+            if host not in ("", HOST_TOKEN):
+                continue  # another host's write on a shared spool: only that host can tell
             if pid == os.getpid() or not is_running(pid):
                 path.unlink(missing_ok=True)
                 counts["removed_temporary"] += 1

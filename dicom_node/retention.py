@@ -94,7 +94,7 @@ class Retention:
         cls, settings: Settings, database: Database, clock: Callable[[], datetime]
     ) -> Retention:
         """The node's spool and outbox (`<data_dir>/spool`, `<data_dir>/outbox`)."""
-        return cls(database, Spool(settings.spool_path), Spool(settings.data_path / "outbox"),
+        return cls(database, Spool(settings.spool_path), Spool(settings.outbox_path),
                    settings.retention, clock)
 
     def run(self, dry_run: bool = False) -> PurgeReport:

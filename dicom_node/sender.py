@@ -36,6 +36,7 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy.orm import Session
 
+from dicom_node.heartbeat import SWEEPS_PER_STALE_AGE, lease_stale_after_seconds
 from dicom_node.logs import log_event
 from dicom_node.outcomes import (
     Answered,
@@ -49,11 +50,12 @@ from dicom_node.outcomes import (
     Verdict,
     classify,
 )
-from dicom_node.processes import gone_holders
+from dicom_node.processes import gone_holders, stale_holders
 from dicom_node.settings import DestinationSettings, OutboundSettings
 from storage import destinations as destination_states
+from storage import heartbeat as heartbeats
 from storage import outbound
-from storage.db import Database
+from storage.db import Database, is_unavailable
 from storage.models import DestinationStatus, OutboundState
 from storage.outbound import Delivery
 
@@ -97,7 +99,8 @@ class RetryPolicy:
 
 
 StoreFunction = Callable[
-    [DestinationSettings, str, Sequence[tuple[int, Path]]], Iterator[tuple[int, Outcome]]
+    [DestinationSettings, str, Sequence[tuple[int, Path]], Callable[[int], bool]],
+    Iterator[tuple[int, Outcome]],
 ]
 EchoFunction = Callable[[DestinationSettings, str], Outcome]
 
@@ -149,12 +152,14 @@ def _diagnose_connect(destination: DestinationSettings) -> str:
 
 
 def store_files(
-    destination: DestinationSettings, calling_ae: str, files: Sequence[tuple[int, Path]]
+    destination: DestinationSettings, calling_ae: str, files: Sequence[tuple[int, Path]],
+    still_ours: Callable[[int], bool] = lambda key: True,
 ) -> Iterator[tuple[int, Outcome]]:
     """C-STORE each file to `destination` in one association, in the given order, yielding
     (key, Outcome) as each response arrives. An association that cannot be made yields the
     same destination outcome for every key; after a destination outcome mid-batch it stops
-    (the rest were not attempted). Closing the generator releases the association."""
+    (the rest were not attempted); a key for which `still_ours(key)` is False just before
+    its C-STORE is skipped (not attempted). Closing the generator releases the association."""
     datasets: list[tuple[int, pydicom.Dataset]] = []
     for key, path in files:
         try:
@@ -172,6 +177,8 @@ def store_files(
     _no_delay(assoc)
     try:
         for key, ds in datasets:
+            if not still_ours(key):
+                continue
             outcome = classify(_store_one(assoc, ds, _address(destination)))
             yield key, outcome
             if outcome.verdict.about_destination:
@@ -255,8 +262,12 @@ class Sender:
         store: StoreFunction = store_files,
         echo: EchoFunction = echo_destination,
         on_delivery: Callable[[str, str], None] = lambda destination, outcome: None,
+        heartbeat_seconds: float = 5,
     ) -> None:
         self.database = database
+        self.heartbeat_seconds = heartbeat_seconds  # [node] heartbeat_seconds: stale claims
+        self._started_at = time.monotonic()  # or the end of the last database outage
+        self._next_sweep = 0.0
         self.outbox_root = Path(outbox_root)
         self.destinations = {d.name: d for d in destinations}
         self.calling_ae = calling_ae
@@ -276,7 +287,7 @@ class Sender:
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        self.release_gone_claims()
+        self.release_gone_claims(starting=True)
         self._stop.clear()
         for name in self.destinations:
             thread = threading.Thread(target=self._run, args=(name,), name=f"sender-{name}",
@@ -297,13 +308,24 @@ class Sender:
         for event in self._wake.values():
             event.set()
 
-    def release_gone_claims(self) -> int:
-        """Rows claimed by a sender of this host that no longer runs go back at once (a kill
-        -9 left them claimed for `send_lease_seconds`). Returns how many."""
-        host = socket.gethostname()
+    def release_gone_claims(self, starting: bool = False) -> int:
+        """Rows claimed by a sender that is gone go back at once (a kill -9 left them claimed
+        for `send_lease_seconds`): a sender of this host that no longer runs, or one on any
+        host whose heartbeat is `lease_stale_after_seconds` old (judged once this sender has
+        reached the database for that long); `starting`: also this process's own (an earlier
+        process with the same pid). Returns how many."""
+        host, pid = socket.gethostname(), os.getpid()
+        stale_after = lease_stale_after_seconds(self.heartbeat_seconds)
+        judge_beats = time.monotonic() - self._started_at >= stale_after
         with self.database.sessions.begin() as session:
-            gone = gone_holders(outbound.claim_holders(session), host, os.getpid())
-            released = outbound.release_claims(session, gone)
+            holders = outbound.claim_holders(session)
+            gone = set(gone_holders(holders, host, pid, starting))
+            if judge_beats and len(gone) < len(holders):
+                gone |= set(stale_holders(holders, heartbeats.last_beats(session),
+                                          self.clock() - timedelta(seconds=stale_after),
+                                          pid, host))
+            released = outbound.release_claims(session, sorted(gone))
+        self._next_sweep = time.monotonic() + stale_after / SWEEPS_PER_STALE_AGE
         if released:
             log_event(LOG, "send_claims_released", deliveries=released, holders=gone)
         return released
@@ -313,12 +335,19 @@ class Sender:
         while not self._stop.is_set():
             event.clear()
             try:
+                if time.monotonic() >= self._next_sweep:
+                    self.release_gone_claims()
                 if self.send_due(name):
                     continue
                 wait = self._seconds_until_due(name)
-            except Exception:  # noqa: BLE001  a database hiccup must not end the thread
-                log_event(LOG, "sender_pass_failed", level=logging.ERROR, destination=name,
-                          exc_info=True)
+            except Exception as exc:  # noqa: BLE001  a database hiccup must not end the thread
+                if is_unavailable(exc):  # claims nothing until the database is back
+                    self._started_at = time.monotonic()  # heartbeats are judged anew after it
+                    log_event(LOG, "sender_paused", level=logging.WARNING, destination=name,
+                              error=f"{type(exc).__name__}"[:100])
+                else:
+                    log_event(LOG, "sender_pass_failed", level=logging.ERROR,
+                              destination=name, exc_info=True)
                 wait = self.settings.poll_interval_seconds
             event.wait(timeout=wait)
 
@@ -357,7 +386,8 @@ class Sender:
         about_destination: Outcome | None = None
         files = [(d.id, self.outbox_root / d.file_path) for d in claimed]
         try:
-            with closing(self.store(destination, self.calling_ae, files)) as outcomes:
+            with closing(self.store(destination, self.calling_ae, files,
+                                    self._still_ours)) as outcomes:
                 for key, outcome in outcomes:
                     attempted.append(key)
                     self._record(destination, by_id[key], outcome)
@@ -369,10 +399,20 @@ class Sender:
             log_event(LOG, "send_failed", level=logging.ERROR, destination=destination.name,
                       exc_info=True)
         with self.database.sessions.begin() as session:
-            outbound.release(session, [i for i in by_id if i not in attempted])
+            outbound.release(session, [i for i in by_id if i not in attempted], self.id)
         if about_destination is not None:
             self._destination_failed(destination, about_destination)
         return len(attempted)
+
+    def _still_ours(self, delivery_id: int) -> bool:
+        """Renew this sender's claim just before a C-STORE; False (skip it, log it) when the
+        claim was taken back meanwhile: another sender may be sending the object."""
+        with self.database.sessions.begin() as session:
+            ours = outbound.keep_claim(session, delivery_id, self.id,
+                                       self.settings.send_lease_seconds, self.clock())
+        if not ours:
+            log_event(LOG, "send_claim_lost", level=logging.WARNING, delivery_id=delivery_id)
+        return ours
 
     def probe(self, name: str) -> int:
         """C-ECHO a destination that is down or refusing; on success it is up and every
@@ -395,10 +435,17 @@ class Sender:
         }
         now = self.clock()
         if outcome.verdict is Verdict.OK:
-            with self.database.sessions.begin() as session:
-                outbound.mark_sent(session, delivery.id, now)
+            first: list[bool] = []
+
+            def sent(session: Session) -> None:
+                first[:] = [outbound.mark_sent(session, delivery.id, now)]
                 self._destination_succeeded(session, destination, "C-STORE")
-            log_event(LOG, "delivery_sent", detail=outcome.message, **fields)
+
+            self._commit_despite_outage(sent, delivery)
+            # "delivery_sent" once per object: a second sender's copy says that it was one
+            log_event(LOG, "delivery_sent" if first[0] else "delivery_sent_again",
+                      level=logging.INFO if first[0] else logging.WARNING,
+                      detail=outcome.message, **fields)
             self.on_delivery(destination.name, "sent")
             return
         attempts = delivery.attempts + 1
@@ -413,6 +460,25 @@ class Sender:
                   verdict=str(outcome.verdict), attempts=attempts,
                   retry_in_seconds=None if outcome.verdict.about_destination else delay,
                   error=outcome.message, **fields)
+
+    def _commit_despite_outage(self, work: Callable[[Session], None], delivery: Delivery) -> None:
+        """Commit `work` (recording that the destination has an object), trying again while
+        the database is unreachable: forgetting it would send the object a second time once
+        the claim expires. Gives up only when the node stops (then it is sent again)."""
+        wait = 0.5
+        while True:
+            try:
+                with self.database.sessions.begin() as session:
+                    work(session)
+                return
+            except Exception as exc:
+                if not is_unavailable(exc) or self._stop.is_set():
+                    raise
+                log_event(LOG, "delivery_record_waiting", level=logging.WARNING,
+                          sop_instance_uid=delivery.sop_instance_uid,
+                          destination=delivery.destination, retry_in_seconds=wait)
+                self._stop.wait(timeout=wait)
+                wait = min(wait * 2, 5.0)
 
     def _destination_succeeded(self, session: Session, destination: DestinationSettings,
                                how: str) -> None:

@@ -67,7 +67,8 @@ class Service:
     def __init__(self, settings: Settings, clock: Callable[[], datetime] = utc_now) -> None:
         self.settings = settings
         self.clock = clock
-        self.database: Database = open_database(settings.database_url)
+        self.database: Database = open_database(settings.database_url,
+                                                     options=settings.engine_options)
         self.spool = Spool(settings.spool_path)
         self.study_queued = threading.Event()
         self.metrics = NodeMetrics()  # the node's own Prometheus registry: service.metrics.registry
@@ -153,7 +154,7 @@ class Service:
         self.spool.prepare()
         from dicom_node.reconcile import reconcile
 
-        reconcile(self.database, self.spool, Spool(self.settings.data_path / "outbox"),
+        reconcile(self.database, self.spool, Spool(self.settings.outbox_path),
                   self.clock)  # before the listener: nothing is being written yet
         self.assembler.tick()  # expired leases from before a restart go back to the queue now
         for component in self.components:

@@ -24,14 +24,17 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dicom_node.shipped import defaults_file, findings_file
 
+if TYPE_CHECKING:
+    from storage.db import EngineOptions
+
 ENV_PREFIX = "DICOM_NODE_"
 # Keys naming files or folders (str or list of str): anchored where their layer was written.
-_PATH_KEYS = (("node", "data_dir"), ("model", "findings_file"), ("model", "checkpoints"),
-              ("http", "tls_certfile"), ("http", "tls_keyfile"))
+_PATH_KEYS = (("node", "data_dir"), ("node", "shared_dir"), ("model", "findings_file"),
+              ("model", "checkpoints"), ("http", "tls_certfile"), ("http", "tls_keyfile"))
 DEFAULT_DATA_DIR = "~/.local/share/dicom-node"
 
 
@@ -45,6 +48,7 @@ class NodeSettings:
     host: str = "0.0.0.0"
     port: int = 11112
     data_dir: str = DEFAULT_DATA_DIR
+    shared_dir: str = ""  # spool/ and outbox/; empty: data_dir (see node.toml)
     max_pdu_bytes: int = 1048576
     min_free_disk_mb: int = 1024
     allowed_calling_ae_titles: list[str] = field(default_factory=list)
@@ -58,6 +62,10 @@ class NodeSettings:
 @dataclass(frozen=True)
 class DatabaseSettings:
     url: str = ""
+    pool_size: int = 5  # PostgreSQL: connections kept per process ...
+    max_overflow: int = 5  # ... and opened beyond them at peaks
+    statement_timeout_seconds: float = 30  # PostgreSQL: 0 for none
+    connect_timeout_seconds: float = 5
 
 
 @dataclass(frozen=True)
@@ -170,6 +178,14 @@ class Settings:
         return Path(self.node.data_dir).expanduser().resolve()
 
     @property
+    def engine_options(self) -> EngineOptions:
+        from storage.db import EngineOptions
+
+        d = self.database
+        return EngineOptions(d.pool_size, d.max_overflow, d.statement_timeout_seconds,
+                             d.connect_timeout_seconds)
+
+    @property
     def database_url(self) -> str:
         if self.database.url:
             return self.database.url
@@ -181,8 +197,21 @@ class Settings:
         return Path(os.path.abspath(Path(path).expanduser()))
 
     @property
+    def shared_path(self) -> Path:
+        """Where spool/ and outbox/ live: `[node] shared_dir`, or data_dir when it is empty.
+        The work list keeps paths relative to spool/ and outbox/, so hosts sharing it may
+        mount it at different paths."""
+        if self.node.shared_dir.strip():
+            return Path(self.node.shared_dir).expanduser().resolve()
+        return self.data_path
+
+    @property
     def spool_path(self) -> Path:
-        return self.data_path / "spool"
+        return self.shared_path / "spool"
+
+    @property
+    def outbox_path(self) -> Path:
+        return self.shared_path / "outbox"
 
 
 _CHECKS: dict[tuple[str, str], typing.Callable[[Any], str | None]] = {
@@ -200,6 +229,10 @@ _CHECKS: dict[tuple[str, str], typing.Callable[[Any], str | None]] = {
     else "must be ignore or refuse",
     ("node", "max_inflated_mb"): lambda v: None if v >= 1 else "must be >= 1",
     ("node", "heartbeat_seconds"): lambda v: None if v > 0 else "must be > 0",
+    ("database", "pool_size"): lambda v: None if v >= 1 else "must be >= 1",
+    ("database", "max_overflow"): lambda v: None if v >= 0 else "must be >= 0",
+    ("database", "statement_timeout_seconds"): lambda v: None if v >= 0 else "must be >= 0",
+    ("database", "connect_timeout_seconds"): lambda v: None if v >= 1 else "must be >= 1",
     ("node", "data_dir"): lambda v: None if v.strip() else "must not be empty",
     ("model", "findings_file"): lambda v: None if v.strip() else "must not be empty",
     ("worker", "shutdown_grace_seconds"): lambda v: None if v >= 0 else "must be >= 0",

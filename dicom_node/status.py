@@ -6,11 +6,13 @@ from __future__ import annotations
 import errno
 import sqlite3
 
+from storage.db import is_unavailable
 from storage.spool import InvalidUID
 
 SUCCESS = 0x0000
 # Failures (PS3.4 Table B.2-1 and PS3.7 C.4.2)
-OUT_OF_RESOURCES = 0xA700  # refused: out of resources (disk floor, disk full, inflate cap)
+# refused: out of resources (disk floor, disk full, inflate cap, work list database unreachable)
+OUT_OF_RESOURCES = 0xA700
 DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND_UIDS = 0xC210  # a UID needed to file the instance is missing or invalid
 CANNOT_UNDERSTAND_DATASET = 0xC212  # the data set could not be parsed
@@ -65,8 +67,8 @@ def status_for(exc: BaseException) -> int:
         return exc.status
     if isinstance(exc, InvalidUID):
         return CANNOT_UNDERSTAND_UIDS
-    if is_disk_full(exc):
-        return OUT_OF_RESOURCES
+    if is_disk_full(exc) or is_unavailable(exc):
+        return OUT_OF_RESOURCES  # transient: the peer sends again later, nothing was accepted
     return PROCESSING_FAILURE
 
 
@@ -101,7 +103,8 @@ def error_comment(exc: BaseException, answer: int) -> str:
     the refusal's reason, or a generic phrase when the failure was unexpected."""
     text = "processing failure" if answer == PROCESSING_FAILURE else str(exc)
     if answer == OUT_OF_RESOURCES and not isinstance(exc, IntakeRefused):
-        text = "disk or database full"
+        text = "work list unavailable, retry later" if is_unavailable(exc) else (
+            "disk or database full")
     printable = "".join(c if c.isascii() and c.isprintable() and c != "\\" else "?" for c in text)
     return printable[:64]
 

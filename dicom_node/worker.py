@@ -27,7 +27,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -37,7 +37,14 @@ from pydicom.uid import ComprehensiveSRStorage, EnhancedSRStorage, SecondaryCapt
 
 from dicom_node.assembler import Assembler
 from dicom_node.failures import describe, is_permanent
-from dicom_node.heartbeat import LOADED, LOADING, Heartbeat, model_failure
+from dicom_node.heartbeat import (
+    LOADED,
+    LOADING,
+    SWEEPS_PER_STALE_AGE,
+    Heartbeat,
+    lease_stale_after_seconds,
+    model_failure,
+)
 from dicom_node.logs import log_event
 from dicom_node.reporting.content import AlgorithmInfo, FindingOutcome, ImageUse
 from dicom_node.reporting.evidence import tolerant_headers
@@ -66,13 +73,15 @@ from dicom_node.reporting.uids import (
     report_uids,
 )
 from dicom_node.settings import DestinationSettings, Settings
+from storage import heartbeat as heartbeats
 from storage import outbound, profiles, results, worklist
-from storage.db import Database
+from storage.db import Database, is_unavailable
 from storage.spool import Spool
 from storage.states import LeaseLost, StudyState
 
 LOG = logging.getLogger(__name__)
 MODEL_RETRY_SECONDS = 30
+PAUSE_MAX_SECONDS = 5.0  # longest wait between tries while the database is unreachable
 
 
 @dataclass(frozen=True)
@@ -177,8 +186,12 @@ class Worker:
         on_model_state: Callable[[], None] = lambda: None,
         on_inference: Callable[[float], None] = lambda seconds: None,
         on_findings: Callable[[Sequence[FindingOutcome]], None] = lambda findings: None,
+        first_in_process: bool = True,
     ) -> None:
         self.settings = settings
+        # False for the 2nd..Nth worker of `worker --concurrency N`: starting, it must not
+        # take back leases its siblings already hold
+        self.first_in_process = first_in_process
         self.database = database
         self.spool = spool
         self.outbox = outbox
@@ -196,26 +209,41 @@ class Worker:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._paused_since: float | None = None  # monotonic time the database went away
+        self._pause_seconds = 0.0
+        self._reachable_since = time.monotonic()  # since when the database answers us
+        self._next_sweep = 0.0  # monotonic time to look for leases of gone workers again
 
     # -- component life cycle ---------------------------------------------------------------
 
     def start(self) -> None:
-        self.release_gone_leases()
+        self.release_gone_leases(starting=self.first_in_process)
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="worker", daemon=True)
         self._thread.start()
 
-    def release_gone_leases(self) -> int:
-        """Studies leased to a worker of this host whose process no longer runs (a kill -9
-        mid-study) go back to the queue at once instead of after `lease_seconds`; attempts + 1
-        as for an expired lease. Returns how many."""
-        from dicom_node.processes import gone_holders
+    def release_gone_leases(self, starting: bool = False) -> int:
+        """Studies leased to a worker whose process is gone go back to the queue at once
+        instead of after `lease_seconds`, attempts + 1 as for an expired lease: a worker of
+        this host whose process no longer runs (a kill -9 mid-study), or a worker on any host
+        whose heartbeat is `lease_stale_after_seconds` old. The heartbeat rule waits until this
+        worker itself has reached the database for that long (after an outage every row is
+        old until its process beats again). `starting`: also this process's own leases (left
+        by an earlier process with the same pid, e.g. in a container). Returns how many."""
+        from dicom_node.processes import gone_holders, stale_holders
 
+        host, pid, now = socket.gethostname(), os.getpid(), self.clock()
+        stale_after = lease_stale_after_seconds(self.settings.node.heartbeat_seconds)
+        judge_beats = time.monotonic() - self._reachable_since >= stale_after
         with self.database.sessions.begin() as session:
-            gone = gone_holders(worklist.lease_holders(session), socket.gethostname(),
-                                os.getpid())
-            swept = worklist.release_leases(session, gone, self.clock(),
+            holders = worklist.lease_holders(session)
+            gone = set(gone_holders(holders, host, pid, starting))
+            if judge_beats and len(gone) < len(holders):
+                gone |= set(stale_holders(holders, heartbeats.last_beats(session),
+                                          now - timedelta(seconds=stale_after), pid, host))
+            swept = worklist.release_leases(session, sorted(gone), now,
                                             self.settings.worklist.max_attempts)
+        self._next_sweep = time.monotonic() + stale_after / SWEEPS_PER_STALE_AGE
         for outcome in swept:
             log_event(LOG, "lease_released", level=logging.WARNING,
                       study_instance_uid=outcome.study_instance_uid, state=outcome.state.value,
@@ -258,13 +286,37 @@ class Worker:
                 self._stop.wait(timeout=MODEL_RETRY_SECONDS)
                 continue
             try:
+                self._resume_if_paused()
                 if self.run_once() is not None:
                     continue
                 wait = self.settings.worker.poll_interval_seconds
-            except Exception:  # noqa: BLE001  database busy, disk full, ...: try again shortly
-                log_event(LOG, "worker_pass_failed", level=logging.ERROR, exc_info=True)
-                wait = 1.0
+            except Exception as exc:  # noqa: BLE001  database busy, disk full, ...: try again
+                wait = self._pause(exc) if is_unavailable(exc) else 1.0
+                if not is_unavailable(exc):
+                    log_event(LOG, "worker_pass_failed", level=logging.ERROR, exc_info=True)
             self._wake.wait(timeout=wait)
+
+    def _pause(self, exc: BaseException) -> float:
+        """The database is unreachable: log it once, then wait (1, 2, 4 s, at most
+        PAUSE_MAX_SECONDS) before the next try; nothing is claimed meanwhile."""
+        if self._paused_since is None:
+            self._paused_since = time.monotonic()
+            log_event(LOG, "worker_paused", level=logging.WARNING, worker_id=self.worker_id,
+                      error=describe(exc)[:300])
+        self._pause_seconds = min(max(self._pause_seconds * 2, 1.0), PAUSE_MAX_SECONDS)
+        return self._pause_seconds
+
+    def _resume_if_paused(self) -> None:
+        """After an outage: the study this worker held when the database went away goes back
+        to the queue (no attempt counted: the study did nothing wrong), then work goes on."""
+        if self._paused_since is None:
+            return
+        with self.database.sessions.begin() as session:  # raises while still unreachable
+            returned = worklist.give_back(session, self.worker_id, self.clock())
+        log_event(LOG, "worker_resumed", worker_id=self.worker_id, studies_requeued=returned,
+                  paused_seconds=round(time.monotonic() - self._paused_since, 1))
+        self._paused_since, self._pause_seconds = None, 0.0
+        self._reachable_since = time.monotonic()
 
     # -- one study --------------------------------------------------------------------------
 
@@ -306,6 +358,8 @@ class Worker:
         model = self.model()  # before claiming: without a model, studies stay QUEUED
         if self._stop.is_set():  # shutdown began while the model loaded: claim nothing
             return None
+        if time.monotonic() >= self._next_sweep:
+            self.release_gone_leases()
         now = self.clock()
         with self.database.sessions.begin() as session:
             claimed = worklist.claim_next(
@@ -321,7 +375,9 @@ class Worker:
             log_event(LOG, "lease_lost", level=logging.WARNING,
                       study_instance_uid=claimed.study_instance_uid, error=str(exc))
             return WorkOutcome(claimed.study_instance_uid, None)
-        except Exception as exc:  # noqa: BLE001  recorded on the study, retried or FAILED
+        except Exception as exc:  # recorded on the study, retried or FAILED
+            if is_unavailable(exc):
+                raise  # the study did nothing wrong: the worker pauses, its lease is given back
             return self._fail(claimed, exc)
 
     def _fail(self, claimed: worklist.ClaimedStudy, exc: Exception) -> WorkOutcome:
@@ -904,8 +960,42 @@ def _image_records(
 
 
 def outbox_for(settings: Settings) -> Spool:
-    """Where built SRs and summary images wait for delivery: <data_dir>/outbox/<study>/<sop>."""
-    return Spool(settings.data_path / "outbox")
+    """Where built SRs and summary images wait for delivery: <shared_dir>/outbox/<study>/<sop>
+    (shared_dir: data_dir unless configured)."""
+    return Spool(settings.outbox_path)
+
+
+def make_workers(
+    settings: Settings,
+    database: Database,
+    clock: Callable[[], datetime],
+    count: int,
+    sender: Any = None,
+) -> list[Worker]:
+    """`count` standalone workers (each also assembles and sweeps) for `dicom-node worker`,
+    sharing one loaded model: the checkpoint is read once and held once in memory (on a GPU,
+    once on the device), and with count > 1 their images are scored together in batches of
+    up to `[model] batch_size` (ml.batching). Raises what loading the model raises."""
+    from dicom_node.assembler import Assembler
+    from ml.batching import BatchingScorer
+
+    loaded = load_model(settings)
+    shared = loaded if count == 1 else LoadedModel(
+        engine=BatchingScorer(loaded.engine, max_images=settings.model.batch_size),
+        catalogue=loaded.catalogue)
+    workers: list[Worker] = []
+    for n in range(count):
+        worker = Worker(
+            settings=settings, database=database, spool=Spool(settings.spool_path),
+            outbox=outbox_for(settings), clock=clock,
+            assembler=Assembler(database, settings.worklist, clock),
+            on_result=sender.wake if sender is not None else lambda: None,
+            worker_id=f"{socket.gethostname()}:{os.getpid()}:w{n}",
+            model_loader=lambda _settings: shared, first_in_process=n == 0,
+        )
+        worker.model()
+        workers.append(worker)
+    return workers
 
 
 def make_sender(
@@ -923,6 +1013,7 @@ def make_sender(
         database=database, outbox_root=outbox_for(settings).root,
         destinations=settings.destinations, calling_ae=settings.node.ae_title,
         settings=settings.outbound, clock=clock, on_delivery=on_delivery,
+        heartbeat_seconds=settings.node.heartbeat_seconds,
     )
 
 
@@ -940,6 +1031,7 @@ def attach(service: Any) -> None:
     sender = make_sender(settings, service.database, service.clock, metrics.delivery)
     if sender is not None:
         service.add(sender)
+    worker: Worker | None = None
     if settings.worker.enabled:
         worker = Worker(
             settings=settings, database=service.database, spool=service.spool, outbox=outbox,
@@ -950,3 +1042,20 @@ def attach(service: Any) -> None:
         heartbeat.model_status = worker.model_status
         service.add(worker)
         service.on_study_queued(worker.wake)
+    _listen_for_wakeups(service, worker, sender)
+
+
+def _listen_for_wakeups(service: Any, worker: Worker | None, sender: Any) -> None:
+    """On PostgreSQL, studies queued and objects due on any host wake this process's worker
+    and sender at once (LISTEN/NOTIFY); their polling stays as the fallback."""
+    from dicom_node.wakeups import Wakeups
+    from storage.wakeups import OUTBOUND, QUEUED
+
+    if not Wakeups.supported(service.database) or (worker is None and sender is None):
+        return
+    wakeups = Wakeups(service.database)
+    if worker is not None:
+        wakeups.on(QUEUED, worker.wake)
+    if sender is not None:
+        wakeups.on(OUTBOUND, sender.wake)
+    service.add(wakeups)

@@ -62,3 +62,9 @@ def list_heartbeats(session: Session) -> list[HeartbeatView]:
                       r.model_state, r.model_error)
         for r in rows
     ]
+
+
+def last_beats(session: Session) -> dict[str, datetime]:
+    """When each recorded process ("host:pid") last beat."""
+    rows = session.execute(select(ProcessHeartbeat.process_id, ProcessHeartbeat.beat_at))
+    return {process_id: beat_at for process_id, beat_at in rows}

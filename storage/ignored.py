@@ -45,7 +45,9 @@ def record_ignored(session: Session, record: IgnoredRecord, now: datetime) -> bo
             .values(values)
             .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
         )
-        return session.execute(statement).rowcount == 1
+        # RETURNING, not rowcount: with an implicit RETURNING psycopg reports rowcount -1
+        inserted = statement.returning(IgnoredInstance.id)
+        return session.execute(inserted).first() is not None
     known = session.scalar(
         select(func.count()).where(IgnoredInstance.sop_instance_uid == record.sop_instance_uid)
     )

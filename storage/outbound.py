@@ -24,7 +24,7 @@ from sqlalchemy import and_, case, func, insert, or_, select, type_coerce, updat
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from storage import views
+from storage import views, wakeups
 from storage.models import Outbound, OutboundState, Result, UtcDateTime
 from storage.views import DestinationCounts
 
@@ -87,6 +87,8 @@ def enqueue(
             "created_at": now,
         }
         added += _insert_ignoring_conflict(session, values)
+    if added:
+        wakeups.notify(session, wakeups.OUTBOUND)
     return added
 
 
@@ -104,8 +106,9 @@ def claim_due(
 ) -> list[Delivery]:
     """Take up to `limit` PENDING rows due for `destination`, oldest first (queue order, so an
     older object never goes after a newer one), leasing them to `claimed_by` for
-    `lease_seconds`."""
-    rows = session.scalars(
+    `lease_seconds`. On PostgreSQL rows another sender is claiming are skipped (FOR UPDATE
+    SKIP LOCKED), so senders on several hosts take disjoint batches without waiting."""
+    due = (
         select(Outbound)
         .where(
             Outbound.state == OutboundState.PENDING,
@@ -115,7 +118,10 @@ def claim_due(
         )
         .order_by(Outbound.id)
         .limit(limit)
-    ).all()
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        due = due.with_for_update(skip_locked=True)
+    rows = session.scalars(due).all()
     lease_until = now + timedelta(seconds=lease_seconds)
     claimed = []
     for row in rows:
@@ -131,15 +137,16 @@ def claim_due(
     return claimed
 
 
-def mark_sent(session: Session, delivery_id: int, now: datetime) -> None:
-    """The destination acknowledged the object: SENT, claim and last error cleared."""
-    session.execute(
+def mark_sent(session: Session, delivery_id: int, now: datetime) -> bool:
+    """The destination acknowledged the object: SENT, claim and last error cleared. False when
+    the row was no longer PENDING (someone else recorded it first)."""
+    return bool(session.execute(
         update(Outbound)
         .where(Outbound.id == delivery_id, Outbound.state == OutboundState.PENDING)
         .values(state=OutboundState.SENT, sent_at=now, attempts=Outbound.attempts + 1,
                 last_error=None, claimed_by=None, claimed_until=None)
         .execution_options(synchronize_session=False)
-    )
+    ).rowcount)
 
 
 def mark_failed(
@@ -164,15 +171,33 @@ def mark_failed(
     return state
 
 
-def release(session: Session, delivery_ids: Sequence[int]) -> None:
-    """Drop the claim on rows that were claimed but not attempted (no attempt counted)."""
+def release(session: Session, delivery_ids: Sequence[int], claimed_by: str | None = None) -> None:
+    """Drop the claim on rows that were claimed but not attempted (no attempt counted); with
+    `claimed_by`, only rows still claimed by it (another sender may hold them by now)."""
     if delivery_ids:
+        ours = () if claimed_by is None else (Outbound.claimed_by == claimed_by,)
         session.execute(
             update(Outbound)
-            .where(Outbound.id.in_(list(delivery_ids)))
+            .where(Outbound.id.in_(list(delivery_ids)), *ours)
             .values(claimed_by=None, claimed_until=None)
             .execution_options(synchronize_session=False)
         )
+        wakeups.notify(session, wakeups.OUTBOUND)
+
+
+def keep_claim(
+    session: Session, delivery_id: int, claimed_by: str, lease_seconds: float, now: datetime
+) -> bool:
+    """Just before sending: extend the claim of `claimed_by` on a PENDING row; False when it
+    no longer holds it (the claim was taken back, e.g. its heartbeat looked stale, and another
+    sender may be sending it): then it must not be sent."""
+    return bool(session.execute(
+        update(Outbound)
+        .where(Outbound.id == delivery_id, Outbound.state == OutboundState.PENDING,
+               Outbound.claimed_by == claimed_by)
+        .values(claimed_until=now + timedelta(seconds=lease_seconds))
+        .execution_options(synchronize_session=False)
+    ).rowcount)
 
 
 def claim_holders(session: Session) -> list[str]:
@@ -188,12 +213,15 @@ def release_claims(session: Session, holders: Sequence[str]) -> int:
     """Return every row claimed by one of `holders` (senders known to be gone); the count."""
     if not holders:
         return 0
-    return session.execute(
+    released = session.execute(
         update(Outbound)
         .where(Outbound.claimed_by.in_(list(holders)), Outbound.state == OutboundState.PENDING)
         .values(claimed_by=None, claimed_until=None)
         .execution_options(synchronize_session=False)
     ).rowcount
+    if released:
+        wakeups.notify(session, wakeups.OUTBOUND)
+    return released
 
 
 def make_due(session: Session, destination: str, now: datetime) -> int:
@@ -375,7 +403,8 @@ def _insert_ignoring_conflict(session: Session, values: dict[str, Any]) -> int:
         if exists:
             return 0
         statement = insert(Outbound).values(values)
-    return session.execute(statement).rowcount
+    # RETURNING, not rowcount: with an implicit RETURNING psycopg reports rowcount -1
+    return len(session.execute(statement.returning(Outbound.id)).all())
 
 
 def _view(row: Outbound) -> Delivery:

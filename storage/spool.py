@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -92,7 +93,7 @@ class Spool:
         if not directory.is_dir():
             directory.mkdir(parents=True, exist_ok=True)
             _fsync_directory(directory.parent)
-        temporary = directory / f".{target.name}.{os.getpid()}.{_thread_token()}.tmp"
+        temporary = directory / f".{target.name}.{os.getpid()}.{_thread_token()}.{HOST_TOKEN}.tmp"
         try:
             size = _write_and_sync(temporary, chunks)
             os.replace(temporary, target)
@@ -109,14 +110,21 @@ class Spool:
         return sorted(str(p.relative_to(self.root)) for p in self.root.glob("*/*.dcm")
                       if not p.name.startswith("."))
 
-    def temporaries(self) -> list[tuple[Path, int]]:
-        """Leftover temporary files of interrupted writes, each with its writer's pid."""
+    def temporaries(self) -> list[tuple[Path, str, int]]:
+        """Temporary files of writes in progress or interrupted, each with its writer's host
+        (HOST_TOKEN; "" for a file named before hosts were recorded) and pid (-1: unknown).
+        On a spool shared by several hosts only the writer's host can tell whether it is
+        still being written."""
         if not self.root.is_dir():
             return []
         found = []
         for path in self.root.glob("*/.*.tmp"):
-            pid = path.name.rsplit(".", 3)[-3] if path.name.count(".") >= 4 else ""
-            found.append((path, int(pid) if pid.isdigit() else -1))
+            stem = path.name.removesuffix(".tmp")
+            _, pid, _, host = stem.rsplit(".", 3) if stem.count(".") >= 4 else ("", "", "", "")
+            if not pid.isdigit():  # the older name: .<sop>.dcm.<pid>.<thread>.tmp
+                host = ""
+                pid = stem.rsplit(".", 2)[-2] if stem.count(".") >= 3 else ""
+            found.append((path, host, int(pid) if pid.isdigit() else -1))
         return found
 
     def free_bytes(self) -> int:
@@ -162,6 +170,9 @@ def _fsync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+HOST_TOKEN = socket.gethostname().replace(".", "_").replace("/", "_") or "host"
 
 
 def _thread_token() -> str:

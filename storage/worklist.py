@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import Select, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
+from storage import wakeups
 from storage.models import Instance, Study
 from storage.states import (
     FINISHED_STATES,
@@ -178,7 +179,10 @@ def queue_stable_studies(session: Session, stable_seconds: float, now: datetime)
         .returning(Study.study_instance_uid)
         .execution_options(synchronize_session=False)
     )
-    return list(result.scalars())
+    queued = list(result.scalars())
+    if queued:
+        wakeups.notify(session, wakeups.QUEUED)
+    return queued
 
 
 # --- leases -------------------------------------------------------------------------------
@@ -318,6 +322,8 @@ def give_back(session: Session, worker_id: str, now: datetime) -> list[str]:
         _guarded_update(session, row.id, StudyState.PROCESSING,
                         _outcome_values(StudyState.QUEUED, now),
                         extra_where=(Study.worker_id == worker_id,))
+    if rows:
+        wakeups.notify(session, wakeups.QUEUED)
     return [row.study_instance_uid for row in rows]
 
 
@@ -345,14 +351,18 @@ def _return_leases(
     for row in rows:
         attempts = row.attempts + 1
         target = _after_failure(attempts, max_attempts, permanent=False)
+        values = _outcome_values(target, now) | {"attempts": attempts, "last_error": reason(row)}
+        values.pop("queued_at", None)  # it keeps its place: next in line, not behind the queue
         _guarded_update(
             session,
             row.id,
             StudyState.PROCESSING,
-            _outcome_values(target, now) | {"attempts": attempts, "last_error": reason(row)},
+            values,
             extra_where=(Study.lease_until == row.lease_until,),
         )
         outcomes.append(SweepOutcome(row.study_instance_uid, target, attempts))
+    if any(o.state is StudyState.QUEUED for o in outcomes):
+        wakeups.notify(session, wakeups.QUEUED)
     return outcomes
 
 
@@ -387,6 +397,7 @@ def requeue(
     if reprocess:
         values["reprocess"] = True
     _guarded_update(session, row.id, state, values)
+    wakeups.notify(session, wakeups.QUEUED)
     return state
 
 
@@ -432,6 +443,8 @@ def fail(
     values: dict[str, Any] = {"attempts": attempts, "last_error": error}
     if target is StudyState.QUEUED and delay > 0:
         values["not_before"] = now + timedelta(seconds=delay)
+    elif target is StudyState.QUEUED:
+        wakeups.notify(session, wakeups.QUEUED)
     return _finish(session, study_id, worker_id, target, now, values)
 
 
@@ -552,7 +565,8 @@ def _insert_ignoring_conflict(
         if exists:
             return False
         statement = insert(model).values(values)
-    return session.execute(statement).rowcount == 1
+    # RETURNING, not rowcount: with an implicit RETURNING psycopg reports rowcount -1
+    return session.execute(statement.returning(model.id)).first() is not None
 
 
 def _for_update(statement: Select[Any]) -> Select[Any]:

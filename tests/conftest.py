@@ -13,15 +13,70 @@ from typing import Any
 import pytest
 
 from storage.db import Database, open_database
-from tests.peers import NodeProcess, StoreSCP
+from tests.peers import NodeProcess, PostgresServer, StoreSCP
+
+# Modules that must hold on both back ends say `pytestmark = BOTH_BACKENDS`.
+BACKENDS = ("sqlite", "postgresql")
+BOTH_BACKENDS = pytest.mark.parametrize("database", BACKENDS, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the whole run (stopped and deleted at the end)."""
+    server = PostgresServer()
+    try:
+        yield server.start()
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_template(postgres_server: PostgresServer) -> str:
+    """A database migrated to head once; each test gets a copy (CREATE DATABASE ... TEMPLATE)."""
+    name = postgres_server.create_database()
+    open_database(postgres_server.url(name)).dispose()
+    return name
 
 
 @pytest.fixture
-def database(tmp_path: Path) -> Iterator[Database]:
-    """A fresh SQLite work list (WAL, migrated to head) in a temporary directory."""
-    db = open_database(f"sqlite:///{tmp_path / 'worklist.sqlite'}")
-    yield db
-    db.dispose()
+def empty_postgres(postgres_server: PostgresServer) -> Iterator[str]:
+    """The URL of a new, empty database (no schema) on the real PostgreSQL; dropped after."""
+    name = postgres_server.create_database()
+    try:
+        yield postgres_server.url(name)
+    finally:
+        postgres_server.drop_database(name)
+
+
+@pytest.fixture
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A fresh work list migrated to head: SQLite (WAL) in a temporary directory, or, where a
+    module is parametrised with BOTH_BACKENDS, also a fresh database on the real PostgreSQL."""
+    yield from _fresh_database(request, getattr(request, "param", "sqlite"), tmp_path)
+
+
+@pytest.fixture(params=BACKENDS)
+def any_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """`database` on SQLite and on PostgreSQL, for fixtures that build on a work list."""
+    yield from _fresh_database(request, request.param, tmp_path)
+
+
+def _fresh_database(
+    request: pytest.FixtureRequest, backend: str, tmp_path: Path
+) -> Iterator[Database]:
+    if backend == "sqlite":
+        db = open_database(f"sqlite:///{tmp_path / 'worklist.sqlite'}")
+        yield db
+        db.dispose()
+        return
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    name = server.create_database(template=request.getfixturevalue("postgres_template"))
+    db = open_database(server.url(name))
+    try:
+        yield db
+    finally:
+        db.dispose()
+        server.drop_database(name)
 
 
 @pytest.fixture

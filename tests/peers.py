@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -285,15 +286,7 @@ class NodeProcess:
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
         """The node's JSON log lines (optionally only those with event == name)."""
-        found = []
-        for line in self.log().splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict) and (name is None or record.get("event") == name):
-                found.append(record)
-        return found
+        return _events(self.log(), name)
 
     def cli_json(self, *args: str) -> Any:
         result = run_cli(*args, "--json", "--config", str(self.config_path))
@@ -306,7 +299,9 @@ class NodeProcess:
         from storage import worklist
         from storage.db import open_database
 
-        database = open_database(f"sqlite:///{self.data_dir / 'worklist.sqlite'}", migrate=False)
+        url = self.sections.get("database", {}).get("url") or (
+            f"sqlite:///{self.data_dir / 'worklist.sqlite'}")
+        database = open_database(url, migrate=False)
         try:
             with database.read_only() as session:
                 detail = worklist.study_detail(session, study_uid)
@@ -330,6 +325,54 @@ class NodeProcess:
                 return value
             time.sleep(0.2)
         raise AssertionError(f"timed out waiting for {what}")
+
+
+@dataclass
+class WorkerProcess:
+    """`dicom-node worker` (no listener) with a node's config: another process, or another
+    host's, working on the same work list."""
+
+    config_path: Path
+    log_path: Path
+    args: tuple[str, ...] = ()
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self) -> WorkerProcess:
+        log = self.log_path.open("ab")
+        self.process = _spawn(
+            [*dicom_node_command(), "worker", "--config", str(self.config_path), *self.args],
+            stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=dict(os.environ),
+        )
+        log.close()
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        code = _reap(self.process, sig, timeout)
+        self.process = None
+        return code
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return _events(self.log(), name)
+
+
+def _events(text: str, name: str | None) -> list[dict[str, Any]]:
+    found = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and (name is None or record.get("event") == name):
+            found.append(record)
+    return found
 
 
 # --- dcmtk storescp ----------------------------------------------------------------------------
@@ -493,3 +536,132 @@ class OrthancPeer:
 
     def instance_count(self) -> int:
         return int(self.get("/statistics")["CountInstances"])
+
+
+# --- PostgreSQL (the shared work list) --------------------------------------------------------
+
+
+@dataclass
+class PostgresServer:
+    """The Debian `postgresql` server: `initdb` into a temporary directory, `postgres` on a free
+    loopback port with its unix socket in that directory; trust authentication (loopback only).
+    Run as the `postgres` user when the tests run as root (the server refuses root), so the
+    directory is its own under the system temporary directory (pytest's is private to root).
+    `stop()` stops the server (it can be started again); `close()` also deletes the directory."""
+
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="dicom-node-pg-")))
+    port: int = field(default_factory=free_port)
+    user: str = "dicom_node"
+    fsync: bool = False  # tests need no durability across a power cut; benches ask for it
+    process: subprocess.Popen[bytes] | None = None
+    _databases: int = 0
+
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir / "data"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "postgres.log"
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg://{self.user}@127.0.0.1:{self.port}/{database}"
+
+    @staticmethod
+    def binary(name: str) -> str:
+        import shutil
+
+        for candidate in sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), reverse=True):
+            return str(candidate)
+        found = shutil.which(name)
+        if found is None:
+            raise RuntimeError("PostgreSQL is not installed (Debian package postgresql)")
+        return found
+
+    @staticmethod
+    def _server_user() -> dict[str, Any]:
+        """Popen arguments that run a program as `postgres` when we are root."""
+        if os.geteuid() != 0:
+            return {}
+        return {"user": "postgres", "group": "postgres", "extra_groups": []}
+
+    def start(self) -> PostgresServer:
+        """initdb (first start only), then start the server and wait until it accepts a
+        connection; on any failure the server process is stopped before the error rises."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            import shutil
+
+            shutil.chown(self.workdir, "postgres", "postgres")
+        if not (self.data_dir / "PG_VERSION").exists():
+            initdb = subprocess.run(
+                [self.binary("initdb"), "-D", str(self.data_dir), "-U", self.user,
+                 "--auth=trust", "-E", "UTF8", "--no-sync"],
+                capture_output=True, text=True, check=False, timeout=120, cwd=self.workdir,
+                **self._server_user(),
+            )
+            if initdb.returncode != 0:
+                raise RuntimeError(f"initdb failed: {initdb.stderr.strip()}")
+        log = self.log_path.open("ab")
+        if os.geteuid() == 0:
+            import shutil
+
+            shutil.chown(self.log_path, "postgres", "postgres")
+        self.process = _spawn(
+            [self.binary("postgres"), "-D", str(self.data_dir), "-p", str(self.port),
+             "-h", "127.0.0.1", "-k", str(self.workdir), "-c", "max_connections=200",
+             *([] if self.fsync else ["-c", "fsync=off", "-c", "full_page_writes=off"])],
+            stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, **self._server_user(),
+        )
+        log.close()
+        try:
+            self._wait_until_answering()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_until_answering(self) -> None:
+        import psycopg
+
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                raise RuntimeError(f"postgres exited: {self.log_path.read_text(errors='replace')}")
+            try:
+                psycopg.connect(self.dsn(), connect_timeout=2).close()
+                return
+            except psycopg.OperationalError:
+                time.sleep(0.1)
+        raise RuntimeError("postgres did not accept connections")
+
+    def dsn(self, database: str = "postgres") -> str:
+        return f"host=127.0.0.1 port={self.port} user={self.user} dbname={database}"
+
+    def create_database(self, template: str | None = None) -> str:
+        """A new empty database (a copy of `template` when given); its name."""
+        import psycopg
+
+        self._databases += 1
+        name = f"worklist_{os.getpid()}_{self._databases}"
+        clause = f" TEMPLATE {template}" if template else ""
+        with psycopg.connect(self.dsn(), autocommit=True) as connection:
+            connection.execute(f"CREATE DATABASE {name}{clause}")
+        return name
+
+    def drop_database(self, name: str) -> None:
+        import psycopg
+
+        with psycopg.connect(self.dsn(), autocommit=True) as connection:
+            connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+    def stop(self, sig: int = signal.SIGINT) -> None:
+        """Stop the server (SIGINT: fast shutdown; SIGKILL: a crash)."""
+        _reap(self.process, sig, timeout=30)
+        self.process = None
+
+    def close(self) -> None:
+        import shutil
+
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)

@@ -81,3 +81,16 @@ def test_status_shows_the_absolute_data_dir_of_a_relative_setting(tmp_path: Path
     text = run_cli("status", "--config", str(config))
     assert f"data     {tmp_path / 'site' / 'data'}" in text.stdout
     assert not (tmp_path / "site" / "data").exists()  # a read-only command creates nothing
+
+
+def test_shared_dir_holds_spool_and_outbox_and_defaults_to_data_dir(tmp_path: Path,
+                                                                     elsewhere: Path):
+    alone = load_settings(write_config(tmp_path / "alone", {"node": {"data_dir": "data"}}),
+                          environ={})
+    assert (alone.spool_path, alone.outbox_path) == (
+        tmp_path / "alone" / "data" / "spool", tmp_path / "alone" / "data" / "outbox")
+    shared = load_settings(write_config(tmp_path / "intake-1", {
+        "node": {"data_dir": "data", "shared_dir": "../nfs/dicom-node"}}), environ={})
+    assert shared.data_path == tmp_path / "intake-1" / "data"  # the SQLite file stays local
+    assert (shared.spool_path, shared.outbox_path) == (
+        tmp_path / "nfs" / "dicom-node" / "spool", tmp_path / "nfs" / "dicom-node" / "outbox")

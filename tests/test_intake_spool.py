@@ -83,3 +83,28 @@ def test_absolute_refuses_paths_outside_the_spool(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="escapes"):
         spool.absolute("../outside.dcm")
+
+
+def test_a_shared_spool_leaves_temporaries_of_other_hosts_to_them(
+    tmp_path: Path, database
+) -> None:
+    """Start-up reconciliation removes this host's interrupted writes, never another host's
+    write in progress on the same (network) spool."""
+    from datetime import UTC, datetime
+
+    from dicom_node.reconcile import reconcile
+    from storage.spool import HOST_TOKEN
+
+    spool, outbox = Spool(tmp_path / "spool"), Spool(tmp_path / "outbox")
+    directory = tmp_path / "spool" / STUDY
+    directory.mkdir(parents=True)
+    gone_pid = 2**22 + 7  # above any pid_max: no such process
+    ours = directory / f".{STUDY}.9.dcm.{gone_pid}.7f3a.{HOST_TOKEN}.tmp"
+    theirs = directory / f".{STUDY}.8.dcm.{gone_pid}.7f3a.intake-2_example_org.tmp"
+    for path in (ours, theirs):
+        path.write_bytes(b"half a file")
+    counts = reconcile(database, spool, outbox, lambda: datetime.now(UTC))
+    assert counts["removed_temporary"] == 1
+    assert theirs.exists() and not ours.exists()
+    assert {(host, pid) for _, host, pid in spool.temporaries()} == {
+        ("intake-2_example_org", gone_pid)}

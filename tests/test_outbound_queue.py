@@ -7,19 +7,20 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from storage import outbound, results
-from storage.db import open_database
 from storage.models import OutboundState
 from storage.worklist import InstanceRecord, record_instance
+from tests.conftest import BOTH_BACKENDS
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 STUDY = "1.2.3.4"
 
 
+pytestmark = BOTH_BACKENDS
+
+
 @pytest.fixture
-def db(tmp_path):
-    database = open_database(f"sqlite:///{tmp_path / 'node.sqlite'}")
-    yield database
-    database.dispose()
+def db(database):
+    return database
 
 
 def _result(db, key="k1", version=1, supersedes=None):

@@ -68,6 +68,9 @@ def test_gone_holders_reads_worker_and_sender_ids() -> None:
     holders = [f"h:{dead}:7f3a", f"h:{dead}", "h:1:7f3a", f"other:{dead}:7f3a", "h:99:x",
                "odd"]
     assert gone_holders(holders, "h", own_pid=99) == [f"h:{dead}:7f3a", f"h:{dead}", "h:99:x"]
+    # a running process looking again: its own ids are its other threads' work in progress
+    assert gone_holders(holders, "h", own_pid=99, starting=False) == [f"h:{dead}:7f3a",
+                                                                       f"h:{dead}"]
 
 
 def test_transient_failure_waits_out_a_doubling_backoff_before_the_next_claim(database) -> None:

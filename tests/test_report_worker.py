@@ -47,7 +47,9 @@ def model(checkpoint, tmp_path_factory):
 
 
 @pytest.fixture
-def node(tmp_path, checkpoint, database, model):
+def node(tmp_path, checkpoint, any_database, model):
+    """A node on SQLite and on PostgreSQL (every test using it runs on both)."""
+    database = any_database
     settings = load_settings(
         environ={},
         overrides={

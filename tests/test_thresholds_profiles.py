@@ -12,13 +12,17 @@ from typer.testing import CliRunner
 
 from dicom_node.cli import app
 from storage import profiles
-from storage.db import open_database
+from storage.db import Database
+from tests.conftest import BOTH_BACKENDS
+
+pytestmark = BOTH_BACKENDS
 
 
 @pytest.fixture
-def node_config(tmp_path: Path) -> Path:
+def node_config(tmp_path: Path, database: Database) -> Path:
     config = tmp_path / "node.toml"
-    config.write_text(f'[node]\ndata_dir = "{tmp_path / "data"}"\n')
+    config.write_text(f'[node]\ndata_dir = "{tmp_path / "data"}"\n'
+                      f'[database]\nurl = "{database.url}"\n')
     return config
 
 
@@ -116,33 +120,25 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(node_config: Path, arg
     assert cli_json(node_config, "thresholds", "history")["events"][-1]["version"] == 1
 
 
-def test_versions_cannot_be_edited_even_by_hand(node_config: Path, tmp_path: Path) -> None:
+def test_versions_cannot_be_edited_even_by_hand(node_config: Path, database: Database) -> None:
     cli(node_config, "thresholds", "show")
-    database = open_database(f"sqlite:///{tmp_path / 'data' / 'worklist.sqlite'}")
-    try:
-        for statement in (
-            "UPDATE threshold_profile SET thresholds_json = '{}'",
-            "DELETE FROM threshold_activation",
-        ):
-            with pytest.raises(DatabaseError, match="immutable"), database.engine.begin() as c:
-                c.exec_driver_sql(statement)
-    finally:
-        database.dispose()
+    for statement in (
+        "UPDATE threshold_profile SET thresholds_json = '{}'",
+        "DELETE FROM threshold_activation",
+    ):
+        with pytest.raises(DatabaseError, match="immutable"), database.engine.begin() as c:
+            c.exec_driver_sql(statement)
 
 
 def test_a_running_node_sees_a_new_activation_at_its_next_lookup(
-    node_config: Path, tmp_path: Path
+    node_config: Path, database: Database
 ) -> None:
-    database = open_database(f"sqlite:///{tmp_path / 'data' / 'worklist.sqlite'}")
-    try:
-        with database.sessions() as session:  # what the worker does once per study
-            before = profiles.active_profile(session, {"Pneumothorax": 0.5})
-            session.commit()
-        cli(node_config, "thresholds", "set", "Pneumothorax", "0.6")
-        with database.sessions() as session:
-            after = profiles.active_profile(session)
-    finally:
-        database.dispose()
+    with database.sessions() as session:  # what the worker does once per study
+        before = profiles.active_profile(session, {"Pneumothorax": 0.5})
+        session.commit()
+    cli(node_config, "thresholds", "set", "Pneumothorax", "0.6")
+    with database.sessions() as session:
+        after = profiles.active_profile(session)
     assert (before.label, before.thresholds["Pneumothorax"]) == ("v1", 0.5)
     assert (after.label, after.thresholds["Pneumothorax"]) == ("v2", 0.6)
     assert after.threshold_for("Brand New Finding", 0.45) == 0.45

@@ -1,4 +1,5 @@
-"""Concurrent workers never claim the same study twice (SQLite: BEGIN IMMEDIATE + guarded UPDATE)."""
+"""Concurrent workers never claim the same study twice (SQLite: BEGIN IMMEDIATE + guarded UPDATE;
+PostgreSQL: FOR UPDATE SKIP LOCKED)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 from storage import worklist
 from storage.db import Database
+from tests.conftest import BOTH_BACKENDS
+
+pytestmark = BOTH_BACKENDS
 
 T0 = datetime(2024, 5, 1, tzinfo=UTC)
 

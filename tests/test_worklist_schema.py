@@ -9,8 +9,10 @@ from alembic.migration import MigrationContext
 
 from storage.db import Database, open_database
 from storage.models import Base
+from tests.conftest import BOTH_BACKENDS
 
 
+@BOTH_BACKENDS
 def test_migrations_match_the_models(database: Database) -> None:
     with database.engine.connect() as connection:
         differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)

@@ -9,6 +9,9 @@ import pytest
 from storage import worklist
 from storage.db import Database
 from storage.states import InvalidTransition, LeaseLost, StudyState
+from tests.conftest import BOTH_BACKENDS
+
+pytestmark = BOTH_BACKENDS
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 STUDY = "1.2.826.0.1.3680043.8.498.1"
@@ -235,3 +238,18 @@ def test_counts_cover_every_state(database: Database) -> None:
         counts = worklist.state_counts(session)
     assert counts[StudyState.RECEIVING] == 1
     assert set(counts) == set(StudyState)
+
+
+def test_a_returned_lease_keeps_the_study_first_in_line(database: Database) -> None:
+    """The study of a killed worker is the next one claimed, not queued behind the backlog."""
+    first, later = STUDY + ".100", STUDY + ".200"
+    record(database, first + ".1", T0, study=first)
+    assert assemble(database, T0 + timedelta(seconds=10)) == [first]
+    assert claim(database, T0 + timedelta(seconds=11), worker="host:1:a").study_instance_uid == (
+        first)
+    record(database, later + ".1", T0 + timedelta(seconds=12), study=later)
+    assert assemble(database, T0 + timedelta(seconds=30)) == [later]
+    with database.sessions.begin() as session:
+        worklist.release_leases(session, ["host:1:a"], T0 + timedelta(seconds=31), 3)
+    taken = claim(database, T0 + timedelta(seconds=32), worker="host:2:a")
+    assert (taken.study_instance_uid, taken.attempts) == (first, 1)

@@ -54,9 +54,12 @@ def serve(config: Path | None = ConfigOption) -> None:
         from dicom_node.http.server import HttpStartError
         from dicom_node.service import Service  # pynetdicom, scheduler, model: only when serving
         from dicom_node.worker import attach as attach_worker_and_sender
+        from storage.db import SchemaTooNewError
 
         try:
             service = Service(settings)
+        except SchemaTooNewError as exc:
+            raise CliError(str(exc)) from None
         except SQLAlchemyError as exc:
             raise CliError(f"cannot open the database {safe_url(settings)}: {error_text(exc)}"
                            ) from None

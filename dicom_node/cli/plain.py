@@ -51,15 +51,23 @@ def open_worklist(settings: Settings, read_only: bool = False) -> Database:
     (password hidden) when it cannot be opened."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from storage.db import NoSchemaError, open_database, open_empty, open_read_only
+    from storage.db import (
+        NoSchemaError,
+        SchemaTooNewError,
+        open_database,
+        open_empty,
+        open_read_only,
+    )
     from storage.reader import display_url, error_text
 
     try:
         if read_only:
-            return open_read_only(settings.database_url)
-        return open_database(settings.database_url)
+            return open_read_only(settings.database_url, settings.engine_options)
+        return open_database(settings.database_url, options=settings.engine_options)
     except NoSchemaError:
         return open_empty()
+    except SchemaTooNewError as exc:
+        raise CliError(str(exc)) from None
     except SQLAlchemyError as exc:
         raise CliError(f"cannot open the database {display_url(settings.database_url)}: "
                        f"{error_text(exc)}") from None

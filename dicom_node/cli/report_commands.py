@@ -49,49 +49,60 @@ def worker(
     config: Path | None = ConfigOption,
     once: bool = typer.Option(False, "--once", help="Process what is queued now, then exit."),
     send: bool = typer.Option(True, "--send/--no-send", help="Also deliver to destinations."),
+    concurrency: int = typer.Option(
+        1, "--concurrency", min=1, max=64,
+        help="Studies processed at a time: N worker threads sharing one loaded model."),
     as_json: bool = JsonOption,
 ) -> None:
     """Run the inference worker and the sender without the DICOM listener.
 
-    It also queues quiet studies and returns expired leases, so it works beside `serve` or on
-    its own against the same data directory and database.
+    It also queues quiet studies and returns expired leases, so it works
+    beside `serve` or alone, on this host or another sharing the work list.
     """
-    from dicom_node.assembler import Assembler
     from dicom_node.heartbeat import Heartbeat
     from dicom_node.logs import configure_logging
-    from dicom_node.worker import Worker, make_sender, outbox_for
-    from storage.spool import Spool
+    from dicom_node.wakeups import Wakeups
+    from dicom_node.worker import make_sender, make_workers, outbox_for
+    from storage.wakeups import OUTBOUND, QUEUED
 
     with user_errors():
         settings = settings_from(config)
         configure_logging(settings.logging)
         database = open_worklist(settings)
-        outbox = outbox_for(settings)
-        outbox.prepare()
+        outbox_for(settings).prepare()
         sender = make_sender(settings, database, _now) if send else None
-        runner = Worker(
-            settings=settings, database=database, spool=Spool(settings.spool_path),
-            outbox=outbox, clock=_now, assembler=Assembler(database, settings.worklist, _now),
-            on_result=sender.wake if sender is not None else lambda: None,
-        )
         try:
-            runner.model()
+            runners = make_workers(settings, database, _now, concurrency, sender)
         except (OSError, ValueError, RuntimeError) as exc:
             raise CliError(f"cannot load the model {settings.model.name}: {exc}") from None
         if once:
-            _run_once(runner, sender, settings, as_json)
+            _run_once(runners, sender, settings, as_json)
         else:
             heartbeat = Heartbeat(database, "worker", settings.node.heartbeat_seconds, _now,
-                                  runner.model_status)
-            _run_until_signalled(runner, sender, heartbeat)
+                                  runners[0].model_status)
+            wakeups = Wakeups(database) if Wakeups.supported(database) else None
+            if wakeups is not None:
+                for runner in runners:
+                    wakeups.on(QUEUED, runner.wake)
+                if sender is not None:
+                    wakeups.on(OUTBOUND, sender.wake)
+            _run_until_signalled(runners, sender, heartbeat, wakeups)
         database.dispose()
 
 
-def _run_once(runner: Any, sender: Any, settings: Settings, as_json: bool) -> None:
-    runner.release_gone_leases()
-    outcomes = []
-    while (outcome := runner.run_once()) is not None:
-        outcomes.append(outcome)
+def _run_once(runners: Sequence[Any], sender: Any, settings: Settings, as_json: bool) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    runners[0].release_gone_leases(starting=True)
+
+    def drain(runner: Any) -> list[Any]:
+        done = []
+        while (outcome := runner.run_once()) is not None:
+            done.append(outcome)
+        return done
+
+    with ThreadPoolExecutor(len(runners)) as pool:
+        outcomes = [o for done in pool.map(drain, runners) for o in done]
     if sender is not None:
         for destination in settings.destinations:
             while sender.send_due(destination.name):
@@ -108,10 +119,12 @@ def _run_once(runner: Any, sender: Any, settings: Settings, as_json: bool) -> No
                 [list(r.values()) for r in rows])
 
 
-def _run_until_signalled(runner: Any, sender: Any, heartbeat: Any) -> None:
+def _run_until_signalled(
+    runners: Sequence[Any], sender: Any, heartbeat: Any, wakeups: Any
+) -> None:
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
-    components = [c for c in (heartbeat, sender, runner) if c is not None]
+    components = [c for c in (heartbeat, wakeups, sender, *runners) if c is not None]
     try:
         for component in components:
             component.start()

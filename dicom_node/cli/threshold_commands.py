@@ -123,7 +123,7 @@ def _session(ctx: Context) -> Iterator[Session]:
     """A session on the node's database with version 1 present (catalogue defaults); commits."""
     from storage import profiles
     from storage.db import open_database
-    database = open_database(ctx.settings.database_url)
+    database = open_database(ctx.settings.database_url, options=ctx.settings.engine_options)
     try:
         with database.sessions() as session:
             defaults = {f.label: f.default_threshold for f in ctx.catalogue.findings}

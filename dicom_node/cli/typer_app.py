@@ -18,6 +18,7 @@ app = typer.Typer(
 def _register() -> None:
     # Imported here so that each module can `from dicom_node.cli.typer_app import app`.
     from dicom_node.cli import (
+        db_commands,  # noqa: F401  db
         destination_commands,  # noqa: F401  destinations
         finding_commands,  # noqa: F401  findings
         node_commands,  # noqa: F401  serve, status, studies

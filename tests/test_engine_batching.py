@@ -1,0 +1,50 @@
+"""`worker --concurrency N`: one engine serves N worker threads, their studies' images scored
+together (ml.batching) and each thread given exactly the scores its own images get alone."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from engine_samples import FINDINGS_FILE, textured_image
+
+from ml.batching import BatchingScorer
+from ml.catalogue import load_catalogue
+from ml.engine import ZeroShotEngine
+from ml.testing import write_random_checkpoint
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory) -> ZeroShotEngine:
+    checkpoint = write_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", seed=4)
+    return ZeroShotEngine([checkpoint], load_catalogue(FINDINGS_FILE), device="cpu",
+                          batch_size=16)
+
+
+def test_studies_scored_together_get_their_own_scores(engine: ZeroShotEngine) -> None:
+    studies = [[textured_image(120, 100, seed=10 * s + i) for i in range(1 + s % 3)]
+               for s in range(8)]
+    alone = [engine.score_uint8(images) for images in studies]
+    scorer = BatchingScorer(engine, max_images=16, window_seconds=0.2)
+    start = threading.Barrier(len(studies))
+
+    def score(images):
+        start.wait()  # every study asks at once, as N busy workers would
+        return scorer.score_uint8(images)
+
+    with ThreadPoolExecutor(len(studies)) as pool:
+        together = list(pool.map(score, studies))
+    for mine, reference in zip(together, alone, strict=True):
+        assert mine.shape == reference.shape
+        np.testing.assert_allclose(mine, reference, rtol=0, atol=1e-5)
+    assert scorer.batches < len(studies)  # fewer forward passes than studies
+    assert (scorer.labels, scorer.identity) == (engine.labels, engine.identity)
+
+
+def test_an_engine_error_reaches_every_caller_of_the_batch(engine: ZeroShotEngine) -> None:
+    scorer = BatchingScorer(engine)
+    with pytest.raises(ValueError):
+        scorer.score_uint8([np.zeros((10, 10, 3, 2), dtype=np.uint8)])  # not an image
+    assert scorer.score_uint8([textured_image(60, 50)]).shape == (1, len(engine.labels))
