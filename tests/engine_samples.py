@@ -19,6 +19,19 @@ from ml.testing import TINY, random_model, save_released_layout
 
 FINDINGS_FILE = findings_file()
 
+
+def all_prompted_catalogue():
+    """The shipped catalogue with every prompt-scored finding enabled (13 CheXpert prompt pairs)
+    and the derived one left out: for tests of the engine's arithmetic, not of what the demo
+    model may be asked."""
+    from dataclasses import replace
+
+    from ml.catalogue import Catalogue, load_catalogue
+
+    shipped = load_catalogue(FINDINGS_FILE)
+    return Catalogue(tuple(replace(f, enabled=True) for f in shipped.findings if not f.derived),
+                     source=shipped.source)
+
 # CheXzero's other geometry: ViT-B/16 at 320 (no step-B resize), kept narrow and shallow.
 TINY_320 = ClipArchitecture(
     embed_dim=64, image_size=320, patch_size=16, vision_width=64, vision_layers=1,

@@ -12,10 +12,10 @@ from pathlib import Path
 import engine_reference as ref
 import numpy as np
 import pytest
-from engine_samples import FINDINGS_FILE, TINY_320, sensitive_checkpoint, textured_image
+from engine_samples import TINY_320, all_prompted_catalogue, sensitive_checkpoint, textured_image
 
 from ml.architecture import ClipArchitecture
-from ml.catalogue import MAX_PROBABILITY, MIN_PROBABILITY, Catalogue, load_catalogue
+from ml.catalogue import MAX_PROBABILITY, MIN_PROBABILITY, Catalogue
 from ml.engine import ZeroShotEngine
 from ml.testing import random_model, released_state_dict, save_released_layout
 
@@ -27,7 +27,7 @@ SIZES = [(2324, 1900), (1162, 950), (200, 150), (300, 500), (320, 320)]
 
 @pytest.fixture(scope="module")
 def catalogue():
-    return load_catalogue(FINDINGS_FILE)
+    return all_prompted_catalogue()
 
 
 @pytest.fixture(scope="module")

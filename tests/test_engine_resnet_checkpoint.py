@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from engine_samples import FINDINGS_FILE, textured_image
+from engine_samples import all_prompted_catalogue, textured_image
 from open_clip.model import build_model_from_openai_state_dict
 
 from ml.architecture import CheckpointFormatError, infer_architecture, model_from_state_dict
-from ml.catalogue import load_catalogue
 from ml.checkpoint import load_checkpoint
 from ml.engine import ZeroShotEngine
 from ml.testing import TINY_RESNET, random_model, released_state_dict, write_random_checkpoint
@@ -58,7 +57,7 @@ def test_engine_scores_a_resnet_checkpoint_as_the_reference_pipeline_does(tmp_pa
     loaded = load_checkpoint(path)
     assert loaded.architecture == TINY_RESNET
     assert "ResNet-1-1-1-1@224" in loaded.architecture.describe()
-    catalogue = load_catalogue(FINDINGS_FILE)
+    catalogue = all_prompted_catalogue()
     pairs = [(f.positive_prompt, f.negative_prompt) for f in catalogue.enabled()]
     images = [textured_image(400, 330, seed=1), textured_image(250, 250, seed=2)]
     reference_model = build_model_from_openai_state_dict(torch.load(path, weights_only=True))

@@ -51,21 +51,21 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict:
     catalogue = load_catalogue(findings_file())
     engine = ZeroShotEngine([checkpoint], catalogue, device="cpu")
     scored = engine.score_paths(paths, "equalize")
-    scores = {f: np.array([s.probabilities[f] for s in scored]) for f in ("Edema", "Pneumothorax")}
-    edema = (scores["Edema"] >= np.median(scores["Edema"])).astype(int)
+    scores = {f: np.array([s.probabilities[f] for s in scored]) for f in ("Pleural Effusion", "Pneumothorax")}
+    effusion = (scores["Pleural Effusion"] >= np.median(scores["Pleural Effusion"])).astype(int)
     pneumothorax = (scores["Pneumothorax"] >= np.quantile(scores["Pneumothorax"], 0.6)).astype(int)
     pneumothorax[list(FLIPPED)] ^= 1
     cardiomegaly = [str(v) for v in pneumothorax]
     cardiomegaly[0], cardiomegaly[1] = "-1.0", ""  # uncertain (excluded), blank (negative)
     with (root / "labels.csv").open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["Path", "Sex", "Edema", "Pneumothorax", "Cardiomegaly", "Fracture"])
+        writer.writerow(["Path", "Sex", "Pleural Effusion", "Pneumothorax", "Cardiomegaly", "Support Devices"])
         for i, path in enumerate(paths):
             writer.writerow(
                 [
                     path.relative_to(root).as_posix(),
                     "F",
-                    f"{edema[i]}.0",
+                    f"{effusion[i]}.0",
                     pneumothorax[i],
                     cardiomegaly[i],
                     "0",
@@ -75,7 +75,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "root": root,
         "checkpoint": checkpoint,
         "scores": scores,
-        "edema": edema,
+        "effusion": effusion,
         "pneumothorax": pneumothorax,
     }
 
@@ -118,12 +118,12 @@ def test_calibrate_mcc_matches_sklearn_and_saves_an_inactive_version(workspace, 
     findings = by_finding(out["report"])
     scores = workspace["scores"]
 
-    # Edema separates perfectly: the lowest positive score. Sensitivity is 1 on these images,
+    # Pleural Effusion separates perfectly: the lowest positive score. Sensitivity is 1 on these images,
     # but the interval says what new images will show: a threshold chosen at the edge of the
     # positives it saw misses some it did not see, so the lower bound is below 1
-    assert out["thresholds"]["Edema"] == scores["Edema"][workspace["edema"] == 1].min()
-    assert findings["Edema"]["operating_point"]["mcc"]["estimate"] == 1.0
-    sensitivity = findings["Edema"]["operating_point"]["sensitivity"]
+    assert out["thresholds"]["Pleural Effusion"] == scores["Pleural Effusion"][workspace["effusion"] == 1].min()
+    assert findings["Pleural Effusion"]["operating_point"]["mcc"]["estimate"] == 1.0
+    sensitivity = findings["Pleural Effusion"]["operating_point"]["sensitivity"]
     assert sensitivity["estimate"] == 1.0 and sensitivity["upper"] == 1.0
     assert sensitivity["lower"] < 1.0
 
@@ -138,7 +138,7 @@ def test_calibrate_mcc_matches_sklearn_and_saves_an_inactive_version(workspace, 
     # policy: the uncertain image is left out, the blank one counts as negative
     assert findings["Cardiomegaly"]["n_excluded"] == 1
     assert findings["Cardiomegaly"]["n_positive"] + findings["Cardiomegaly"]["n_negative"] == 39
-    assert not findings["Fracture"]["evaluable"] and out["thresholds"]["Fracture"] == 0.5
+    assert not findings["Support Devices"]["evaluable"] and out["thresholds"]["Support Devices"] == 0.5
 
     assert out["version"] == 2 and out["activated"] is False
     assert run_json(config, "thresholds", "show")["version"] == 1
@@ -195,7 +195,7 @@ def test_calibrate_scores_once_and_activates_on_request(workspace, config) -> No
 
 
 def test_evaluate_writes_auroc_with_intervals_figure_and_csv(workspace, config, tmp_path) -> None:
-    run(config, "thresholds", "set", "Edema", "0.52", "--author", "carol")
+    run(config, "thresholds", "set", "Pleural Effusion", "0.52", "--author", "carol")
     out_dir = tmp_path / "eval"
     result = run_json(
         config,
@@ -209,12 +209,12 @@ def test_evaluate_writes_auroc_with_intervals_figure_and_csv(workspace, config, 
         "4",
     )
     findings = by_finding(result)
-    for name, y in (("Edema", workspace["edema"]), ("Pneumothorax", workspace["pneumothorax"])):
+    for name, y in (("Pleural Effusion", workspace["effusion"]), ("Pneumothorax", workspace["pneumothorax"])):
         auroc = findings[name]["auroc"]
         assert auroc["estimate"] == pytest.approx(roc_auc_score(y, workspace["scores"][name]))
         assert auroc["lower"] <= auroc["estimate"] <= auroc["upper"]
-    assert findings["Edema"]["threshold"] == 0.52 and result["profile_version"] == 2
-    assert findings["Fracture"]["reason"] == "only negative labels (40)"
+    assert findings["Pleural Effusion"]["threshold"] == 0.52 and result["profile_version"] == 2
+    assert findings["Support Devices"]["reason"] == "only negative labels (40)"
     assert result["bootstrap"] == {"resamples": 200, "seed": 4, "confidence": 0.95}
     rows = list(csv.DictReader((out_dir / "metrics.csv").open()))
     assert rows[-1]["finding"] == "mean"
@@ -229,6 +229,6 @@ def test_bad_inputs_are_one_line_errors(workspace, config, tmp_path) -> None:
         config, "thresholds", "calibrate", labels, "--method", "f1", expect=2
     )
     missing = tmp_path / "missing.csv"
-    missing.write_text("Path,Edema\nnowhere.png,1\n")
+    missing.write_text("Path,Pleural Effusion\nnowhere.png,1\n")
     assert "not found" in run(config, "evaluate", str(missing), expect=2)
     assert "uncertain policy" in run(config, "evaluate", labels, "--uncertain", "maybe", expect=2)
