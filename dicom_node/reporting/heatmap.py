@@ -17,17 +17,16 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 from pydicom import Dataset
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
 from dicom_node.reporting.content import AlgorithmInfo, FindingOutcome, check_algorithm
 from dicom_node.reporting.evidence import tolerant_headers
-
-# Shared Secondary Capture header code, kept in the summary module for now.
-from dicom_node.reporting.summary import (
-    _add_series_and_equipment,
-    _copy_patient_and_study,
-    _font,
+from dicom_node.reporting.render import (
+    NOT_FOR_CLINICAL_USE,
+    add_file_meta,
+    add_series_and_equipment,
+    copy_patient_and_study,
+    font,
+    wrap,
 )
 from dicom_node.reporting.uids import InstanceUids
 
@@ -75,33 +74,23 @@ def _with_text_band(image: Image.Image, finding: FindingOutcome,
                     algorithm: AlgorithmInfo) -> Image.Image:
     width = image.width
     size = max(14, min(36, width // 34))
-    bold, plain = _font(True, size), _font(False, size)
+    bold, plain = font(True, size), font(False, size)
     title = (f"{finding.label}: PRESENT, score {finding.probability:.2f} "
              f"(threshold {finding.threshold:.2f})")
     lines = [(title, bold, (255, 255, 255)),
              (f"Where the model looked: {LABEL}", plain, (255, 200, 120))]
     if not algorithm.clinical_use:
         lines.append((algorithm.caveat, bold, (255, 90, 90)))
-    wrapped = [(text, font, fill) for line, font, fill in lines for text in _wrap(line, font, width)]
+    wrapped = [(text, drawn_with, fill) for line, drawn_with, fill in lines
+               for text in wrap(line, drawn_with, width - 20)]
     step = round(size * 1.3)
     band = step * len(wrapped) + size
     canvas = Image.new("RGB", (width, image.height + band), (0, 0, 0))
     canvas.paste(image, (0, band))
     draw = ImageDraw.Draw(canvas)
-    for i, (text, font, fill) in enumerate(wrapped):
-        draw.text((size // 2, size // 2 + i * step), text, font=font, fill=fill)
+    for i, (text, drawn_with, fill) in enumerate(wrapped):
+        draw.text((size // 2, size // 2 + i * step), text, font=drawn_with, fill=fill)
     return canvas
-
-
-def _wrap(text: str, font: object, width: int) -> list[str]:
-    lines: list[str] = []
-    for word in text.split():
-        candidate = f"{lines[-1]} {word}" if lines else word
-        if lines and font.getlength(candidate) <= width - 20:  # type: ignore[attr-defined]
-            lines[-1] = candidate
-        else:
-            lines.append(word)
-    return lines
 
 
 def build_heatmap_sc(
@@ -125,20 +114,16 @@ def build_heatmap_sc(
     (header,) = tolerant_headers([source])
     when = content_datetime or datetime.datetime.now(datetime.UTC)
     ds = Dataset()
-    _copy_patient_and_study(ds, header)
-    _add_series_and_equipment(ds, uids, algorithm, when)
-    ds.SeriesDescription = SERIES_DESCRIPTION + ("" if algorithm.clinical_use
-                                                 else " - NOT FOR CLINICAL USE")
+    copy_patient_and_study(ds, header)
+    add_series_and_equipment(ds, uids, algorithm, when, SERIES_DESCRIPTION + (
+        "" if algorithm.clinical_use else NOT_FOR_CLINICAL_USE))
     _add_rgb_image(ds, rgb, header)
     ds.ImageComments = f"{finding.label}: {LABEL}" + (
         "" if algorithm.clinical_use else f". {algorithm.caveat}")
     ds.DerivationDescription = (
         f"Local prompt evidence for {finding.label} (positive vs negative prompt) over the "
         "scored image: " + LABEL)[:1024]
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = uids.sop_instance_uid
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    add_file_meta(ds)
     return ds
 
 

@@ -8,16 +8,12 @@ import datetime
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 from pydicom import Dataset
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
 from dicom_node.reporting.content import (
-    MANUFACTURER,
     SCORE_NOTE,
     AlgorithmInfo,
     FindingOutcome,
@@ -34,43 +30,36 @@ from dicom_node.reporting.content import (
     score_and_threshold,
 )
 from dicom_node.reporting.evidence import tolerant_headers
+from dicom_node.reporting.render import (
+    NOT_FOR_CLINICAL_USE,
+    Font,
+    add_file_meta,
+    add_series_and_equipment,
+    copy_patient_and_study,
+    font,
+    wrap,
+)
 from dicom_node.reporting.uids import InstanceUids
 
 WIDTH = 1600
 MARGIN = 60
 ROW_HEIGHT = 60
-FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
-CHARACTER_SET = "ISO_IR 192"
-
-_PATIENT_STUDY_KEYWORDS = (
-    "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
-    "StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
-    "AccessionNumber", "StudyDescription",
-)
 
 
 @dataclass(frozen=True)
 class _Fonts:
-    caveat: ImageFont.ImageFont | ImageFont.FreeTypeFont
-    title: ImageFont.ImageFont | ImageFont.FreeTypeFont
-    body: ImageFont.ImageFont | ImageFont.FreeTypeFont
-    bold: ImageFont.ImageFont | ImageFont.FreeTypeFont
-    small: ImageFont.ImageFont | ImageFont.FreeTypeFont
-
-
-def _font(bold: bool, size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    """DejaVu Sans when installed (Debian fonts-dejavu-core), else Pillow's built-in font."""
-    path = FONT_DIR / ("DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf")
-    if path.exists():
-        return ImageFont.truetype(str(path), size)
-    return ImageFont.load_default(size=size)
+    caveat: Font
+    title: Font
+    body: Font
+    bold: Font
+    small: Font
 
 
 @cache  # once per process (cheap: ~0.4 ms, but there is no reason to repeat it)
 def _fonts() -> _Fonts:
     return _Fonts(
-        caveat=_font(True, 52), title=_font(True, 44), body=_font(False, 36),
-        bold=_font(True, 36), small=_font(False, 28),
+        caveat=font(True, 52), title=font(True, 44), body=font(False, 36),
+        bold=font(True, 36), small=font(False, 28),
     )
 
 
@@ -147,15 +136,8 @@ def _draw_table(draw: ImageDraw.ImageDraw, fonts: _Fonts, findings: Sequence[Fin
     return y
 
 
-def _wrap(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> list[str]:
-    lines: list[str] = []
-    for word in text.split():
-        candidate = f"{lines[-1]} {word}" if lines else word
-        if lines and font.getlength(candidate) <= WIDTH - 2 * MARGIN:
-            lines[-1] = candidate
-        else:
-            lines.append(word)
-    return lines
+def _wrap(text: str, drawn_with: Font) -> list[str]:
+    return wrap(text, drawn_with, WIDTH - 2 * MARGIN)
 
 
 def build_summary_sc(
@@ -233,48 +215,14 @@ def _secondary_capture(evidence: Sequence[Dataset], pixels: np.ndarray, algorith
     headers = tolerant_headers(evidence)
     when = content_datetime or datetime.datetime.now(datetime.UTC)
     ds = Dataset()
-    _copy_patient_and_study(ds, headers[0])
-    _add_series_and_equipment(ds, uids, algorithm, when)
+    copy_patient_and_study(ds, headers[0])
+    description = (f"AI findings summary {algorithm.name}" if algorithm.clinical_use
+                   else "AI findings summary" + NOT_FOR_CLINICAL_USE)
+    add_series_and_equipment(ds, uids, algorithm, when, description)
     _add_image(ds, pixels, headers, algorithm)
     ds.DerivationDescription = derivation
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = uids.sop_instance_uid
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    add_file_meta(ds)
     return ds
-
-
-def _copy_patient_and_study(ds: Dataset, source: Dataset) -> None:
-    """From a tolerant header (every Type 2 keyword present, values valid or empty)."""
-    ds.SpecificCharacterSet = CHARACTER_SET
-    for keyword in _PATIENT_STUDY_KEYWORDS:
-        if keyword in source:
-            setattr(ds, keyword, source.data_element(keyword).value)
-
-
-def _add_series_and_equipment(ds: Dataset, uids: InstanceUids, algorithm: AlgorithmInfo,
-                              when: datetime.datetime) -> None:
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = uids.sop_instance_uid
-    ds.Modality = "OT"
-    ds.BodyPartExamined = "CHEST"  # unpaired, so Laterality (type 2C) is absent
-    ds.SeriesInstanceUID = uids.series_instance_uid
-    ds.SeriesNumber = uids.series_number
-    ds.SeriesDescription = (
-        f"AI findings summary {algorithm.name}"[:64] if algorithm.clinical_use
-        else "AI findings summary - NOT FOR CLINICAL USE"
-    )
-    ds.InstanceNumber = uids.instance_number
-    ds.Manufacturer = MANUFACTURER
-    ds.ManufacturerModelName = algorithm.name[:64]
-    ds.SoftwareVersions = algorithm.version[:64]
-    ds.ConversionType = "WSD"
-    ds.ContentDate = when.strftime("%Y%m%d")
-    ds.ContentTime = when.strftime("%H%M%S")
-    ds.InstanceCreationDate = ds.ContentDate
-    ds.InstanceCreationTime = ds.ContentTime
-    ds.SeriesDate = ds.ContentDate  # else archives file the series under an unknown date
-    ds.SeriesTime = ds.ContentTime
 
 
 def _add_image(ds: Dataset, pixels: np.ndarray, evidence: Sequence[Dataset],
