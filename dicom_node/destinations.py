@@ -79,6 +79,14 @@ def overview(settings: Settings, reader: WorkListReader) -> list[DestinationOver
     return rows
 
 
+def overview_of(settings: Settings, database: Database) -> list[DestinationOverview]:
+    """overview() over the node's open work list (the console's Destinations page)."""
+    from storage.session_reader import SessionReader
+
+    with database.read_only() as session:
+        return overview(settings, SessionReader(session))
+
+
 def echo(settings: Settings, name: str) -> Outcome:
     """C-ECHO the configured destination `name` with the node's AE title and the
     destination's timeouts. Raises UnknownDestination."""

@@ -7,6 +7,7 @@ Screenshots of each page go to build/console-screenshots/."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shutil
@@ -14,7 +15,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from ml.model_card import file_sha256
 from ml.testing import write_random_checkpoint
@@ -60,18 +63,32 @@ def site(tmp_path_factory) -> Iterator[Site]:
         for name, role in (("ada", "admin"), ("vic", "viewer")):
             made = add_user(node.config_path, name, role)
             assert made.returncode == 0, made.stderr
+        # a finding surely called present (random scores lie in [0.119, 0.881]): its map shows
+        low = run_cli("thresholds", "set", "Pleural Effusion", "0.12", "--author", "test",
+                      "--note", "a finding present on every study", "--config",
+                      str(node.config_path))
+        assert low.returncode == 0, low.stderr
         a = send_study(node.port, work / "a", "ACC-C1", ("PA", "LL"))
         b = send_study(node.port, work / "b", "ACC-C2", ("PA",))
         c = send_study(node.port, work / "c", "ACC-C3", ("LL",), calling_ae="MODALITY2")
         for uid, state in ((a.study, "DONE"), (b.study, "DONE"), (c.study, "SKIPPED")):
             node.wait_for_state(uid, state, timeout=120)
-        node.wait_for(lambda: all(d["state"] == "SENT" for d in node.cli_json("outbound", "list"))
-                      and len(node.cli_json("outbound", "list")) == 6, "6 deliveries SENT")
+        node.wait_for(lambda: all_sent(node, (a.study, b.study, c.study)),
+                      "each study's SR, summary, text report (and maps) SENT")
         yield Site(node, pacs, a.study, b.study, c.study, checkpoint)
     finally:
         if node is not None:
             node.stop()
         pacs.stop()
+
+
+def all_sent(node: NodeProcess, uids: tuple[str, ...]) -> bool:
+    """Every delivery SENT, and each study's SR, summary and text report among them (the
+    attention maps are queued with the summary and text report)."""
+    rows = node.cli_json("outbound", "list")
+    kinds = {(d["study_instance_uid"], d["kind"]) for d in rows}
+    return (all(d["state"] == "SENT" for d in rows)
+            and all((uid, kind) in kinds for uid in uids for kind in ("sr", "summary", "text")))
 
 
 @pytest.fixture(scope="module")
@@ -164,8 +181,11 @@ def test_admin_walks_every_page_and_uses_the_buttons(browser, site: Site) -> Non
         assert f"{finding['label']}\t{finding['score']:.3f}\t{finding['threshold']:.3f}" \
                f"\t{finding['decision']}" in table
     assert shown["sr_sop_instance_uid"] in page.inner_text("main")
-    assert page.locator("span.state.sent").all_inner_texts() == ["SENT", "SENT"]
+    assert page.locator("span.state.sent").all_inner_texts() == ["SENT"] * len(
+        shown["deliveries"])
+    assert {"sr", "summary", "text", "heatmap"} <= {d["kind"] for d in shown["deliveries"]}
     assert page.locator("button:has-text('Retry')").is_disabled()  # DONE: nothing to retry
+    check_heat_maps(page, site, shown)
     shot(page, "study")
 
     before = audit_actions(site)
@@ -176,6 +196,7 @@ def test_admin_walks_every_page_and_uses_the_buttons(browser, site: Site) -> Non
     page.select_option("select[name=destination]", "pacs")
     page.click("button:has-text('Resend')")
     assert re.search(r"Resend: \d+ objects queued for pacs", page.inner_text(".notice"))
+    page.wait_for_load_state("networkidle")  # the thumbnails and maps drawn
     shot(page, "study-after-actions")
 
     # Destinations: the Test button answers by C-ECHO
@@ -196,6 +217,36 @@ def test_admin_walks_every_page_and_uses_the_buttons(browser, site: Site) -> Non
     page.click("button:has-text('Sign out')")
     assert "/login" in page.url
     page.context.close()
+
+
+def check_heat_maps(page, site: Site, shown: dict) -> None:
+    """One overlay per finding called present (at most [worker] heat_maps_per_study = 3),
+    highest score first, each named, labelled and tinted where the model looked."""
+    present = sorted((f for f in shown["findings"]
+                      if f["decision"] == "present" and not f["derivation"]),
+                     key=lambda f: f["score"], reverse=True)[:3]
+    assert "Pleural Effusion" in [f["label"] for f in present]
+    figures = page.locator("figure.overlay")
+    assert figures.count() == len(present)
+    captions = figures.locator("figcaption").all_inner_texts()
+    for finding, caption in zip(present, captions, strict=True):
+        assert caption.startswith(f"{finding['label']} · present · score {finding['score']:.3f}")
+        assert "on image 1" in caption  # the PA, the only image scored
+        assert "approximate attention map, not a segmentation" in caption
+    page.locator("figure.overlay img").last.scroll_into_view_if_needed()
+    page.wait_for_function("() => [...document.querySelectorAll('figure.overlay img')]"
+                           ".every(e => e.complete && e.naturalWidth > 0)")
+    sizes = page.eval_on_selector_all(
+        "figure.overlay img", "els => els.map(e => [e.naturalWidth, e.naturalHeight])")
+    assert all(max(size) == 384 for size in sizes), sizes  # 440x512 plus its text band
+    overlay = page.get_attribute("figure.overlay img", "src")
+    answer = page.request.get(site.node.http_url + overlay)
+    rgb = np.asarray(Image.open(io.BytesIO(answer.body())).convert("RGB")).astype(int)
+    assert ((rgb[..., 0] - rgb[..., 2]) > 60).sum() > 100  # the orange/yellow tint is drawn
+    assert Client(site.node.http_url).request(overlay).status != 200  # patient data: sign in
+    not_a_map = overlay.rsplit("/", 1)[0] + f"/{shown['sr_sop_instance_uid']}.png"
+    assert page.request.get(site.node.http_url + not_a_map).status == 404
+    assert "not for clinical use" in page.inner_text("section.heat-maps")
 
 
 def test_a_viewer_sees_everything_and_can_change_nothing(browser, site: Site) -> None:

@@ -27,7 +27,7 @@ router = APIRouter()
 @router.get("/destinations", response_class=HTMLResponse)
 def destinations_page(request: Request, who: Reader) -> HTMLResponse:
     ctx = context(request)
-    rows = destinations.overview(ctx.settings, ctx.database)
+    rows = destinations.overview_of(ctx.settings, ctx.database)
     return render(request, "destinations.html", who, "destinations", rows=rows)
 
 

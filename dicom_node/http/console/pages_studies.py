@@ -66,7 +66,9 @@ def study_page(request: Request, uid: str, who: Reader) -> HTMLResponse:
         raise Refused("no study with this Study Instance UID in the work list", 404)
     result = found["result"]
     scored = {i["sop_instance_uid"]: i for i in result["images"]} if result else {}
+    heat_maps = thumbnails.heat_map_overlays(ctx.database, ctx.settings.outbox_path, uid)
     return render(request, "study.html", who, "studies", uid=uid, scored=scored,
+                  heat_maps=heat_maps, heat_map_label=thumbnails.HEAT_MAP_LABEL,
                   destinations=[d.name for d in ctx.settings.destinations],
                   states_to_retry=("FAILED", "QUEUED"),
                   states_to_reprocess=("DONE", "SKIPPED", "FAILED"),
@@ -85,6 +87,18 @@ def thumbnail(request: Request, uid: str, sop: str,
     except thumbnails.ImageUnavailable as exc:
         return Response(str(exc), status_code=404, media_type="text/plain")
     return Response(png, media_type="image/png")  # no-store like every page: patient data
+
+
+@router.get("/studies/{uid}/heat-maps/{sop}.png")
+def heat_map(request: Request, uid: str, sop: str, who: Reader,
+             size: int = thumbnails.OVERLAY_SIZE) -> Response:
+    ctx = context(request)
+    try:
+        png = thumbnails.heat_map_png(ctx.database, ctx.settings.outbox_path, uid, sop,
+                                      min(max(size, 64), 1024))
+    except thumbnails.ImageUnavailable as exc:
+        return Response(str(exc), status_code=404, media_type="text/plain")
+    return Response(png, media_type="image/png")
 
 
 @router.post("/studies/{uid}/retry")
