@@ -138,3 +138,65 @@ def test_retry_dead_of_one_destination_requeues_only_its_rows_and_audits(
     with pytest.raises(destinations.UnknownDestination):
         destinations.retry_deliveries(settings, database, now, actor=ADMIN, all_dead=True,
                                       destination="nowhere")
+
+
+def test_study_page_lists_the_current_results_heat_maps_and_draws_them_small(
+        database: Database, tmp_path) -> None:
+    """Overlays of present findings, highest score first, found in the outbox; one removed by
+    retention is no longer listed; any other object of the outbox is not drawn."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from pydicom.uid import generate_uid
+
+    from dicom_node import thumbnails
+    from dicom_node.reporting.outbox import write_heatmap
+    from dicom_node.reporting.uids import ResultKey, derived_uid, heatmap_uids
+    from storage import results
+    from storage.spool import Spool
+    from tests.report_samples import WHEN, algorithm, dx_image, findings
+
+    study, outbox, algo = generate_uid(), Spool(tmp_path / "outbox"), algorithm()
+    source = dx_image(study)
+    key = ResultKey.of(study_instance_uid=study, model_name=algo.name,
+                       checkpoint_sha256s=algo.checkpoint_sha256s, profile="v1",
+                       source_sop_instance_uids=[source.SOPInstanceUID])
+    present = [f for f in findings() if f.present]  # Pneumothorax 0.88 is the highest
+    uids = heatmap_uids(key.digest(), study, algo.name, version=1,
+                        labels=[f.label for f in present])
+    heat = np.zeros((600, 500), np.float32)
+    heat[400:500, 300:450] = 1.0
+    for finding in present:
+        write_heatmap(outbox, source=source, pixels=np.full((600, 500), 90, np.uint8),
+                      heat=heat, finding=finding, algorithm=algo, uids=uids[finding.label],
+                      when=WHEN)
+    with database.sessions.begin() as session:
+        study_id = worklist.record_instance(session, worklist.InstanceRecord(
+            source.SOPInstanceUID, source.SeriesInstanceUID, study, source.SOPClassUID,
+            "1.2.840.10008.1.2.1", "DX", "CHEST", "PA", f"{study}/x.dcm", 1, "MOD"),
+            WHEN).study_id
+        results.add_result(session, results.NewResult(
+            study_id=study_id, study_instance_uid=study, result_key=key.digest(), version=1,
+            supersedes_id=None, worker_id="w", model_name=algo.name,
+            checkpoint_sha256s=algo.checkpoint_sha256s, catalogue_version="c",
+            clinical_use=False, profile_version=1, aggregation="mean",
+            sr_series_instance_uid=derived_uid("s"), sr_sop_instance_uid=derived_uid("sr"),
+            summary_series_instance_uid=derived_uid("t"),
+            summary_sop_instance_uid=derived_uid("sc"),
+            findings=tuple(results.FindingRecord(f.label, f.probability, f.threshold, f.present)
+                           for f in findings()), images=()), WHEN)
+
+    listed = thumbnails.heat_map_overlays(database, outbox.root, study)
+    ranked = sorted(present, key=lambda f: f.probability, reverse=True)
+    assert [o.label for o in listed] == [f.label for f in ranked]
+    assert {o.source_sop_instance_uid for o in listed} == {source.SOPInstanceUID}
+    png = thumbnails.heat_map_png(database, outbox.root, study, listed[0].sop_instance_uid)
+    drawn = Image.open(io.BytesIO(png))
+    assert drawn.mode == "RGB" and max(drawn.size) == thumbnails.OVERLAY_SIZE
+    with pytest.raises(thumbnails.ImageUnavailable, match="no such attention map"):
+        thumbnails.heat_map_png(database, outbox.root, study, derived_uid("sr"))
+    outbox.absolute(outbox.relative_path(study, listed[0].sop_instance_uid)).unlink()
+    assert [o.label for o in thumbnails.heat_map_overlays(database, outbox.root, study)] == [
+        f.label for f in ranked[1:]]
+    assert thumbnails.heat_map_overlays(database, outbox.root, "1.2.3.999") == []
