@@ -2,11 +2,12 @@
 Orthanc's DICOMweb plugin, in Debian chromium driven by Playwright.
 
 A modality sends a PA and a lateral image to the node and to Orthanc (the PACS); the node sends
-its findings SR, summary image and text report to Orthanc. OHIF opens the study, the text
-report shows every finding with its decision and score, the summary image is drawn, and the
-browser console has no error. Screenshots of both are saved in a folder the test prints.
+its findings SR, summary image, text report and an attention-map overlay (a finding is made
+present by a low threshold) to Orthanc. OHIF opens the study, the text report shows every
+finding with its decision and score, the summary image and the overlay are drawn, and the
+browser console has no error. Screenshots of the three are saved in a folder the test prints.
 
-Slow (marked): about a minute, most of it OHIF rendering with chromium's software GL.
+Slow (marked): 35-50 s here (setup ~15 s, OHIF ~15 s), most of it OHIF rendering with chromium's software GL.
 Needs `make ohif` (done by `make test`) for the viewer, and chromium.
 """
 
@@ -23,13 +24,14 @@ from dicom_node.settings import load_settings
 from ml.testing import write_random_checkpoint
 from tests.dicom_factory import StudyUids, make_radiograph, write
 from tests.ohif_viewer import OhifViewer, ohif_dist
-from tests.peers import NodeProcess, OrthancPeer, storescu
+from tests.peers import NodeProcess, OrthancPeer, run_cli, storescu
 
 pytestmark = pytest.mark.slow
 
 CHROMIUM = Path("/usr/bin/chromium")
 RESULT_CLASSES = {"1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.88.22",
                   "1.2.840.10008.5.1.4.1.1.7"}
+MAPPED = "Pleural Effusion"  # made present (lowest threshold a score can cross): its map is sent
 # chromium without a GPU: SwiftShader's WebGL, as on a CI machine
 BROWSER_ARGS = ["--use-angle=swiftshader", "--enable-unsafe-swiftshader"]
 
@@ -57,6 +59,10 @@ def test_radiologist_reads_the_text_report_and_summary_in_ohif(tmp_path, checkpo
     node, viewer = _node(tmp_path / "node", checkpoint, orthanc), None
     try:
         node.start()
+        low = run_cli("thresholds", "set", MAPPED, "0.12", "--author", "e2e", "--note",
+                      "a finding present, so that an attention map is made", "--config",
+                      str(node.config_path))
+        assert low.returncode == 0, low.stderr
         study = _study_in_the_pacs(node, orthanc, tmp_path / "modality")
         result = node.cli_json("studies", "show", study.study)["result"]
         viewer = OhifViewer(dist, orthanc.url + "/dicom-web").start()
@@ -96,8 +102,8 @@ def _node(workdir: Path, checkpoint: Path, orthanc: OrthancPeer) -> NodeProcess:
 
 
 def _study_in_the_pacs(node: NodeProcess, orthanc: OrthancPeer, directory: Path) -> StudyUids:
-    """A PA and a lateral image to the node and to Orthanc; returns once the node's three
-    objects (findings SR, text report, summary image) are in Orthanc."""
+    """A PA and a lateral image to the node and to Orthanc; returns once the node's objects
+    (findings SR, text report, summary image, attention maps) are in Orthanc."""
     study = StudyUids()
     images = [make_radiograph(view="PA", study=study, seed=1, rows=512, columns=416),
               make_radiograph(view="LL", study=study, seed=2, instance_number=2, rows=512,
@@ -109,16 +115,19 @@ def _study_in_the_pacs(node: NodeProcess, orthanc: OrthancPeer, directory: Path)
 
     def delivered() -> bool:
         classes = {i.get("SOPClassUID") for i in orthanc.study_instances(study.study)}
-        return RESULT_CLASSES <= classes
+        deliveries = node.cli_json("outbound", "list")
+        return (RESULT_CLASSES <= classes and "heatmap" in {d["kind"] for d in deliveries}
+                and all(d["state"] == "SENT" for d in deliveries))
 
-    node.wait_for(delivered, "the node's three objects in Orthanc", timeout=180)
+    node.wait_for(delivered, "the node's objects, an attention map among them, in Orthanc",
+                  timeout=180)
     return study
 
 
 def _read_in_ohif(browser, viewer: OhifViewer, study: StudyUids, result: dict,
                   screenshots: Path) -> list[str]:
-    """Open the study, the text report and the summary image as a reader would; returns the
-    console errors and uncaught page errors."""
+    """Open the study, the text report, the summary image and an attention map as a reader
+    would; returns the console errors and uncaught page errors."""
     page = browser.new_page(viewport={"width": 1600, "height": 1100})
     errors: list[str] = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
@@ -143,22 +152,46 @@ def _read_in_ohif(browser, viewer: OhifViewer, study: StudyUids, result: dict,
     assert page.get_by_text("Something went wrong").count() == 0
 
     page.get_by_text("AI findings summary - NOT FOR CLINICAL USE").first.dblclick()
-    _wait_until_drawn(page, screenshots / "summary-image.png")
+    _wait_until_drawn(page, screenshots / "summary-image.png", _caveat_band, "the summary")
+    assert page.get_by_text("Something went wrong").count() == 0
+
+    assert any(f["label"] == MAPPED and f["decision"] == "present" for f in result["findings"])
+    maps = page.get_by_text("AI attention maps - NOT FOR CLINICAL USE")
+    listed = maps.count()  # in the study browser
+    maps.first.dblclick()
+    _wait_until_drawn(page, screenshots / "attention-map.png", _tinted, "the attention map")
+    # the viewport's own caption names the series too (it lags the pixels a little)
+    page.wait_for_function(
+        "n => [...document.querySelectorAll('body *')].filter(e => e.childElementCount === 0"
+        " && e.textContent.includes('AI attention maps - NOT FOR CLINICAL USE')).length > n",
+        arg=listed, timeout=15_000)
+    page.screenshot(path=str(screenshots / "attention-map.png"))
     assert page.get_by_text("Something went wrong").count() == 0
     return errors
 
 
-def _wait_until_drawn(page, path: Path, timeout: float = 60) -> None:
-    """Screenshot until the viewport shows the summary: its white caveat band is the widest
-    bright area a rendered summary has, and an empty viewport is black."""
+def _caveat_band(rgb: np.ndarray) -> bool:
+    """The summary's white caveat band: the widest bright area a rendered summary has (an
+    empty viewport is black)."""
+    white_rows = (np.mean(rgb.mean(axis=-1) > 240, axis=1) > 0.5).sum()
+    return white_rows >= 20
+
+
+def _tinted(rgb: np.ndarray) -> bool:
+    """The overlay's orange-to-yellow map over the grey radiograph (OHIF draws nothing in
+    orange)."""
+    red, blue = rgb[..., 0].astype(int), rgb[..., 2].astype(int)
+    return ((red - blue) > 80).sum() >= 500
+
+
+def _wait_until_drawn(page, path: Path, drawn, what: str, timeout: float = 60) -> None:
+    """Screenshot until `drawn` finds the object in the viewport (right of the study browser,
+    below the toolbar)."""
     deadline = time.monotonic() + timeout
     while True:
         page.screenshot(path=str(path))
-        pixels = np.asarray(Image.open(path).convert("L"))
-        viewport = pixels[100:, 300:]  # right of the study browser, below the toolbar
-        white_rows = (np.mean(viewport > 240, axis=1) > 0.5).sum()
-        if white_rows >= 20:
+        if drawn(np.asarray(Image.open(path).convert("RGB"))[100:, 300:]):
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"the summary image was not drawn in {timeout} s (see {path})")
+            raise AssertionError(f"{what} was not drawn in {timeout} s (see {path})")
         page.wait_for_timeout(1000)
