@@ -1,7 +1,8 @@
 """One model instance scoring for several worker threads, batching their images together.
 
 `BatchingScorer(engine)` stands in for a `ml.engine.ZeroShotEngine` (same `score_uint8`,
-`labels`, `identity`): every thread's call is queued, one scoring thread takes whatever
+`score_uint8_with_embeddings`, `labels`, `identity`; anything else, such as `heat_maps`, goes to
+the engine directly): every thread's call is queued, one scoring thread takes whatever
 arrived within `window_seconds` (up to `max_images`), scores it in one call of the engine and
 hands each caller its own rows. On a GPU that is one forward pass for several studies instead
 of one per study; with a single caller it only adds the window.
@@ -17,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from ml.engine import EmbeddedScores
+
 DEFAULT_WINDOW_SECONDS = 0.02
 
 
@@ -27,7 +30,8 @@ class BatchingScorer:
         self.max_images = max_images
         self.window_seconds = window_seconds
         self.batches = 0  # engine calls made (for tests and benches)
-        self._requests: queue.Queue[tuple[list[np.ndarray], Future[np.ndarray]]] = queue.Queue()
+        self._requests: queue.Queue[tuple[list[np.ndarray], Future[EmbeddedScores]]] = (
+            queue.Queue())
         self._thread = threading.Thread(target=self._run, name="batching-scorer", daemon=True)
         self._thread.start()
 
@@ -39,12 +43,20 @@ class BatchingScorer:
     def identity(self) -> Any:
         return self.engine.identity
 
+    def __getattr__(self, name: str) -> Any:  # heat_maps, findings, catalogue, ...
+        return getattr(self.engine, name)
+
     def score_uint8(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """(N, F) scores for these images, exactly as `engine.score_uint8` gives them;
+        """(N, L) scores for these images, exactly as `engine.score_uint8` gives them;
         scored together with other threads' images. Raises what the engine raised."""
+        return self.score_uint8_with_embeddings(images).probabilities
+
+    def score_uint8_with_embeddings(self, images: Sequence[np.ndarray]) -> EmbeddedScores:
+        """`engine.score_uint8_with_embeddings` for these images (their rows only), scored
+        together with other threads' images. Raises what the engine raised."""
         if len(images) == 0:
-            return np.asarray(self.engine.score_uint8([]))
-        done: Future[np.ndarray] = Future()
+            return self.engine.score_uint8_with_embeddings([])
+        done: Future[EmbeddedScores] = Future()
         self._requests.put((list(images), done))
         return done.result()
 
@@ -61,10 +73,10 @@ class BatchingScorer:
                 count += len(request[0])
             self._score(batch)
 
-    def _score(self, batch: list[tuple[list[np.ndarray], Future[np.ndarray]]]) -> None:
+    def _score(self, batch: list[tuple[list[np.ndarray], Future[EmbeddedScores]]]) -> None:
         images = [image for request, _ in batch for image in request]
         try:
-            scores = np.asarray(self.engine.score_uint8(images))
+            scored = self.engine.score_uint8_with_embeddings(images)
         except Exception as exc:  # noqa: BLE001  every caller of this batch hears it
             for _, done in batch:
                 done.set_exception(exc)
@@ -72,5 +84,8 @@ class BatchingScorer:
         self.batches += 1
         start = 0
         for request, done in batch:
-            done.set_result(scores[start : start + len(request)])
+            rows = slice(start, start + len(request))
+            done.set_result(EmbeddedScores(
+                np.asarray(scored.probabilities)[rows],
+                {sha: features[rows] for sha, features in scored.embeddings.items()}))
             start += len(request)

@@ -48,3 +48,19 @@ def test_an_engine_error_reaches_every_caller_of_the_batch(engine: ZeroShotEngin
     with pytest.raises(ValueError):
         scorer.score_uint8([np.zeros((10, 10, 3, 2), dtype=np.uint8)])  # not an image
     assert scorer.score_uint8([textured_image(60, 50)]).shape == (1, len(engine.labels))
+
+
+def test_embeddings_kept_for_the_workbench_are_each_callers_own(engine: ZeroShotEngine) -> None:
+    """The worker keeps image embeddings with its results (prompt workbench): scored together,
+    each study still gets its own images' rows, equal to scoring them alone."""
+    studies = [[textured_image(90, 80, seed=s)] * (1 + s % 2) for s in range(4)]
+    alone = [engine.score_uint8_with_embeddings(images) for images in studies]
+    scorer = BatchingScorer(engine, max_images=16, window_seconds=0.2)
+    with ThreadPoolExecutor(len(studies)) as pool:
+        together = list(pool.map(scorer.score_uint8_with_embeddings, studies))
+    for mine, reference in zip(together, alone, strict=True):
+        assert mine.embeddings.keys() == reference.embeddings.keys()
+        for sha, features in reference.embeddings.items():
+            np.testing.assert_allclose(mine.embeddings[sha], features, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(mine.probabilities, reference.probabilities, atol=1e-5)
+    assert callable(scorer.heat_maps)  # the worker's attention maps go to the engine itself
