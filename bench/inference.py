@@ -16,7 +16,9 @@ transfer syntax and preparation path measures in one run:
 - model: `encode_image` alone on already-prepared (N, 3, 224, 224) tensors, same batch size,
 
 and prints both rates and their ratio, each the best of `--repeats` alternating runs (other
-load on a shared machine only ever slows a run down). Paths: `before` is the preparation as it
+load on a shared machine only ever slows a run down). `fill s`: seconds before the first batch
+reached the model (its preparation, which nothing can overlap); `idle s`: seconds the model
+then waited for preparation between batches (0 when preparation keeps ahead). Paths: `before` is the preparation as it
 was before issue 16 (pydicom's decoder plugins, the old 8-bit conversion from
 tests/conversion_reference.py); `after` the node's default now (imagecodecs where it decodes
 identically, the faster conversion); `reduced` adds reduced-resolution decoding (`[model]
@@ -36,6 +38,7 @@ import shutil
 import sys
 import tempfile
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -179,17 +182,35 @@ def bare_model_rate(engine: ZeroShotEngine, canvases: np.ndarray, count: int) ->
     return done / (time.perf_counter() - start)
 
 
-def pipeline_rate(engine: ZeroShotEngine, paths: list[Path]) -> float:
+def pipeline_rate(engine: ZeroShotEngine, paths: list[Path]) -> tuple[float, float, float]:
+    """(images/s, s before the first batch reached the model, s the model waited between
+    batches): the waits show whether preparation overlaps the model (only the first batch's
+    preparation cannot)."""
     engine.score_paths(paths[: engine.batch_size])  # warm-up: threads, caches, allocator
     _sync(engine.device)
-    start = time.perf_counter()
-    results = engine.score_paths(paths)
-    _sync(engine.device)
-    elapsed = time.perf_counter() - start
+    batches: list[tuple[float, float]] = []
+    score = engine._score_prepared
+
+    def timed(chunk: list[PreparedImage]) -> list:
+        began = time.perf_counter()
+        try:
+            return score(chunk)
+        finally:
+            batches.append((began, time.perf_counter()))
+
+    engine._score_prepared = timed  # type: ignore[method-assign]
+    try:
+        start = time.perf_counter()
+        results = engine.score_paths(paths)
+        _sync(engine.device)
+        elapsed = time.perf_counter() - start
+    finally:
+        del engine._score_prepared
     failed = [r for r in results if r.probabilities is None]
     if failed:
         raise SystemExit(f"bench inputs failed to score: {failed[0].skipped_reason}")
-    return len(results) / elapsed
+    idle = sum(later[0] - earlier[1] for earlier, later in pairwise(batches))
+    return len(results) / elapsed, batches[0][0] - start, idle
 
 
 def serial_prepare_ms(engine: ZeroShotEngine, paths: list[Path]) -> float:
@@ -215,16 +236,19 @@ def _sync(device: torch.device) -> None:
 
 def rates(engine: ZeroShotEngine, name: str, paths: list[Path], canvases: np.ndarray,
           chosen: list[str], repeats: int) -> dict[str, tuple[float, ...]]:
-    """path -> (serial ms, prepare/s, pipeline/s, model/s), the paths interleaved within each
-    repeat so that they see the same load; best of `repeats` for each rate."""
-    best: dict[str, list[float]] = {p: [float("inf"), 0.0, 0.0, 0.0] for p in chosen}
+    """path -> (serial ms, prepare/s, pipeline/s, model/s, first-batch wait s, model idle s
+    between batches), the paths interleaved within each repeat so that they see the same load;
+    best of `repeats` for each rate (the waits of the best pipeline run)."""
+    best: dict[str, list[float]] = {p: [float("inf"), 0.0, 0.0, 0.0, 0.0, 0.0] for p in chosen}
     for _ in range(repeats):
         for path in chosen:
             use_path(engine, path)
             row = best[path]
             row[0] = min(row[0], serial_prepare_ms(engine, paths))
             row[3] = max(row[3], bare_model_rate(engine, canvases, len(paths)))
-            row[2] = max(row[2], pipeline_rate(engine, paths))
+            pipeline, fill, idle = pipeline_rate(engine, paths)
+            if pipeline > row[2]:
+                row[2], row[4], row[5] = pipeline, fill, idle
             row[1] = max(row[1], prepare_only_rate(engine, paths))
     return {path: tuple(row) for path, row in best.items()}
 
@@ -286,7 +310,8 @@ def main() -> None:
               f"{torch.get_num_threads()}, preparation workers {engine.preparer.workers}, "
               f"batch {engine.batch_size}, {args.images} images of {COLUMNS}x{ROWS}")
         print(f"{'syntax':<6} {'mode':<8} {'path':<8} {'prepare ms':>10} {'prepare/s':>9} "
-              f"{'pipeline/s':>10} {'model/s':>8} {'ratio':>6} {'vs before':>9}")
+              f"{'pipeline/s':>10} {'model/s':>8} {'ratio':>6} {'vs before':>9} {'fill s':>6} "
+              f"{'idle s':>6}")
         for name in args.syntax:
             paths = write_inputs(folder, name, args.images)
             canvases = np.stack([prepare_file(p).canvas for p in paths[:DISTINCT]])
@@ -294,11 +319,12 @@ def main() -> None:
             for mode in args.mode:
                 engine.preparer.mode = mode
                 measured = rates(engine, name, paths, canvases, chosen, args.repeats)
-                for path, (serial, prepare, pipeline, model) in measured.items():
+                for path, (serial, prepare, pipeline, model, fill, idle) in measured.items():
                     gain = (f"{pipeline / measured['before'][2]:>8.2f}x"
                             if "before" in measured else "")
                     print(f"{name:<6} {mode:<8} {path:<8} {serial:>10.0f} {prepare:>9.2f} "
-                          f"{pipeline:>10.2f} {model:>8.2f} {pipeline / model:>6.2f} {gain:>9}",
+                          f"{pipeline:>10.2f} {model:>8.2f} {pipeline / model:>6.2f} {gain:>9} "
+                          f"{fill:>6.2f} {idle:>6.2f}",
                           flush=True)
         engine.close()
         if args.dp_heights:

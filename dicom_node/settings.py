@@ -89,7 +89,7 @@ class ModelSettings:
     batch_size: int = 16
     dicom_conversion: str = "equalize"  # equalize (as MIMIC-CXR-JPG was made) | voi
     prepare_mode: str = "threads"  # threads | processes: where files are decoded beside the model
-    prepare_workers: int = 0  # 0: half the CPU cores (1..8)
+    prepare_workers: int = 0  # 0: half the CPU cores (2..8)
     reduced_resolution: bool = False  # JPEG 2000 / baseline JPEG decoded near the model's size
     caveat: str = "NOT FOR CLINICAL USE — demo model trained on synthetic data"
     # true: start even when a checkpoint's model card says an enabled finding was not trained

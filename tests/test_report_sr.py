@@ -198,3 +198,52 @@ def test_dsrdump_shows_findings_and_caveat(saved):
     assert 'CODE:(,,"Pneumothorax")=(52101004,SCT,"Present")' in dump.stdout
     assert 'NUM:(,,"Certainty of Finding")="88.0"' in dump.stdout
     assert "NOT FOR CLINICAL USE" in dump.stdout
+
+
+def _groups(sr):
+    """The TID 1501 measurement group CONTAINER items, in document order."""
+    found = []
+    for item in sr.ContentSequence:
+        for child in item.get("ContentSequence", []):
+            if child.ConceptNameCodeSequence[0].CodeValue == "125007":
+                found.append(child)
+    return found
+
+
+def test_groups_equal_those_built_item_by_item_by_highdicom(evidence):
+    """Items shared between groups (for speed) change nothing: each written group equals the
+    one highdicom builds anew per finding, derived No Finding included."""
+    from dataclasses import replace
+
+    from dicom_node.reporting.evidence import tolerant_headers
+    from tests.sr_reference import reference_group
+
+    outcomes = findings()
+    outcomes[-1] = replace(outcomes[-1], derivation="1 - max of the other findings' scores")
+    tracking = {f.label: generate_uid() for f in outcomes}
+    sr = build_findings_sr(evidence=evidence, findings=outcomes, algorithm=algorithm(),
+                           uids=report_uids(ResultKey.of(
+                               study_instance_uid=evidence[0].StudyInstanceUID, model_name="m",
+                               checkpoint_sha256s=("a1" * 32,), profile="v3",
+                               source_sop_instance_uids=[ds.SOPInstanceUID for ds in evidence]),
+                               version=1, labels=[]).sr,
+                           tracking_uids=tracking, node_uid=NODE_UID, content_datetime=WHEN)
+    written = _groups(sr)
+    headers = tolerant_headers(evidence)
+    expected = [reference_group(f, algorithm(), headers, tracking[f.label]) for f in outcomes]
+    assert len(written) == len(expected) == len(outcomes)
+    for got, want in zip(written, expected, strict=True):
+        assert _encoded(got) == _encoded(want)
+    texts = [item.get("TextValue", "") for item in written[-1].ContentSequence]
+    assert "score 1 - max of the other findings' scores" in texts
+
+
+def _encoded(item):
+    """The bytes of one item as the SR's transfer syntax writes it."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_dataset(fp, item)
+    return fp.getvalue()
