@@ -178,7 +178,10 @@ def test_admin_walks_every_page_and_uses_the_buttons(browser, site: Site) -> Non
     assert "scored" in captions[0] and "skipped" in captions[1]
     table = page.inner_text("table.findings")
     for finding in shown["findings"]:
-        assert f"{finding['label']}\t{finding['score']:.3f}\t{finding['threshold']:.3f}" \
+        label = finding["label"]
+        if finding["derivation"]:  # No Finding: said to be derived, with how
+            label += f" ({finding['derivation']})"
+        assert f"{label}\t{finding['score']:.3f}\t{finding['threshold']:.3f}" \
                f"\t{finding['decision']}" in table
     assert shown["sr_sop_instance_uid"] in page.inner_text("main")
     assert page.locator("span.state.sent").all_inner_texts() == ["SENT"] * len(
