@@ -144,19 +144,30 @@ def active_profile(
 
 def ensure_initial_profile(session: Session, defaults: Mapping[str, float]) -> ProfileVersion:
     """Version 1 from the catalogue defaults, active, unless a profile exists already; returns
-    the active version either way."""
+    the active version either way, also when another process created version 1 at the same
+    time (raises ProfileError only when that other version is still not active)."""
     current = _active_version(session)
     if current is not None:
         return get_profile(session, current)
-    created = create_profile(
-        session,
-        defaults,
-        author=SYSTEM_AUTHOR,
-        method="defaults",
-        note="catalogue default thresholds",
-        provenance={"source": "findings catalogue"},
-    )
-    activate(session, created.version, by=SYSTEM_AUTHOR, note="first profile")
+    try:
+        with session.begin_nested():
+            created = create_profile(
+                session,
+                defaults,
+                author=SYSTEM_AUTHOR,
+                method="defaults",
+                note="catalogue default thresholds",
+                provenance={"source": "findings catalogue"},
+            )
+            activate(session, created.version, by=SYSTEM_AUTHOR, note="first profile")
+    except ProfileError:
+        # Several workers meeting their first study at once all try to create version 1; on
+        # PostgreSQL the losers' INSERT waits for the winner's commit, so its profile is
+        # visible now and is the one to use.
+        current = _active_version(session)
+        if current is None:
+            raise
+        return get_profile(session, current)
     return created
 
 

@@ -106,6 +106,19 @@ def _wait(what: str, predicate, timeout: float) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _all_done_none_failed(database: Database) -> bool:
+    """True once every study is DONE; a FAILED study ends the wait at once, naming its error."""
+    try:
+        with database.read_only() as session:
+            counts = Counter(session.scalars(select(Study.state)))
+            failed = session.scalars(select(Study.last_error).where(
+                Study.state == StudyState.FAILED)).all()
+    except SQLAlchemyError:  # PostgreSQL is being restarted
+        return False
+    assert not failed, f"{len(failed)} studies FAILED: {sorted(set(failed))}"
+    return counts[StudyState.DONE] == STUDIES
+
+
 def _send(port: int, files: list[Path], acknowledged: dict[Path, str]) -> None:
     run = storescu(port, files, timeout=600)
     for path, answer in zip(files, store_responses(run.stdout + run.stderr), strict=False):
@@ -171,8 +184,7 @@ def test_two_listeners_three_workers_one_postgres_exactly_once(
         _send(listeners[0].port, refused, acknowledged)  # the modality sends them again
         assert all(answer == "Success" for answer in acknowledged.values())
 
-        _wait("every study DONE", lambda: _count(database, select(func.count()).select_from(
-            Study).where(Study.state == StudyState.DONE)) == STUDIES, 600)
+        _wait("every study DONE", lambda: _all_done_none_failed(database), 400)
         _wait("every object SENT", lambda: _count(database, select(func.count()).select_from(
             Outbound).where(Outbound.state == OutboundState.SENT)) == OBJECTS * STUDIES, 300)
 

@@ -4,6 +4,8 @@ and diff say who changed what, and a running node's next lookup sees a new activ
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -142,3 +144,31 @@ def test_a_running_node_sees_a_new_activation_at_its_next_lookup(
     assert (before.label, before.thresholds["Pneumothorax"]) == ("v1", 0.5)
     assert (after.label, after.thresholds["Pneumothorax"]) == ("v2", 0.6)
     assert after.threshold_for("Brand New Finding", 0.45) == 0.45
+
+
+def test_workers_meeting_their_first_study_at_once_share_one_version_1(
+    database: Database,
+) -> None:
+    """Several workers report their first study together: each finds no profile and creates
+    version 1. The one that loses must use the winner's, not fail its study (seen on
+    PostgreSQL with three workers: two studies FAILED with "created by someone else")."""
+    defaults = {"Pneumothorax": 0.5, "Cardiomegaly": 0.4}
+    loser: dict[str, object] = {}
+    with database.sessions.begin() as first:
+        assert profiles.active_profile(first, defaults).version == 1  # not committed yet
+
+        def second_worker() -> None:
+            try:
+                with database.sessions.begin() as second:
+                    loser["profile"] = profiles.active_profile(second, defaults)
+            except Exception as error:  # noqa: BLE001 - the assertion below names it
+                loser["error"] = error
+
+        thread = threading.Thread(target=second_worker)
+        thread.start()
+        time.sleep(0.5)  # the second worker is now waiting on the first one's version 1
+    thread.join(30)
+    assert "error" not in loser, loser.get("error")
+    assert loser["profile"].version == 1 and loser["profile"].thresholds == defaults
+    with database.read_only() as session:
+        assert [p.version for p in profiles.list_profiles(session)] == [1]
