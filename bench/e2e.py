@@ -199,6 +199,9 @@ def main() -> None:
     parser.add_argument("--assembly-interval-seconds", type=float, default=None,
                         help="default: the shipped configuration's")
     parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--heat-maps-per-study", type=int, default=None,
+                        help="default: the shipped configuration's; 0 shows what the "
+                        "attention maps made after the SR cost its delivery")
     parser.add_argument("--architecture", choices=("demo", "vit-b-32"), default="demo",
                         help="without --checkpoint: the configured model (else a random one of "
                         "the demo architecture), or a random ViT-B/32 (the released size)")
@@ -213,8 +216,11 @@ def main() -> None:
         else:
             worklist["assembly_interval_seconds"] = load_settings(
                 environ={}).worklist.assembly_interval_seconds
+        worker: dict[str, object] = {"enabled": True}
+        if args.heat_maps_per_study is not None:
+            worker["heat_maps_per_study"] = args.heat_maps_per_study
         node = NodeProcess.create(
-            workdir / "node", worklist=worklist, worker={"enabled": True},
+            workdir / "node", worklist=worklist, worker=worker,
             model={"checkpoints": [str(checkpoint)]}, logging={"level": "INFO"},
         )
         with node.config_path.open("a") as f:
