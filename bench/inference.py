@@ -23,8 +23,11 @@ was before issue 16 (pydicom's decoder plugins, the old 8-bit conversion from
 tests/conversion_reference.py); `after` the node's default now (imagecodecs where it decodes
 identically, the faster conversion); `reduced` adds reduced-resolution decoding (`[model]
 reduced_resolution`, off by default). Targets on 2 cores: ratio >= 0.7 uncompressed, >= 0.5
-JPEG-LS, >= 0.4 JPEG 2000. For context: serial preparation cost per image and the rate of the
-preparation workers alone.
+JPEG-LS, >= 0.4 JPEG 2000. For context: serial preparation cost per image, the rate of the
+preparation workers alone, and `ceiling`: the highest ratio the machine's cores allow, when every
+image costs its preparation's CPU time (a decoder's own threads included) plus, on a CPU device,
+the model's CPU time per image, and all cores are busy all the time. A target above the ceiling
+cannot be met by overlapping work better, only by spending less CPU per image.
 
 Then the |dp| table: the demo model's scores with reduced-resolution decoding against a full
 decode on a varied synthetic set (tests/reduced_set.py: sizes, 12/14/16 bits, MONOCHROME1/2,
@@ -34,6 +37,7 @@ the synthetic findings; JPEG 2000 lossless and lossy, baseline JPEG), for both c
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -79,6 +83,7 @@ SYNTAXES = {"raw": ExplicitVRLittleEndian, "j2k": JPEG2000Lossless, "jls": JPEGL
 PATHS = ("before", "after", "reduced")
 ROWS, COLUMNS = 3000, 2500
 DISTINCT = 4  # distinct images per syntax; the rest are copies under other names
+MODEL_CPU_S = 0.0  # CPU seconds per image of the model alone, set by bare_model_rate
 
 
 def radiograph(seed: int) -> np.ndarray:
@@ -143,8 +148,9 @@ def prepare_before(path: str, conversion: str, reduced: bool) -> PreparedImage:
 def use_path(engine: ZeroShotEngine, path: str) -> None:
     """Point the engine's preparation at one of PATHS (the workers restart on next use)."""
     engine.close()
-    engine.preparer.prepare = prepare_before if path == "before" else prepare_file
-    engine.preparer.reduced = path == "reduced"
+    preparer = engine.preparer
+    preparer.prepare = prepare_before if path == "before" else prepare_file
+    preparer.reduced = path == "reduced"
 
 
 def _dataset(pixels: np.ndarray) -> Dataset:
@@ -165,7 +171,9 @@ def _dataset(pixels: np.ndarray) -> Dataset:
 
 
 def bare_model_rate(engine: ZeroShotEngine, canvases: np.ndarray, count: int) -> float:
-    """encode_image alone on prepared tensors, `count` images in batches of the engine's size."""
+    """encode_image alone on prepared tensors, `count` images in batches of the engine's size.
+    Also sets MODEL_CPU_S: the process's CPU seconds per image meanwhile."""
+    global MODEL_CPU_S
     member = engine._members[0]
     reps = -(-engine.batch_size // len(canvases))
     batch = np.concatenate([canvases] * reps)[: engine.batch_size]
@@ -173,12 +181,13 @@ def bare_model_rate(engine: ZeroShotEngine, canvases: np.ndarray, count: int) ->
     with torch.inference_mode(), engine._precision_context():
         member.model.encode_image(prepared)  # warm-up
         _sync(engine.device)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         done = 0
         while done < count:
             member.model.encode_image(prepared)
             done += len(prepared)
         _sync(engine.device)
+    MODEL_CPU_S = (time.process_time() - cpu) / done
     return done / (time.perf_counter() - start)
 
 
@@ -213,13 +222,24 @@ def pipeline_rate(engine: ZeroShotEngine, paths: list[Path]) -> tuple[float, flo
     return len(results) / elapsed, batches[0][0] - start, idle
 
 
-def serial_prepare_ms(engine: ZeroShotEngine, paths: list[Path]) -> float:
-    """Milliseconds per image of the engine's preparation function, in this thread."""
+def serial_prepare_ms(engine: ZeroShotEngine, paths: list[Path]) -> tuple[float, float]:
+    """(wall, CPU) milliseconds per image of the engine's preparation function, in this thread
+    (CPU: the whole process's, so a decoder's own threads count)."""
     prepare, reduced = engine.preparer.prepare, engine.preparer.reduced
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for path in paths[:DISTINCT]:
         prepare(str(path), "equalize", reduced)
-    return 1000 * (time.perf_counter() - start) / min(len(paths), DISTINCT)
+    count = min(len(paths), DISTINCT)
+    return (1000 * (time.perf_counter() - start) / count,
+            1000 * (time.process_time() - cpu) / count)
+
+
+def ceiling(prepare_cpu_ms: float, model_rate: float, device: torch.device) -> float:
+    """The highest pipeline/model ratio this machine's cores allow: every image costs its
+    preparation's CPU time plus (on CPU) the model's, spread over all cores at best."""
+    cores = os.cpu_count() or 1
+    per_image = prepare_cpu_ms / 1000 + (MODEL_CPU_S if device.type == "cpu" else 0.0)
+    return min(1.0, cores / per_image / model_rate)
 
 
 def prepare_only_rate(engine: ZeroShotEngine, paths: list[Path]) -> float:
@@ -237,15 +257,18 @@ def _sync(device: torch.device) -> None:
 def rates(engine: ZeroShotEngine, name: str, paths: list[Path], canvases: np.ndarray,
           chosen: list[str], repeats: int) -> dict[str, tuple[float, ...]]:
     """path -> (serial ms, prepare/s, pipeline/s, model/s, first-batch wait s, model idle s
-    between batches), the paths interleaved within each repeat so that they see the same load;
+    between batches, the cores' ceiling on the ratio), the paths interleaved within each repeat so that they see the same load;
     best of `repeats` for each rate (the waits of the best pipeline run)."""
-    best: dict[str, list[float]] = {p: [float("inf"), 0.0, 0.0, 0.0, 0.0, 0.0] for p in chosen}
+    best: dict[str, list[float]] = {p: [float("inf"), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+                                    for p in chosen}
     for _ in range(repeats):
         for path in chosen:
             use_path(engine, path)
             row = best[path]
-            row[0] = min(row[0], serial_prepare_ms(engine, paths))
+            wall, cpu = serial_prepare_ms(engine, paths)
+            row[0] = min(row[0], wall)
             row[3] = max(row[3], bare_model_rate(engine, canvases, len(paths)))
+            row[6] = max(row[6], ceiling(cpu, row[3], engine.device))
             pipeline, fill, idle = pipeline_rate(engine, paths)
             if pipeline > row[2]:
                 row[2], row[4], row[5] = pipeline, fill, idle
@@ -311,7 +334,7 @@ def main() -> None:
               f"batch {engine.batch_size}, {args.images} images of {COLUMNS}x{ROWS}")
         print(f"{'syntax':<6} {'mode':<8} {'path':<8} {'prepare ms':>10} {'prepare/s':>9} "
               f"{'pipeline/s':>10} {'model/s':>8} {'ratio':>6} {'vs before':>9} {'fill s':>6} "
-              f"{'idle s':>6}")
+              f"{'idle s':>6} {'ceiling':>7}")
         for name in args.syntax:
             paths = write_inputs(folder, name, args.images)
             canvases = np.stack([prepare_file(p).canvas for p in paths[:DISTINCT]])
@@ -319,12 +342,13 @@ def main() -> None:
             for mode in args.mode:
                 engine.preparer.mode = mode
                 measured = rates(engine, name, paths, canvases, chosen, args.repeats)
-                for path, (serial, prepare, pipeline, model, fill, idle) in measured.items():
+                for path, (serial, prepare, pipeline, model, fill, idle, most) in (
+                        measured.items()):
                     gain = (f"{pipeline / measured['before'][2]:>8.2f}x"
                             if "before" in measured else "")
                     print(f"{name:<6} {mode:<8} {path:<8} {serial:>10.0f} {prepare:>9.2f} "
                           f"{pipeline:>10.2f} {model:>8.2f} {pipeline / model:>6.2f} {gain:>9} "
-                          f"{fill:>6.2f} {idle:>6.2f}",
+                          f"{fill:>6.2f} {idle:>6.2f} {most:>7.2f}",
                           flush=True)
         engine.close()
         if args.dp_heights:
