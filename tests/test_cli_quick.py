@@ -116,6 +116,14 @@ def test_plain_and_typer_answer_alike(config, argv):
     assert STUDY_UID in plain[1] or "unknown state 'bogus'" in plain[2] or "--check" in argv
 
 
+def test_python_dash_m_dicom_node_is_the_same_command_line(config):
+    """For a host where the venv's bin/ is not on PATH: `python -m dicom_node` answers as
+    `dicom-node` does, plain fast path included."""
+    argv = ["studies", "list", "--config", str(config)]
+    as_module = _run([sys.executable, "-m", "dicom_node"], argv)
+    assert as_module == _run(dicom_node_command(), argv) and STUDY_UID in as_module[1]
+
+
 def test_a_missing_config_file_is_the_same_one_line_error(tmp_path):
     argv = ["status", "--config", str(tmp_path / "nowhere.toml")]
     plain = _run(dicom_node_command(), argv)
