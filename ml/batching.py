@@ -5,8 +5,8 @@
 `maps_from_local`, goes to the engine directly): every thread's call is queued, one scoring
 thread takes whatever arrived within `window_seconds` (up to `max_images`), scores it in one
 call of the engine and hands each caller its own rows (of the embeddings and, to a caller that
-asked for them, of the local features too). On a GPU that is one forward pass for several studies instead
-of one per study; with a single caller it only adds the window.
+asked for them, of the local features too). On a GPU that is one forward pass for several
+studies instead of one per study; with a single caller it only adds the window.
 """
 
 from __future__ import annotations

@@ -15,6 +15,10 @@ sigmoid(cos(local, positive) - cos(local, negative)), so a map is on the same 0.
 the scores (within [0.119, 0.881]) and an ensemble's map is the mean of its members' maps,
 each first resized to the 320 x 320 canvas (members may have different grids).
 
+The local features come from the tower's output that scoring computes anyway: the engine keeps
+it with a forward hook (`SpatialCapture`) when asked, so a map costs no second pass; `heat_maps`
+runs the tower for callers that did not keep them, and both make maps with `ensemble_maps`.
+
 These are approximate attention maps, not segmentations: the local features were never trained
 to be classified on their own, and a 7 x 7 grid (ViT-B/32 and RN50 at 224) places evidence to
 within about 46 pixels of the 320 canvas.
