@@ -168,6 +168,23 @@ def test_worker_sends_one_overlay_per_positive_finding_up_to_the_cap(heat_node):
     assert sorted(shown) == sorted(f.label for f in top)
 
 
+def test_worker_threads_sharing_one_model_get_maps_from_the_shared_pass(
+        heat_node, model):  # noqa: F811
+    """`worker --concurrency N`: the shared scorer hands each study its images' local features."""
+    from ml.batching import BatchingScorer
+
+    heat_node.worker._model = type(model)(BatchingScorer(model.engine), model.catalogue)
+    _activate(heat_node, 0.12)
+    study = StudyUids()
+    heat_node.receive(make_radiograph(view="PA", study=study, seed=5, rows=128, columns=160))
+    with _image_tower_passes() as passes:
+        assert heat_node.process().state is StudyState.DONE
+    assert passes == [1]
+    overlays = [d for d in heat_node.deliveries() if d.kind == "heatmap"]
+    assert len(overlays) == 2
+    assert all(dciodvfy(heat_node.outbox.absolute(d.file_path))[0] == [] for d in overlays)
+
+
 def test_no_overlay_when_no_finding_is_called_present(heat_node):
     _activate(heat_node, 0.88)
     study = StudyUids()
