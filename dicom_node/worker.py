@@ -112,6 +112,15 @@ class LoadedModel:
     catalogue: Any  # ml.catalogue.Catalogue
 
 
+@dataclass(frozen=True)
+class _Scored:
+    """A study's eligible images as scored (`ml.engine.EmbeddedScores`, all chunks)."""
+
+    probabilities: np.ndarray  # (images, labels) float64
+    embeddings: dict[str, np.ndarray]  # checkpoint SHA-256 -> (images, D): the prompt workbench's
+    local_features: dict[str, np.ndarray]  # -> (images, g, g, D), attention maps; {}: not kept
+
+
 @dataclass
 class _Image:
     sop_instance_uid: str
@@ -412,14 +421,13 @@ class Worker:
         if not eligible:
             return self._skip(claimed, model, images)
         read = time.perf_counter()
-        scores, embeddings = self._score(claimed, model, eligible)
+        scored = self._score(claimed, model, eligible)
         seconds = {"read": read - started, "score": time.perf_counter() - read}
         self.on_inference(seconds["score"])
         study_scores = _with_derived(
-            aggregate(scores, self.settings.worker.study_aggregation), model
+            aggregate(scored.probabilities, self.settings.worker.study_aggregation), model
         )
-        return self._report(claimed, model, images, eligible, (scores, embeddings),
-                            study_scores, seconds)
+        return self._report(claimed, model, images, eligible, scored, study_scores, seconds)
 
     def _read_images(self, claimed: worklist.ClaimedStudy) -> list[_Image]:
         """Each instance's header (large values left on disk) and, when it is to be scored, its
@@ -440,21 +448,23 @@ class Worker:
 
     def _score(
         self, claimed: worklist.ClaimedStudy, model: LoadedModel, eligible: Sequence[_Image]
-    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """(images, findings) probabilities and, per checkpoint, the (images, D) embeddings
-        kept with the result for the prompt workbench."""
+    ) -> _Scored:
+        """The eligible images' scores and embeddings and, when attention maps are to be made,
+        their local features from the same forward pass."""
         batch = self.settings.model.batch_size
-        chunks, embedded = [], []
+        local = self.settings.worker.heat_maps_per_study > 0
+        parts = []
         for start in range(0, len(eligible), batch):
             pixels = [image.pixels for image in eligible[start : start + batch]]
-            scored = model.engine.score_uint8_with_embeddings(pixels)
-            chunks.append(np.asarray(scored.probabilities, dtype=np.float64))
-            embedded.append(scored.embeddings)
+            parts.append(model.engine.score_uint8_with_embeddings(pixels, local_features=local))
             with self.database.sessions.begin() as session:
                 worklist.renew_lease(session, claimed.study_id, self.worker_id,
                                      self.settings.worklist.lease_seconds, self.clock())
-        embeddings = {sha: np.concatenate([e[sha] for e in embedded]) for sha in embedded[0]}
-        return np.concatenate(chunks, axis=0), embeddings
+        return _Scored(
+            np.concatenate([np.asarray(p.probabilities, dtype=np.float64) for p in parts]),
+            _by_checkpoint([p.embeddings for p in parts]),
+            _by_checkpoint([p.local_features for p in parts]),
+        )
 
     def _skip(
         self, claimed: worklist.ClaimedStudy, model: LoadedModel, images: Sequence[_Image]
@@ -539,7 +549,7 @@ class Worker:
         model: LoadedModel,
         images: Sequence[_Image],
         eligible: Sequence[_Image],
-        scored: tuple[np.ndarray, dict[str, np.ndarray]],
+        scored: _Scored,
         study_scores: np.ndarray,
         seconds: dict[str, float],
     ) -> WorkOutcome:
@@ -548,7 +558,6 @@ class Worker:
         commit that also finishes the study. A crash between the two leaves the study leased;
         whoever takes it next finds the same inputs and `_redeliver` builds the missing ones."""
         catalogue, labels = model.catalogue, list(model.engine.labels)
-        scores = scored[0]
         defaults = {f.label: f.default_threshold for f in catalogue.enabled()}
         with self.database.sessions.begin() as session:
             profile = profiles.active_profile(session, defaults)
@@ -573,7 +582,8 @@ class Worker:
                       uids=uids, node_uid=self.node_uid, previous=_previous_reports(previous),
                       when=now)
         new = self._new_result(claimed, key, version, previous, algorithm, profile.version, uids,
-                               findings, _image_records(images, eligible, *scored, labels))
+                               findings, _image_records(images, eligible, scored.probabilities,
+                                                        scored.embeddings, labels))
         with self.database.sessions.begin() as session:
             worklist.renew_lease(session, claimed.study_id, self.worker_id,
                                  self.settings.worklist.lease_seconds, now)
@@ -591,7 +601,7 @@ class Worker:
                                  algorithm=algorithm, uids=uids.text, node_uid=self.node_uid,
                                  previous=_previous_text_reports(previous), when=now, images=uses)
         seconds["summary"], mark = time.perf_counter() - mark, time.perf_counter()
-        overlays = self._heat_maps(claimed, model, eligible, evidence, scores, findings,
+        overlays = self._heat_maps(claimed, model, eligible, evidence, scored, findings,
                                    algorithm, key, version, now)
         state, more = self._finish(claimed, result_id, [summary, text, *overlays])
         seconds["heat_maps"] = time.perf_counter() - mark
@@ -609,7 +619,7 @@ class Worker:
         model: LoadedModel,
         eligible: Sequence[_Image],
         evidence: Sequence[Dataset],
-        scores: np.ndarray,
+        scored: _Scored,
         findings: Sequence[FindingOutcome],
         algorithm: AlgorithmInfo,
         key: ResultKey,
@@ -618,7 +628,9 @@ class Worker:
     ) -> list[WrittenObject]:
         """Attention-map overlays for the top `[worker] heat_maps_per_study` findings called
         present, each on the image that scored it highest. An extra: if making them fails, the
-        study still finishes with its SR and summary (logged as heat_maps_failed)."""
+        study still finishes with its SR and summary (logged as heat_maps_failed). The maps
+        come from the local features kept while scoring (no second forward pass), made at the
+        overlay's size; each image is shrunk to it once, however many findings it shows."""
         chosen = ranked_positives(findings, self.settings.worker.heat_maps_per_study)
         if not chosen:
             return []
@@ -626,15 +638,16 @@ class Worker:
             uids = heatmap_uids(key.digest(), claimed.study_instance_uid, algorithm.name,
                                 version=version, labels=[f.label for f in chosen])
             labels = list(model.engine.labels)
+            scores = scored.probabilities
             best = {f.label: int(np.argmax(scores[:, labels.index(f.label)])) for f in chosen}
-            maps: dict[str, np.ndarray] = {}
-            for index in sorted(set(best.values())):  # one forward pass per image
+            shown: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # label -> (grey, heat)
+            for index in sorted(set(best.values())):
                 wanted = [label for label, i in best.items() if i == index]
-                maps.update(zip(wanted, _image_heat_maps(model, eligible[index].pixels, wanted),
-                                strict=True))
+                shown.update(_image_heat_maps(model, eligible[index].pixels, wanted,
+                                              _rows(scored.local_features, index)))
             return [
                 write_heatmap(self.outbox, source=evidence[best[f.label]],
-                              pixels=eligible[best[f.label]].pixels, heat=maps[f.label],
+                              pixels=shown[f.label][0], heat=shown[f.label][1],
                               finding=f, algorithm=algorithm, uids=uids[f.label], when=when)
                 for f in chosen
             ]
@@ -813,16 +826,34 @@ def _wants(destination: DestinationSettings, kind: str) -> bool:
 
 
 def _image_heat_maps(
-    model: LoadedModel, pixels: np.ndarray | None, labels: Sequence[str]
-) -> list[np.ndarray]:
-    """The engine's maps for `labels` on one scored 8-bit image, each at the image's size."""
+    model: LoadedModel, pixels: np.ndarray | None, labels: Sequence[str],
+    local_features: dict[str, np.ndarray],
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """For each of `labels` on one scored 8-bit image: the image shrunk to the overlay's size
+    (shared by all labels) and the engine's map at that size, from the image's kept local
+    features (each checkpoint's (1, g, g, D)); with none kept, from a forward pass of its own."""
+    from dicom_node.reporting.heatmap import fit_to_overlay
     from ml.heatmap import canvas_to_image
     from ml.preprocess import to_canvas
 
     if pixels is None:
         raise ValueError("the image has no decoded pixels")
-    canvas_maps = model.engine.heat_maps(to_canvas(pixels)[None], labels)[0]
-    return [canvas_to_image(m, pixels.shape) for m in canvas_maps]
+    if local_features:
+        canvas_maps = model.engine.maps_from_local(local_features, labels)[0]
+    else:
+        canvas_maps = model.engine.heat_maps(to_canvas(pixels)[None], labels)[0]
+    grey = fit_to_overlay(pixels)
+    return {label: (grey, canvas_to_image(m, pixels.shape, grey.shape))
+            for label, m in zip(labels, canvas_maps, strict=True)}
+
+
+def _rows(arrays: dict[str, np.ndarray], index: int) -> dict[str, np.ndarray]:
+    return {sha: array[index : index + 1] for sha, array in arrays.items()}
+
+
+def _by_checkpoint(parts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per checkpoint SHA-256, its arrays of every scoring call stacked along the image axis."""
+    return {sha: np.concatenate([part[sha] for part in parts]) for sha in parts[0]}
 
 
 def _stored_objects(outbox: Spool, previous: results.ResultView) -> list[WrittenObject]:

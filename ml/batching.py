@@ -1,11 +1,12 @@
 """One model instance scoring for several worker threads, batching their images together.
 
 `BatchingScorer(engine)` stands in for a `ml.engine.ZeroShotEngine` (same `score_uint8`,
-`score_uint8_with_embeddings`, `labels`, `identity`; anything else, such as `heat_maps`, goes to
-the engine directly): every thread's call is queued, one scoring thread takes whatever
-arrived within `window_seconds` (up to `max_images`), scores it in one call of the engine and
-hands each caller its own rows. On a GPU that is one forward pass for several studies instead
-of one per study; with a single caller it only adds the window.
+`score_uint8_with_embeddings`, `labels`, `identity`; anything else, such as `heat_maps` and
+`maps_from_local`, goes to the engine directly): every thread's call is queued, one scoring
+thread takes whatever arrived within `window_seconds` (up to `max_images`), scores it in one
+call of the engine and hands each caller its own rows (of the embeddings and, to a caller that
+asked for them, of the local features too). On a GPU that is one forward pass for several
+studies instead of one per study; with a single caller it only adds the window.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import queue
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,8 +32,7 @@ class BatchingScorer:
         self.max_images = max_images
         self.window_seconds = window_seconds
         self.batches = 0  # engine calls made (for tests and benches)
-        self._requests: queue.Queue[tuple[list[np.ndarray], Future[EmbeddedScores]]] = (
-            queue.Queue())
+        self._requests: queue.Queue[_Request] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="batching-scorer", daemon=True)
         self._thread.start()
 
@@ -51,41 +52,54 @@ class BatchingScorer:
         scored together with other threads' images. Raises what the engine raised."""
         return self.score_uint8_with_embeddings(images).probabilities
 
-    def score_uint8_with_embeddings(self, images: Sequence[np.ndarray]) -> EmbeddedScores:
+    def score_uint8_with_embeddings(
+        self, images: Sequence[np.ndarray], *, local_features: bool = False
+    ) -> EmbeddedScores:
         """`engine.score_uint8_with_embeddings` for these images (their rows only), scored
-        together with other threads' images. Raises what the engine raised."""
+        together with other threads' images; the batch is scored with local features when
+        any of its callers asked. Raises what the engine raised."""
         if len(images) == 0:
             return self.engine.score_uint8_with_embeddings([])
         done: Future[EmbeddedScores] = Future()
-        self._requests.put((list(images), done))
+        self._requests.put(_Request(list(images), local_features, done))
         return done.result()
 
     def _run(self) -> None:
         while True:
             batch = [self._requests.get()]
-            count = len(batch[0][0])
+            count = len(batch[0].images)
             while count < self.max_images:
                 try:
                     request = self._requests.get(timeout=self.window_seconds)
                 except queue.Empty:
                     break
                 batch.append(request)
-                count += len(request[0])
+                count += len(request.images)
             self._score(batch)
 
-    def _score(self, batch: list[tuple[list[np.ndarray], Future[EmbeddedScores]]]) -> None:
-        images = [image for request, _ in batch for image in request]
+    def _score(self, batch: list[_Request]) -> None:
+        images = [image for request in batch for image in request.images]
+        local = any(request.local_features for request in batch)
         try:
-            scored = self.engine.score_uint8_with_embeddings(images)
+            scored = self.engine.score_uint8_with_embeddings(images, local_features=local)
         except Exception as exc:  # noqa: BLE001  every caller of this batch hears it
-            for _, done in batch:
-                done.set_exception(exc)
+            for request in batch:
+                request.done.set_exception(exc)
             return
         self.batches += 1
         start = 0
-        for request, done in batch:
-            rows = slice(start, start + len(request))
-            done.set_result(EmbeddedScores(
+        for request in batch:
+            rows = slice(start, start + len(request.images))
+            kept = scored.local_features if request.local_features else {}
+            request.done.set_result(EmbeddedScores(
                 np.asarray(scored.probabilities)[rows],
-                {sha: features[rows] for sha, features in scored.embeddings.items()}))
-            start += len(request)
+                {sha: features[rows] for sha, features in scored.embeddings.items()},
+                {sha: features[rows] for sha, features in kept.items()}))
+            start += len(request.images)
+
+
+@dataclass(frozen=True)
+class _Request:
+    images: list[np.ndarray]
+    local_features: bool
+    done: Future[EmbeddedScores]

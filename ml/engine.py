@@ -16,7 +16,7 @@ probabilities by at most 1.7e-5 against float32; bfloat16 moved them 2.3e-4 and 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,10 +59,16 @@ class EmbeddedScores:
     `embeddings` maps each distinct checkpoint SHA-256 to its (N, D) float32 L2-normalised
     image features (D = the checkpoint's embed_dim, 512 for released CheXzero weights); with
     `zero_shot_probabilities` and that checkpoint's prompt embeddings they give back the
-    probabilities, so a new prompt pair needs no new image pass."""
+    probabilities, so a new prompt pair needs no new image pass.
+
+    `local_features`, when asked for, maps each distinct SHA-256 to its (N, g, g, D) float32
+    L2-normalised local image embeddings from the same forward pass (`ml.heatmap`; g = 7 for
+    ViT-B/32 and RN50 at 224 px): `ZeroShotEngine.maps_from_local` makes the attention maps
+    from them without running the image tower again. Empty when not asked for."""
 
     probabilities: np.ndarray  # (N, L) float64, L = the engine's labels (derived included)
     embeddings: dict[str, np.ndarray]
+    local_features: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def zero_shot_probabilities(
@@ -232,18 +238,22 @@ class ZeroShotEngine:
         canvases = np.stack([to_canvas(image) for image in images])
         return self.score_canvases(canvases)
 
-    def score_uint8_with_embeddings(self, images: Sequence[np.ndarray]) -> EmbeddedScores:
-        """`score_uint8` plus each checkpoint's image embeddings (see EmbeddedScores)."""
+    def score_uint8_with_embeddings(
+        self, images: Sequence[np.ndarray], *, local_features: bool = False
+    ) -> EmbeddedScores:
+        """`score_uint8` plus each checkpoint's image embeddings and, with `local_features`,
+        its local features for attention maps (see EmbeddedScores); the scores are the same
+        either way, bit for bit."""
         if len(images) == 0:
             return EmbeddedScores(np.zeros((0, len(self.labels))), {})
         canvases = np.stack([to_canvas(image) for image in images])
-        return self._score_all(canvases)
+        return self._score_all(canvases, local_features)
 
     def score_canvases(self, canvases: np.ndarray) -> np.ndarray:
         """(N, L) scores for (N, 320, 320) uint8 canvases (step A already done), L = `labels`."""
         return self._score_all(canvases).probabilities
 
-    def _score_all(self, canvases: np.ndarray) -> EmbeddedScores:
+    def _score_all(self, canvases: np.ndarray, local: bool = False) -> EmbeddedScores:
         if canvases.ndim != 3 or canvases.shape[1:] != (CANVAS, CANVAS):
             raise ImageShapeError(
                 f"expected (N, {CANVAS}, {CANVAS}) canvases, got {canvases.shape}"
@@ -252,66 +262,108 @@ class ZeroShotEngine:
         for start in range(0, len(canvases), self.batch_size):
             chunk = np.ascontiguousarray(canvases[start : start + self.batch_size])
             batch = torch.from_numpy(chunk)
-            batches.append(self._score_batch(batch.to(self.device)))
+            batches.append(self._score_batch(batch.to(self.device), local))
         if not batches:
             return EmbeddedScores(np.zeros((0, len(self.labels))), {})
         prompted = np.concatenate([b.probabilities for b in batches])
         scores = np.zeros((len(prompted), len(self.labels)))
         scores[:, self._columns] = prompted
-        shas = batches[0].embeddings
         return EmbeddedScores(
             apply_derived(scores, self.labels, self.catalogue),
-            {sha: np.concatenate([b.embeddings[sha] for b in batches]) for sha in shas},
+            _concatenate([b.embeddings for b in batches]),
+            _concatenate([b.local_features for b in batches]),
         )
 
     def heat_maps(self, canvases: np.ndarray, labels: Sequence[str]) -> np.ndarray:
         """(N, 320, 320) uint8 canvases -> (N, len(labels), 320, 320) float32 maps of where
         each image matches the finding's positive prompt more than its negative one
-        (`ml.heatmap`: local scores in [0.119, 0.881], the ensemble's mean). `labels`:
-        prompt-scored findings of this engine; a derived or unknown one raises ValueError."""
-        from ml.heatmap import local_features, prompt_maps, to_canvas_grid
+        (`ml.heatmap`: local scores in [0.119, 0.881], the ensemble's mean). Runs the image
+        towers; images just scored with `local_features=True` need not (`maps_from_local`).
+        `labels`: prompt-scored findings of this engine; a derived or unknown one raises
+        ValueError."""
+        from ml.heatmap import local_features
 
+        self._prompt_rows(labels)  # unknown labels fail before the forward pass
+        batch = torch.from_numpy(np.ascontiguousarray(canvases)).to(self.device)
+        local: dict[str, torch.Tensor] = {}
+        for member in self._members:
+            if member.sha256 not in local:
+                pixels = canvases_to_input(batch, member.image_size)
+                with torch.inference_mode(), self._precision_context():
+                    local[member.sha256] = local_features(member.model, pixels).float()
+        return self.maps_from_local(local, labels)
+
+    def maps_from_local(
+        self, local_features: Mapping[str, np.ndarray | torch.Tensor], labels: Sequence[str]
+    ) -> np.ndarray:
+        """The maps of `heat_maps` from kept local features: `local_features` as in
+        EmbeddedScores (each checkpoint's (N, g, g, D), rows sliced as needed) ->
+        (N, len(labels), 320, 320) float32. Raises ValueError for a derived or unknown label
+        and KeyError for a checkpoint of this engine with no local features given."""
+        from ml.heatmap import ensemble_maps
+
+        rows = self._prompt_rows(labels)
+        count = len(self.findings)
+        members = []
+        for member in self._members:
+            local = torch.as_tensor(local_features[member.sha256], device=self.device)
+            positive = member.text[rows]
+            negative = member.text[[count + r for r in rows]]
+            members.append((local, positive, negative))
+        with torch.inference_mode():
+            return ensemble_maps(members).numpy()
+
+    def _prompt_rows(self, labels: Sequence[str]) -> list[int]:
         index = {f.label: i for i, f in enumerate(self.findings)}
         unknown = [label for label in labels if label not in index]
         if unknown:
             raise ValueError(f"labels: no prompt pair scored for {unknown} (derived or not enabled)")
-        rows = [index[label] for label in labels]
-        batch = torch.from_numpy(np.ascontiguousarray(canvases)).to(self.device)
-        total = torch.zeros(len(canvases), len(rows), CANVAS, CANVAS)
-        for member in self._members:
-            pixels = canvases_to_input(batch, member.image_size)
-            with torch.inference_mode(), self._precision_context():
-                local = local_features(member.model, pixels)
-                positive = member.text[rows]
-                negative = member.text[[len(self.findings) + r for r in rows]]
-                total += to_canvas_grid(prompt_maps(local, positive, negative)).float().cpu()
-        return (total / len(self._members)).numpy()
+        return [index[label] for label in labels]
 
-    def _score_batch(self, canvases: torch.Tensor) -> EmbeddedScores:
-        """Scores of the prompt-scored findings (N, len(findings)) and the image embeddings."""
+    def _score_batch(self, canvases: torch.Tensor, local: bool = False) -> EmbeddedScores:
+        """Scores of the prompt-scored findings (N, len(findings)), the image embeddings and,
+        with `local`, the local features."""
         total = torch.zeros(len(canvases), len(self.findings), dtype=torch.float64)
         inputs: dict[int, torch.Tensor] = {}
         embeddings: dict[str, torch.Tensor] = {}
+        locals_: dict[str, torch.Tensor] = {}
         count = len(self.findings)
         for member in self._members:
             if member.image_size not in inputs:
                 inputs[member.image_size] = canvases_to_input(canvases, member.image_size)
             if member.sha256 not in embeddings:  # same bytes twice: one pass, both votes
-                embeddings[member.sha256] = self._member_features(member, inputs[member.image_size])
+                features, spatial = self._member_features(
+                    member, inputs[member.image_size], local)
+                embeddings[member.sha256] = features
+                if spatial is not None:
+                    locals_[member.sha256] = spatial
             features = embeddings[member.sha256]
             positive, negative = member.text[:count], member.text[count:]
             total += zero_shot_probabilities(features, positive, negative)
         return EmbeddedScores(
             (total / len(self._members)).numpy(),
             {sha: f.cpu().numpy() for sha, f in embeddings.items()},
+            {sha: f.cpu().numpy() for sha, f in locals_.items()},
         )
 
-    def _member_features(self, member: _Member, pixels: torch.Tensor) -> torch.Tensor:
-        """(N, D) float32 L2-normalised image features (CheXzero step 12)."""
+    def _member_features(
+        self, member: _Member, pixels: torch.Tensor, local: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(N, D) float32 L2-normalised image features (CheXzero step 12) and, with `local`,
+        the (N, g, g, D) float32 local features of the same pass (else None)."""
+        from ml.heatmap import SpatialCapture, project_local
+
+        spatial = None
         with torch.inference_mode(), self._precision_context():
-            features = member.model.encode_image(pixels)
+            if local:
+                with SpatialCapture(member.model) as capture:
+                    features = member.model.encode_image(pixels)
+                (output,) = capture.outputs
+                spatial = project_local(member.model.visual, output).float()
+            else:
+                features = member.model.encode_image(pixels)
         features = features.float()
-        return features / features.norm(dim=-1, keepdim=True)
+        return features / features.norm(dim=-1, keepdim=True), spatial
 
     def _precision_context(self) -> AbstractContextManager[object]:
         """float16: autocast (matmuls and convolutions in half; LayerNorm, softmax and the
@@ -370,6 +422,11 @@ class ZeroShotEngine:
                 mapping = dict(zip(self.labels, map(float, rows[i]), strict=True))
             scores.append(ImageScore(item.path, mapping, item.skipped_reason, item.flags))
         return scores
+
+
+def _concatenate(parts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per checkpoint, its arrays of every batch stacked along the image axis."""
+    return {sha: np.concatenate([part[sha] for part in parts]) for sha in parts[0]}
 
 
 def _chunks(items: Iterator[PreparedImage], size: int) -> Iterator[list[PreparedImage]]:

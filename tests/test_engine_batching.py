@@ -64,3 +64,31 @@ def test_embeddings_kept_for_the_workbench_are_each_callers_own(engine: ZeroShot
             np.testing.assert_allclose(mine.embeddings[sha], features, rtol=0, atol=1e-5)
         np.testing.assert_allclose(mine.probabilities, reference.probabilities, atol=1e-5)
     assert callable(scorer.heat_maps)  # the worker's attention maps go to the engine itself
+
+
+def test_local_features_for_attention_maps_are_each_callers_own(engine: ZeroShotEngine) -> None:
+    """The worker keeps each image's local features from scoring to make its attention maps:
+    scored together, a study that asked for them gets its own images' rows; one that did not
+    gets none."""
+    studies = [[textured_image(90, 80, seed=s), textured_image(70, 90, seed=s + 9)][: 1 + s % 2]
+               for s in range(4)]
+    alone = [engine.score_uint8_with_embeddings(images, local_features=True)
+             for images in studies]
+    scorer = BatchingScorer(engine, max_images=16, window_seconds=0.2)
+    start = threading.Barrier(len(studies))
+
+    def score(s: int):
+        start.wait()
+        return scorer.score_uint8_with_embeddings(studies[s], local_features=s % 3 != 0)
+
+    with ThreadPoolExecutor(len(studies)) as pool:
+        together = list(pool.map(score, range(len(studies))))
+    assert scorer.batches < len(studies)
+    for s, (mine, reference) in enumerate(zip(together, alone, strict=True)):
+        if s % 3 == 0:
+            assert mine.local_features == {}
+            continue
+        assert mine.local_features.keys() == reference.local_features.keys()
+        for sha, local in reference.local_features.items():
+            assert mine.local_features[sha].shape == local.shape == (len(studies[s]), 7, 7, 64)
+            np.testing.assert_allclose(mine.local_features[sha], local, rtol=0, atol=1e-5)

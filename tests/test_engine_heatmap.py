@@ -65,6 +65,30 @@ def test_an_ensemble_map_is_the_mean_of_its_members(engines):
     assert np.abs(both - (alone[0] + alone[1]) / 2).max() < 1e-6
 
 
+@pytest.mark.parametrize("which", [0, 1, 2], ids=["vit", "resnet", "vit+resnet"])
+def test_scoring_keeps_local_features_without_changing_a_score(engines, which):
+    engine = engines[which]
+    images = [textured_image(300 - 40 * i, 260, seed=i) for i in range(3)]
+    plain = engine.score_uint8_with_embeddings(images)
+    kept = engine.score_uint8_with_embeddings(images, local_features=True)
+    assert np.array_equal(kept.probabilities, plain.probabilities)  # bit for bit
+    assert plain.local_features == {}
+    assert set(kept.local_features) == set(engine.identity.checkpoint_sha256s)
+    assert all(f.shape == (3, 7, 7, 64) for f in kept.local_features.values())
+
+
+@pytest.mark.parametrize("which", [0, 1, 2], ids=["vit", "resnet", "vit+resnet"])
+def test_maps_from_the_scoring_pass_equal_maps_from_a_pass_of_their_own(engines, which):
+    engine, labels = engines[which], ["Pneumothorax", "Cardiomegaly"]
+    images = [textured_image(300 - 40 * i, 260, seed=i) for i in range(3)]
+    kept = engine.score_uint8_with_embeddings(images, local_features=True).local_features
+    separate = engine.heat_maps(np.stack([to_canvas(image) for image in images]), labels)
+    shared = engine.maps_from_local(kept, labels)
+    assert np.abs(shared - separate).max() < 1e-6
+    second = engine.maps_from_local({sha: f[1:2] for sha, f in kept.items()}, labels[::-1])
+    assert np.abs(second[0] - separate[1, ::-1]).max() < 1e-6  # one image's rows, any labels
+
+
 def test_derived_findings_have_no_map(engines):
     with pytest.raises(ValueError, match="No Finding"):
         engines[0].heat_maps(_canvases(1), ["No Finding"])
@@ -80,3 +104,7 @@ def test_canvas_padding_is_cut_off_on_the_way_back_to_the_image():
     assert image_map.min() >= 0.99  # no padding left in
     row, column = peak(image_map)
     assert row >= 300 and column >= 100
+    small = canvas_to_image(canvas_map, (rows, columns), size=(100, 50))  # an overlay's size
+    assert small.shape == (100, 50) and small.min() >= 0.99
+    row, column = peak(small)
+    assert row >= 75 and column >= 25

@@ -3,13 +3,21 @@ labelled as an approximate attention map, capped per study and sent where `send_
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import replace
 
 import numpy as np
 import pydicom
 import pytest
 
-from dicom_node.reporting.heatmap import LABEL, build_heatmap_sc, ranked_positives
+from dicom_node.reporting.heatmap import (
+    LABEL,
+    MAX_SIDE,
+    build_heatmap_sc,
+    fit_to_overlay,
+    ranked_positives,
+    render_overlay,
+)
 from dicom_node.reporting.uids import heatmap_uids
 from dicom_node.settings import DestinationSettings, WorkerSettings
 from storage import profiles
@@ -59,6 +67,32 @@ def test_the_map_tints_where_it_is_high_and_leaves_the_rest_grey(tmp_path):
     assert rgb[:band].max() == 255  # the title and label are drawn in the band
 
 
+def test_an_overlay_made_at_its_own_size_looks_like_one_from_the_full_image():
+    """The worker shrinks each image once and makes its maps at the overlay's size; the
+    overlay must look as it did when image and map came at full size."""
+    from ml.heatmap import canvas_to_image
+
+    rows, columns = 2048, 1680
+    pixels = np.add.outer(np.arange(rows) * 7 % 256, np.arange(columns) * 3 % 256)
+    pixels = (pixels % 256).astype(np.uint8)
+    canvas_map = np.zeros((320, 320), np.float32)
+    canvas_map[200:260, 150:230] = 1.0  # lower middle, with the canvas padding left and right
+    canvas_map += np.linspace(0, 0.3, 320, dtype=np.float32)
+    finding = next(f for f in findings() if f.label == "Pneumothorax")
+    full = render_overlay(pixels, canvas_to_image(canvas_map, (rows, columns)), finding,
+                          algorithm())
+    grey = fit_to_overlay(pixels)
+    assert grey.shape == (MAX_SIDE, 840)
+    small = render_overlay(grey, canvas_to_image(canvas_map, (rows, columns), grey.shape),
+                           finding, algorithm())
+    assert small.shape == full.shape
+    difference = np.abs(small.astype(int) - full.astype(int))
+    assert np.percentile(difference, 99.9) <= 2 and difference.mean() < 0.1
+    image = small[small.shape[0] - MAX_SIDE:]
+    assert image[700, 420, 0] - image[700, 420, 2] > 100  # tinted over the map's maximum
+    assert np.array_equal(fit_to_overlay(grey), grey)  # shrinking twice changes nothing
+
+
 def test_ranked_positives_are_present_prompted_findings_highest_first():
     chosen = ranked_positives(findings(), cap=5)
     assert [f.label for f in chosen] == ["Pneumothorax", "Atelectasis", "Enlarged Cardiomediastinum"]
@@ -92,11 +126,32 @@ def _activate(node, threshold: float) -> None:
         profiles.activate(session, created.version, by="test")
 
 
+@contextmanager
+def _image_tower_passes():
+    """Counts the image tower's passes (any model) inside the block by its first convolution,
+    the only one that takes the 3 input channels: yields [count]."""
+    from torch.nn import Conv2d
+    from torch.nn.modules.module import register_module_forward_hook
+
+    passes = [0]
+
+    def count(module, _inputs, _output):
+        passes[0] += isinstance(module, Conv2d) and module.in_channels == 3
+
+    handle = register_module_forward_hook(count)
+    try:
+        yield passes
+    finally:
+        handle.remove()
+
+
 def test_worker_sends_one_overlay_per_positive_finding_up_to_the_cap(heat_node):
     _activate(heat_node, 0.12)  # every finding present (scores lie in [0.119, 0.881])
     study = StudyUids()
     heat_node.receive(make_radiograph(view="PA", study=study, seed=1, rows=160, columns=128))
-    assert heat_node.process().state is StudyState.DONE
+    with _image_tower_passes() as passes:
+        assert heat_node.process().state is StudyState.DONE
+    assert passes == [1]  # the maps come from the scoring pass: the tower ran once
     (result,) = heat_node.results(study.study)
     overlays = [d for d in heat_node.deliveries() if d.kind == "heatmap"]
     assert {d.destination for d in overlays} == {"pacs"}  # archive: send_heat_maps = false
@@ -111,6 +166,23 @@ def test_worker_sends_one_overlay_per_positive_finding_up_to_the_cap(heat_node):
         assert ds.StudyInstanceUID == study.study and LABEL in ds.ImageComments
         shown.append(ds.ImageComments.split(":")[0])
     assert sorted(shown) == sorted(f.label for f in top)
+
+
+def test_worker_threads_sharing_one_model_get_maps_from_the_shared_pass(
+        heat_node, model):  # noqa: F811
+    """`worker --concurrency N`: the shared scorer hands each study its images' local features."""
+    from ml.batching import BatchingScorer
+
+    heat_node.worker._model = type(model)(BatchingScorer(model.engine), model.catalogue)
+    _activate(heat_node, 0.12)
+    study = StudyUids()
+    heat_node.receive(make_radiograph(view="PA", study=study, seed=5, rows=128, columns=160))
+    with _image_tower_passes() as passes:
+        assert heat_node.process().state is StudyState.DONE
+    assert passes == [1]
+    overlays = [d for d in heat_node.deliveries() if d.kind == "heatmap"]
+    assert len(overlays) == 2
+    assert all(dciodvfy(heat_node.outbox.absolute(d.file_path))[0] == [] for d in overlays)
 
 
 def test_no_overlay_when_no_finding_is_called_present(heat_node):

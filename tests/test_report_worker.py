@@ -209,11 +209,11 @@ def test_transient_error_is_retried_then_failed_after_max_attempts(node, model):
             self.engine, self.failures = engine, failures
             self.labels, self.identity = engine.labels, engine.identity
 
-        def score_uint8_with_embeddings(self, images):
+        def score_uint8_with_embeddings(self, images, **options):
             if self.failures:
                 self.failures -= 1
                 raise RuntimeError("CUDA out of memory (injected)")
-            return self.engine.score_uint8_with_embeddings(images)
+            return self.engine.score_uint8_with_embeddings(images, **options)
 
     node.worker._model = type(model)(FlakyEngine(model.engine, failures=1), model.catalogue)
     study = StudyUids()
@@ -403,7 +403,7 @@ def test_worker_that_lost_its_lease_leaves_the_study_to_the_new_holder(node, mod
 
         labels, identity = model.engine.labels, model.engine.identity
 
-        def score_uint8_with_embeddings(self, images):
+        def score_uint8_with_embeddings(self, images, **options):
             node.clock.advance(node.settings.worklist.lease_seconds + 1)
             with node.database.sessions.begin() as session:
                 worklist.requeue_expired(session, node.clock(), max_attempts=5)
