@@ -15,6 +15,7 @@ import re
 import sys
 import warnings
 from datetime import UTC, datetime
+from itertools import pairwise
 from typing import Any, TextIO
 
 from dicom_node.settings import LoggingSettings
@@ -28,6 +29,11 @@ REDACTED = "<redacted>"
 _QUOTED = re.compile(r"""b?(['"`])(.*?)\1""")
 _UNQUOTED_VALUE = re.compile(r"[^\s'\"`]*\^[^\s'\"`]*|\b\d[\d.:-]{5,}\d\b")
 _TAG = re.compile(r"^\(?[0-9A-Fa-f]{4}, ?[0-9A-Fa-f]{4}\)?$")
+# Python's own messages quote type, module and attribute names, never values: kept whole.
+_PYTHON_MESSAGE = re.compile(
+    r"(?:module '[\w.]+'|'\w+' object) has no attribute '\w+'"
+    r"|'\w+' object is not (?:subscriptable|callable|iterable)"
+)
 _VRS = frozenset((
     "AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "OB", "OD", "OF",
     "OL", "OV", "OW", "PN", "SH", "SL", "SQ", "SS", "ST", "SV", "TM", "UC", "UI", "UL", "UN",
@@ -83,7 +89,8 @@ def _structured(record: logging.LogRecord) -> dict[str, Any]:
 def redact(text: str) -> str:
     """`text` with the values in it replaced by <redacted>: every quoted substring that is not
     clearly a DICOM keyword, VR or tag, and unquoted person names (with `^`) and runs of six or
-    more digits (dates, IDs). For free text the node did not write; names of attributes stay."""
+    more digits (dates, IDs). For free text the node did not write; names of attributes stay,
+    and so do Python's own "'X' object has no attribute 'y'" messages, which name code."""
 
     def quoted(match: re.Match[str]) -> str:
         inner = match.group(2)
@@ -91,7 +98,13 @@ def redact(text: str) -> str:
             return match.group(0)
         return f"{match.group(1)}{REDACTED}{match.group(1)}"
 
-    return _UNQUOTED_VALUE.sub(REDACTED, _QUOTED.sub(quoted, text))
+    def values(part: str) -> str:
+        return _UNQUOTED_VALUE.sub(REDACTED, _QUOTED.sub(quoted, part))
+
+    kept = [(m.start(), m.end()) for m in _PYTHON_MESSAGE.finditer(text)]
+    bounds = [0, *(i for span in kept for i in span), len(text)]
+    return "".join(text[a:b] if n % 2 else values(text[a:b])
+                   for n, (a, b) in enumerate(pairwise(bounds)))
 
 
 def _is_keyword(word: str) -> bool:

@@ -179,6 +179,12 @@ def test_failure_reason_names_the_error_without_the_value():
         ("The value length (80) exceeds the maximum length of 64 allowed for VR LO.",
          "The value length (80) exceeds the maximum length of 64 allowed for VR LO.", "\x00"),
         ("tag (0010,0010) value b'SECRET'", "(0010,0010)", "SECRET"),
+        # Python's own messages name code, and the admin needs it to see what broke
+        ("'BatchingScorer' object has no attribute 'heat_maps'",
+         "'BatchingScorer' object has no attribute 'heat_maps'", REDACTED),
+        ("module 'ml.engine' has no attribute 'x'; value 'SMITH'", "module 'ml.engine'", "SMITH"),
+        ("'NoneType' object is not subscriptable", "'NoneType' object is not", REDACTED),
+        ("Cannot convert 'SMITH' to 'DA' object", "'DA'", "SMITH"),
     ],
 )
 def test_redaction_keeps_attribute_names_and_drops_values(text, kept, gone):
