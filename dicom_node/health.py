@@ -78,15 +78,22 @@ def health_report(
     settings: Settings, reader: WorkListReader, now: datetime, below_disk_floor: bool
 ) -> dict[str, Any]:
     """The node's state for `status` (JSON-ready): processes, model, destinations, outbound,
-    FAILED in 24 h, and the verdict with its reasons under "health"."""
+    FAILED in 24 h, and the verdict with its reasons under "health". PENDING objects for a
+    destination no longer configured are counted under outbound "pending_for_unconfigured"
+    ({name: count}) and left out of the oldest-PENDING alarm."""
     stale = stale_after_seconds(settings.node.heartbeat_seconds)
     totals = reader.outbound_state_counts()
     per_destination = reader.destination_counts()
     failed = reader.failed_since(now - FAILED_WINDOW)
     processes = [_process(b, now, stale) for b in reader.heartbeats()]
     live = [p for p in processes if p["running"]]
-    oldest = min((c.oldest_pending_at for c in per_destination.values()
-                  if c.oldest_pending_at is not None), default=None)
+    configured = {d.name for d in settings.destinations}
+    # Objects for a destination taken out of the configuration wait until it is back; nothing
+    # can send them, so they are listed apart instead of raising the oldest-PENDING alarm.
+    unconfigured = {name: c.pending for name, c in sorted(per_destination.items())
+                    if name not in configured and c.pending}
+    oldest = min((c.oldest_pending_at for name, c in per_destination.items()
+                  if name in configured and c.oldest_pending_at is not None), default=None)
     oldest_age = (now - oldest).total_seconds() if oldest else None
     overview = destinations.overview(settings, reader)
     facts = HealthFacts(
@@ -105,7 +112,8 @@ def health_report(
         "destinations": [d.as_dict() for d in overview],
         "outbound": {"pending": totals[OutboundState.PENDING],
                      "dead": totals[OutboundState.DEAD], "sent": totals[OutboundState.SENT],
-                     "oldest_pending_seconds": oldest_age},
+                     "oldest_pending_seconds": oldest_age,
+                     "pending_for_unconfigured": unconfigured},
         "failed_last_24h": failed,
     }
 

@@ -162,3 +162,35 @@ def test_status_check_exit_codes_follow_the_real_node(node_factory, checkpoint, 
     wide = [line for line in shown.stdout.splitlines()  # the test's own long paths aside
             if len(line) > 80 and not line.startswith(("data ", "database "))]
     assert wide == []
+
+
+def test_objects_for_a_destination_taken_out_of_the_config_are_listed_not_alarmed(
+    node_factory, checkpoint, tmp_path
+) -> None:
+    """An admin removes a destination: its PENDING objects can never be sent, so an alarm that
+    they wait would point at nothing the admin can fix. They are counted under the name
+    instead, and go out once the destination is configured again."""
+    node = _worker_node(node_factory, "removed", checkpoint,
+                        outbound={"pending_alert_seconds": 0.5})
+    base = node.config_path.read_text()
+    gone = {"name": "old-pacs", "ae_title": "OLDPACS", "host": "127.0.0.1", "port": free_port(),
+            "connect_timeout_seconds": 1}
+    with_destination = base + "[[destinations]]\n" + "".join(
+        f"{k} = {json.dumps(v)}\n" for k, v in gone.items())
+    node.config_path.write_text(with_destination)
+    node.start()
+    image = write(make_radiograph(study=StudyUids(), rows=256, columns=256), tmp_path / "cr.dcm")
+    assert storescu(node.port, [image], called_ae=node.ae_title).returncode == 0
+    node.wait_for(lambda: node.cli_json("status")["outbound"]["pending"] >= 3,
+                  "the study's objects queued for old-pacs", 60)
+    assert node.stop() == 0
+
+    still_configured = node.cli_json("status")
+    assert any("oldest PENDING" in r for r in still_configured["health"]["reasons"])
+    node.config_path.write_text(base)
+    removed = node.cli_json("status")
+    assert not any("oldest PENDING" in r for r in removed["health"]["reasons"])
+    pending = removed["outbound"]["pending"]
+    assert removed["outbound"]["pending_for_unconfigured"] == {"old-pacs": pending}
+    shown = run_cli("status", "--config", str(node.config_path), env={"COLUMNS": "80"})
+    assert f"{pending} of them for old-pacs, no longer configured" in shown.stdout

@@ -96,7 +96,10 @@ def _print_status(settings: Settings, report: dict[str, Any]) -> None:
         + f"outbound {out['pending']} PENDING"
         + (f" (oldest {age_text(oldest)})" if oldest is not None else "")
         + f", {out['dead']} DEAD, {out['sent']} SENT\n"
-        f"failed   {report['failed_last_24h']} studies FAILED in the last 24 h\n"
+        + "".join(f"         {count} of them for {escape(name)}, no longer configured: "
+                  "sent once it is configured again\n"
+                  for name, count in out.get("pending_for_unconfigured", {}).items())
+        + f"failed   {report['failed_last_24h']} studies FAILED in the last 24 h\n"
         f"ignored  {report['ignored_instances']} instances of other SOP classes "
         "acknowledged, not kept",
         highlight=False,
