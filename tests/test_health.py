@@ -185,8 +185,9 @@ def test_objects_for_a_destination_taken_out_of_the_config_are_listed_not_alarme
                   "the study's objects queued for old-pacs", 60)
     assert node.stop() == 0
 
-    still_configured = node.cli_json("status")
-    assert any("oldest PENDING" in r for r in still_configured["health"]["reasons"])
+    node.wait_for(  # the objects are older than pending_alert_seconds: the alarm is up
+        lambda: any("oldest PENDING" in r for r in node.cli_json("status")["health"]["reasons"]),
+        "the oldest-PENDING alarm while old-pacs is configured", 30)
     node.config_path.write_text(base)
     removed = node.cli_json("status")
     assert not any("oldest PENDING" in r for r in removed["health"]["reasons"])
