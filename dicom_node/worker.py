@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pydicom
@@ -79,6 +79,9 @@ from storage.db import Database, is_unavailable
 from storage.spool import Spool
 from storage.states import LeaseLost, StudyState
 
+if TYPE_CHECKING:
+    from ml.engine import EmbeddedScores
+
 LOG = logging.getLogger(__name__)
 MODEL_RETRY_SECONDS = 30
 PAUSE_MAX_SECONDS = 5.0  # longest wait between tries while the database is unreachable
@@ -110,15 +113,6 @@ class ModelState:
 class LoadedModel:
     engine: Any  # ml.engine.ZeroShotEngine: .identity, .labels, .score_uint8_with_embeddings
     catalogue: Any  # ml.catalogue.Catalogue
-
-
-@dataclass(frozen=True)
-class _Scored:
-    """A study's eligible images as scored (`ml.engine.EmbeddedScores`, all chunks)."""
-
-    probabilities: np.ndarray  # (images, labels) float64
-    embeddings: dict[str, np.ndarray]  # checkpoint SHA-256 -> (images, D): the prompt workbench's
-    local_features: dict[str, np.ndarray]  # -> (images, g, g, D), attention maps; {}: not kept
 
 
 @dataclass
@@ -448,9 +442,11 @@ class Worker:
 
     def _score(
         self, claimed: worklist.ClaimedStudy, model: LoadedModel, eligible: Sequence[_Image]
-    ) -> _Scored:
+    ) -> EmbeddedScores:
         """The eligible images' scores and embeddings and, when attention maps are to be made,
         their local features from the same forward pass."""
+        from ml.engine import EmbeddedScores
+
         batch = self.settings.model.batch_size
         local = self.settings.worker.heat_maps_per_study > 0
         parts = []
@@ -460,11 +456,7 @@ class Worker:
             with self.database.sessions.begin() as session:
                 worklist.renew_lease(session, claimed.study_id, self.worker_id,
                                      self.settings.worklist.lease_seconds, self.clock())
-        return _Scored(
-            np.concatenate([np.asarray(p.probabilities, dtype=np.float64) for p in parts]),
-            _by_checkpoint([p.embeddings for p in parts]),
-            _by_checkpoint([p.local_features for p in parts]),
-        )
+        return EmbeddedScores.stack(parts)
 
     def _skip(
         self, claimed: worklist.ClaimedStudy, model: LoadedModel, images: Sequence[_Image]
@@ -549,7 +541,7 @@ class Worker:
         model: LoadedModel,
         images: Sequence[_Image],
         eligible: Sequence[_Image],
-        scored: _Scored,
+        scored: EmbeddedScores,
         study_scores: np.ndarray,
         seconds: dict[str, float],
     ) -> WorkOutcome:
@@ -619,7 +611,7 @@ class Worker:
         model: LoadedModel,
         eligible: Sequence[_Image],
         evidence: Sequence[Dataset],
-        scored: _Scored,
+        scored: EmbeddedScores,
         findings: Sequence[FindingOutcome],
         algorithm: AlgorithmInfo,
         key: ResultKey,
@@ -643,8 +635,8 @@ class Worker:
             shown: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # label -> (grey, heat)
             for index in sorted(set(best.values())):
                 wanted = [label for label, i in best.items() if i == index]
-                shown.update(_image_heat_maps(model, eligible[index].pixels, wanted,
-                                              _rows(scored.local_features, index)))
+                kept = scored.rows(slice(index, index + 1)).local_features
+                shown.update(_image_heat_maps(model, eligible[index].pixels, wanted, kept))
             return [
                 write_heatmap(self.outbox, source=evidence[best[f.label]],
                               pixels=shown[f.label][0], heat=shown[f.label][1],
@@ -845,15 +837,6 @@ def _image_heat_maps(
     grey = fit_to_overlay(pixels)
     return {label: (grey, canvas_to_image(m, pixels.shape, grey.shape))
             for label, m in zip(labels, canvas_maps, strict=True)}
-
-
-def _rows(arrays: dict[str, np.ndarray], index: int) -> dict[str, np.ndarray]:
-    return {sha: array[index : index + 1] for sha, array in arrays.items()}
-
-
-def _by_checkpoint(parts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Per checkpoint SHA-256, its arrays of every scoring call stacked along the image axis."""
-    return {sha: np.concatenate([part[sha] for part in parts]) for sha in parts[0]}
 
 
 def _stored_objects(outbox: Spool, previous: results.ResultView) -> list[WrittenObject]:

@@ -90,11 +90,7 @@ class BatchingScorer:
         start = 0
         for request in batch:
             rows = slice(start, start + len(request.images))
-            kept = scored.local_features if request.local_features else {}
-            request.done.set_result(EmbeddedScores(
-                np.asarray(scored.probabilities)[rows],
-                {sha: features[rows] for sha, features in scored.embeddings.items()},
-                {sha: features[rows] for sha, features in kept.items()}))
+            request.done.set_result(scored.rows(rows, local_features=request.local_features))
             start += len(request.images)
 
 

@@ -15,6 +15,7 @@ probabilities by at most 1.7e-5 against float32; bfloat16 moved them 2.3e-4 and 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -69,6 +70,29 @@ class EmbeddedScores:
     probabilities: np.ndarray  # (N, L) float64, L = the engine's labels (derived included)
     embeddings: dict[str, np.ndarray]
     local_features: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def stack(cls, parts: Sequence[EmbeddedScores]) -> EmbeddedScores:
+        """The parts' images one after the other: probabilities (as float64) and each
+        checkpoint's arrays stacked along the image axis. `parts` must not be empty."""
+        return cls(
+            np.concatenate([np.asarray(p.probabilities, dtype=np.float64) for p in parts]),
+            _stack_by_checkpoint([p.embeddings for p in parts]),
+            _stack_by_checkpoint([p.local_features for p in parts]),
+        )
+
+    def rows(self, rows: slice, *, local_features: bool = True) -> EmbeddedScores:
+        """These images only (views, not copies); without `local_features` they are dropped."""
+        kept = self.local_features if local_features else {}
+        return EmbeddedScores(
+            np.asarray(self.probabilities)[rows],
+            {sha: array[rows] for sha, array in self.embeddings.items()},
+            {sha: array[rows] for sha, array in kept.items()},
+        )
+
+
+def _stack_by_checkpoint(parts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {sha: np.concatenate([part[sha] for part in parts]) for sha in parts[0]}
 
 
 def zero_shot_probabilities(
@@ -265,14 +289,11 @@ class ZeroShotEngine:
             batches.append(self._score_batch(batch.to(self.device), local))
         if not batches:
             return EmbeddedScores(np.zeros((0, len(self.labels))), {})
-        prompted = np.concatenate([b.probabilities for b in batches])
-        scores = np.zeros((len(prompted), len(self.labels)))
-        scores[:, self._columns] = prompted
-        return EmbeddedScores(
-            apply_derived(scores, self.labels, self.catalogue),
-            _concatenate([b.embeddings for b in batches]),
-            _concatenate([b.local_features for b in batches]),
-        )
+        stacked = EmbeddedScores.stack(batches)
+        scores = np.zeros((len(stacked.probabilities), len(self.labels)))
+        scores[:, self._columns] = stacked.probabilities
+        return dataclasses.replace(
+            stacked, probabilities=apply_derived(scores, self.labels, self.catalogue))
 
     def heat_maps(self, canvases: np.ndarray, labels: Sequence[str]) -> np.ndarray:
         """(N, 320, 320) uint8 canvases -> (N, len(labels), 320, 320) float32 maps of where
@@ -422,11 +443,6 @@ class ZeroShotEngine:
                 mapping = dict(zip(self.labels, map(float, rows[i]), strict=True))
             scores.append(ImageScore(item.path, mapping, item.skipped_reason, item.flags))
         return scores
-
-
-def _concatenate(parts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Per checkpoint, its arrays of every batch stacked along the image axis."""
-    return {sha: np.concatenate([part[sha] for part in parts]) for sha in parts[0]}
 
 
 def _chunks(items: Iterator[PreparedImage], size: int) -> Iterator[list[PreparedImage]]:
